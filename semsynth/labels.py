@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 __all__ = [
     "LabelError", "LabelSpace", "get_space", "register_space", "available_spaces",
@@ -75,19 +75,35 @@ class LabelSpace:
         table = {}
         for (r, g, b), idx in self.extra_colors.items():
             table[(r << 16) | (g << 8) | b] = idx
-        for idx, (r, g, b) in enumerate(self.colors.tolist()):
-            table[(r << 16) | (g << 8) | b] = idx  # class colours win over merged extras
+        # Class colours win over merged extras. Where two classes share a colour (ADE20K's
+        # official palette gives road and skyscraper the same grey) the first, i.e. the more
+        # frequent class in frequency-ordered benchmarks, wins: a colour map cannot tell them apart.
+        for idx, (r, g, b) in reversed(list(enumerate(self.colors.tolist()))):
+            table[(r << 16) | (g << 8) | b] = idx
         return table
+
+    def shared_colors(self) -> dict[tuple[int, int, int], list[int]]:
+        """Colours carried by more than one class (colour maps decode them to the first)."""
+        seen: dict[tuple[int, int, int], list[int]] = {}
+        for idx, c in enumerate(self.colors.tolist()):
+            seen.setdefault(tuple(c), []).append(idx)
+        return {c: v for c, v in seen.items() if len(v) > 1}
 
     def _color_lut(self) -> np.ndarray:
         """A 2^24-entry table packed colour -> class index (-1 unknown), built once per space:
         decoding a 2048x1024 colour map is then one gather instead of a sort."""
-        lut = _COLOR_LUTS.get(id(self))
+        table = self.color_table()
+        # Keyed by content, not id(self): ids are reused after garbage collection, and equal
+        # spaces loaded twice (checkpoint + config) should share one 32 MB table.
+        key = np.array(sorted(table.items()), dtype=np.int64).tobytes()
+        lut = _COLOR_LUTS.get(key)
         if lut is None:
             lut = np.full(1 << 24, -1, dtype=np.int16)
-            for packed, idx in self.color_table().items():
-                lut[packed] = idx
-            _COLOR_LUTS[id(self)] = lut
+            packed, idx = zip(*table.items())
+            lut[np.array(packed)] = np.array(idx)
+            if len(_COLOR_LUTS) >= 4:
+                _COLOR_LUTS.pop(next(iter(_COLOR_LUTS)))
+            _COLOR_LUTS[key] = lut
         return lut
 
     def encoding_for(self, path: str | Path | None, encoding: str | None) -> str:
@@ -107,22 +123,30 @@ class LabelSpace:
         """Map a 2-D array of raw ids through `encoding`; errors name `source`."""
         lut = self.index_lut() if encoding == "index" else self.encodings[encoding]
         raw = np.asarray(raw)
+        if raw.dtype.kind == "b":
+            raw = raw.astype(np.uint8)
         if raw.dtype.kind not in "ui":
             raise LabelError(f"{source}: id map has dtype {raw.dtype}, expected integers")
-        if raw.size and (int(raw.min()) < 0 or int(raw.max()) >= len(lut)):
-            lut = np.concatenate([lut, np.full(int(raw.max()) + 1 - len(lut), -1, dtype=np.int64)]) \
-                if int(raw.max()) >= len(lut) else lut
-        safe = np.clip(raw, 0, len(lut) - 1) if raw.size and int(raw.min()) < 0 else raw
-        mapped = lut[safe]
-        bad = (mapped < 0) | (raw < 0) if raw.size and int(raw.min()) < 0 else mapped < 0
+        if raw.dtype == np.uint8:  # the common case: one gather through a 256-entry table
+            if len(lut) < 256:
+                lut = np.concatenate([lut, np.full(256 - len(lut), -1, dtype=lut.dtype)])
+            mapped = lut[raw]
+        else:
+            # Out-of-table values (negative, or 16/32-bit ids beyond the table) are flagged rather
+            # than growing the table to max(raw), which a stray 2^31 would make enormous.
+            r = raw.astype(np.int64, copy=False)
+            inside = (r >= 0) & (r < len(lut))
+            mapped = np.where(inside, lut[np.clip(r, 0, len(lut) - 1)], -1)
+        bad = mapped < 0
         if bad.any():
             values, counts = np.unique(raw[bad], return_counts=True)
-            worst = np.argsort(-counts)[:5]
+            worst = np.argsort(-counts, kind="stable")[:5]
             desc = ", ".join(f"{int(values[i])} ({int(counts[i]):,} px)" for i in worst)
             valid = np.flatnonzero(lut >= 0)
             raise LabelError(
                 f"{source}: value(s) {desc} are not valid {self.name} {encoding}s "
-                f"(valid: {_ranges(valid)}). Wrong --label-space or --label-encoding?")
+                f"({int(bad.sum()):,} px in {len(values)} value(s); valid: {_ranges(valid)}). "
+                f"Wrong --label-space or --label-encoding?")
         return mapped
 
     def decode_colors(self, rgb: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -137,42 +161,65 @@ class LabelSpace:
             desc = ", ".join(
                 f"({int(values[i]) >> 16}, {(int(values[i]) >> 8) & 255}, {int(values[i]) & 255}) "
                 f"on {int(counts[i]):,} px" for i in worst)
+            grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+            hint = (" All pixels are grey: is this an id map saved as RGB? Save it as a"
+                    " single-channel (L) PNG." if grey else "")
             raise LabelError(
                 f"{source}: colour(s) {desc} are not in the {self.name} palette "
-                f"({len(values)} unknown colours). Was the map saved lossily (JPEG) or resized "
-                f"with interpolation, or is it in another label space?")
+                f"({int(bad.sum()):,} px in {len(values)} unknown colours). Was the map saved lossily "
+                f"(JPEG) or resized with interpolation, or is it in another label space?{hint}")
         return mapped
+
+    def decode(self, arr: np.ndarray, encoding: str | None = None, source: str = "<array>") -> np.ndarray:
+        """An in-memory label map: (H, W) integer ids in `encoding` (default: the space's) or an
+        (H, W, 3) colour map -> (H, W) int64 class indices."""
+        arr = np.asarray(arr)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            if encoding not in (None, "auto", "color"):
+                raise LabelError(f"{source}: is a colour map but encoding {encoding!r} was requested")
+            return self.decode_colors(arr[..., :3], source=source)
+        if arr.ndim != 2:
+            raise LabelError(f"{source}: a label map must be (H, W) ids or (H, W, 3) colours, "
+                             f"got shape {arr.shape}")
+        enc = self.encoding_for(None, encoding)
+        if enc == "color":
+            raise LabelError(f"{source}: encoding 'color' requested but the map is single-channel")
+        return self.decode_ids(arr, enc, source=source)
 
     def read(self, path: str | Path, encoding: str | None = None) -> np.ndarray:
         """Read a label-map file into an (H, W) int64 array of class indices (void = `self.void`).
 
         Grey/16-bit maps are id maps in `encoding` (auto: by file name, else the space's default);
-        RGB(A) maps are colour maps; paletted PNGs are decoded through their palette colours
-        (so a GTA map whose palette holds the Cityscapes colours decodes exactly)."""
+        RGB(A) maps are colour maps. Paletted PNGs are decoded through their palette colours (so a
+        GTA map whose palette holds the Cityscapes colours decodes exactly), or through their
+        palette indices when an id encoding is named explicitly."""
         path = Path(path)
         if not path.is_file():
-            raise LabelError(f"{path}: label map not found")
+            raise LabelError(f"{path}: label map not found" if not path.exists()
+                             else f"{path}: is not a file")
+        explicit_ids = encoding not in (None, "auto", "color")
         try:
             with Image.open(path) as im:
                 im.load()
                 mode = im.mode
-                if mode == "P":
-                    arr = np.asarray(im.convert("RGB"))
-                elif mode in ("RGBA", "LA"):
-                    arr = np.asarray(im.convert("RGB"))
+                if mode == "P" and explicit_ids:
+                    arr = np.asarray(im)  # palette indices are the ids
+                elif mode in ("L", "1", "I", "F") or mode.startswith("I;16"):
+                    arr = np.asarray(im)  # "F" is rejected by decode_ids with a clear message
+                elif mode == "LA":
+                    arr = np.asarray(im.getchannel("L"))
                 else:
-                    arr = np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise LabelError(f"{path}: cannot read label map ({e})") from e
+                    arr = np.asarray(im.convert("RGB"))
+        except Exception as e:  # PIL raises many types (OSError, SyntaxError, zlib/struct errors)
+            raise LabelError(f"{path}: cannot read label map ({type(e).__name__}: {e})") from e
         if arr.ndim == 3:
-            if encoding not in (None, "auto", "color"):
-                raise LabelError(f"{path}: is a colour image but encoding {encoding!r} was requested")
-            return self.decode_colors(arr[..., :3], source=str(path))
+            if explicit_ids:
+                raise LabelError(f"{path}: is a colour image ({mode}) but encoding {encoding!r} was "
+                                 f"requested; colour maps are decoded with encoding 'color'")
+            return self.decode_colors(arr, source=str(path))
         enc = self.encoding_for(path, encoding)
         if enc == "color":
             raise LabelError(f"{path}: encoding 'color' requested but the file is single-channel ({mode})")
-        if mode == "I;16" or arr.dtype == np.uint16 or mode == "I":
-            arr = arr.astype(np.int64)
         return self.decode_ids(arr, enc, source=str(path))
 
     def to_dict(self) -> dict:
@@ -180,7 +227,7 @@ class LabelSpace:
         return {
             "name": self.name,
             "classes": [{"name": n, "color": c} for n, c in zip(self.names, self.colors.tolist())],
-            "encodings": {k: v.tolist() for k, v in self.encodings.items()},
+            "encodings": {k: _lut_to_runs(v) for k, v in self.encodings.items()},
             "default_encoding": self.default_encoding,
             "extra_colors": [[list(c), i] for c, i in self.extra_colors.items()],
             "filename_encodings": [list(p) for p in self.filename_encodings],
@@ -192,7 +239,7 @@ class LabelSpace:
             name=d["name"],
             names=tuple(c["name"] for c in d["classes"]),
             colors=np.array([c["color"] for c in d["classes"]], dtype=np.uint8).reshape(-1, 3),
-            encodings={k: np.asarray(v, dtype=np.int64) for k, v in d.get("encodings", {}).items()},
+            encodings={k: _lut_from_json(v) for k, v in d.get("encodings", {}).items()},
             default_encoding=d.get("default_encoding", "id"),
             extra_colors={tuple(c): int(i) for c, i in d.get("extra_colors", [])},
             filename_encodings=tuple(tuple(p) for p in d.get("filename_encodings", [])),
@@ -222,42 +269,100 @@ class LabelSpace:
         for i, c in enumerate(d["classes"]):
             try:
                 names.append(str(c["name"]))
-                col = [int(v) for v in c["color"]]
-                if len(col) != 3 or not all(0 <= v <= 255 for v in col):
-                    raise ValueError(f"bad colour {c['color']}")
-                colors.append(col)
+                colors.append(_parse_color(c["color"]))
                 ids.append(int(c.get("id", i)))
-            except (KeyError, TypeError, ValueError) as e:
+                if not 0 <= ids[-1] <= _MAX_FILE_ID:
+                    raise ValueError(f"id {ids[-1]} outside 0..{_MAX_FILE_ID}")
+            except KeyError as e:
+                raise LabelError(f"{path}: class entry {i} ({c!r}) lacks {e}") from e
+            except (TypeError, ValueError, AttributeError) as e:
                 raise LabelError(f"{path}: class entry {i} ({c!r}) is invalid: {e}") from e
         void = d.get("void") or {}
-        void_ids = [int(v) for v in void.get("ids", [])]
+        if not isinstance(void, dict):
+            raise LabelError(f"{path}: 'void' must be a mapping with 'ids' and/or 'colors', got {void!r}")
+        try:
+            void_ids = [int(v) for v in void.get("ids", [])]
+            void_colors = [_parse_color(c) for c in void.get("colors", [])]
+        except (TypeError, ValueError) as e:
+            raise LabelError(f"{path}: 'void' entry is invalid: {e}") from e
         n = len(names)
-        lut = np.full(max(ids + void_ids + [0]) + 1, -1, dtype=np.int64)
-        if len(set(ids)) != len(ids):
-            raise LabelError(f"{path}: duplicate class ids {ids}")
+        dup = sorted({v for v in ids if ids.count(v) > 1})
+        if dup:
+            raise LabelError(f"{path}: class id(s) {dup} are used by several classes")
+        clash = sorted(set(ids) & set(void_ids))
+        bad_void = [v for v in void_ids if not 0 <= v <= _MAX_FILE_ID]
+        if clash or bad_void:
+            raise LabelError(f"{path}: void id(s) {clash or bad_void} "
+                             f"{'are also class ids' if clash else f'outside 0..{_MAX_FILE_ID}'}")
+        dup_names = sorted({v for v in names if names.count(v) > 1})
+        if dup_names:
+            raise LabelError(f"{path}: class name(s) {dup_names} appear more than once")
+        shared = sorted({tuple(c) for c in colors if colors.count(c) > 1})
+        if shared:
+            raise LabelError(f"{path}: colour(s) {shared} are given to several classes, so colour "
+                             f"maps could not be decoded; give each class its own colour")
+        void_clash = [c for c in void_colors if c in colors]
+        if void_clash:
+            raise LabelError(f"{path}: void colour(s) {void_clash} are also class colours")
+        lut = np.full(max(ids + void_ids) + 1, -1, dtype=np.int64)
         lut[ids] = np.arange(n)
         lut[void_ids] = n
-        extra = {tuple(int(v) for v in c): n for c in void.get("colors", [])}
+        extra = {tuple(c): n for c in void_colors}
         return cls(name=str(d.get("name", path.stem)), names=tuple(names),
                    colors=np.array(colors, dtype=np.uint8), encodings={"id": lut},
                    default_encoding="id", extra_colors=extra)
 
 
-_COLOR_LUTS: dict[int, np.ndarray] = {}
+_MAX_FILE_ID = 65535  # 16-bit PNGs are the widest id maps in use
+
+
+def _parse_color(c) -> list[int]:
+    col = [int(v) for v in c]
+    if len(col) != 3 or not all(0 <= v <= 255 for v in col):
+        raise ValueError(f"bad colour {c!r}: need [r, g, b] with values 0..255")
+    return col
+
+
+def _lut_to_runs(lut: np.ndarray) -> dict:
+    """A lookup table as {"size", "runs": [[start, value, step], ...]}: each run holds
+    value, value + step, ... from `start` to the next run. Tables such as Cityscapes instanceIds
+    (34,000 entries) shrink to a few dozen runs in checkpoint metadata."""
+    lut = np.asarray(lut, dtype=np.int64)
+    runs, i, n = [], 0, len(lut)
+    # Greedy: a run continues while the difference to the previous entry stays the same (0 or 1).
+    d = np.diff(lut)
+    while i < n:
+        step = int(d[i]) if i < n - 1 and d[i] in (0, 1) else 0
+        j = i + 1
+        if i < n - 1 and d[i] == step:
+            stop = np.flatnonzero(d[i:] != step)
+            j = i + 1 + (int(stop[0]) if len(stop) else n - 1 - i)
+        runs.append([i, int(lut[i]), step])
+        i = j
+    return {"size": n, "runs": runs}
+
+
+def _lut_from_json(v) -> np.ndarray:
+    if isinstance(v, dict):
+        lut = np.empty(int(v["size"]), dtype=np.int64)
+        starts = [r[0] for r in v["runs"]] + [len(lut)]
+        for (s, val, step), e in zip(v["runs"], starts[1:]):
+            lut[s:e] = val + step * np.arange(e - s)
+        return lut
+    return np.asarray(v, dtype=np.int64)  # older checkpoints: plain lists
+
+
+_COLOR_LUTS: dict[bytes, np.ndarray] = {}  # a few spaces at most (32 MB each)
 
 
 def _ranges(values: np.ndarray) -> str:
     """[0,1,2,3,7,8] -> '0..3, 7..8' for error messages."""
-    out, start, prev = [], None, None
-    for v in list(values) + [None]:
-        if start is None:
-            start = prev = v
-        elif v is not None and v == prev + 1:
-            prev = v
-        else:
-            out.append(f"{start}" if start == prev else f"{start}..{prev}")
-            start = prev = v
-    return ", ".join(out)
+    values = np.asarray(values, dtype=np.int64)
+    if not values.size:
+        return "none"
+    cut = np.flatnonzero(np.diff(values) != 1) + 1
+    starts, ends = values[np.r_[0, cut]], values[np.r_[cut - 1, len(values) - 1]]
+    return ", ".join(f"{s}" if s == e else f"{s}..{e}" for s, e in zip(starts.tolist(), ends.tolist()))
 
 
 # ---------------------------------------------------------------------- built-in spaces
@@ -303,11 +408,17 @@ def _cityscapes() -> LabelSpace:
     for _, _, tid, c in _CITYSCAPES:
         if tid is None and c not in extra:
             extra[c] = 5 if c == (153, 153, 153) else void
+    # _gtFine_instanceIds.png (16-bit): labelId * 1000 + instance for things, the plain labelId
+    # otherwise, so one table maps both ranges.
+    inst_lut = np.full(34 * 1000, -1, dtype=np.int64)
+    inst_lut[:34] = label_lut
+    inst_lut[1000:] = np.repeat(label_lut[1:], 1000)
     return LabelSpace(
         name="cityscapes", names=names, colors=colors,
-        encodings={"labelId": label_lut, "trainId": train_lut},
+        encodings={"labelId": label_lut, "trainId": train_lut, "instanceId": inst_lut},
         default_encoding="labelId", extra_colors=extra,
-        filename_encodings=((r"labelIds", "labelId"), (r"trainIds", "trainId")),
+        filename_encodings=((r"labelIds", "labelId"), (r"trainIds", "trainId"),
+                            (r"instanceIds", "instanceId")),
     )
 
 
@@ -329,21 +440,137 @@ def _camvid() -> LabelSpace:
         encodings={"id": lut}, default_encoding="id", extra_colors={(0, 0, 0): 11})
 
 
-def _distinct_colors(n: int, seed: int) -> np.ndarray:
-    """Deterministic, well-spread colours for spaces without an official palette."""
-    rng = np.random.default_rng(seed)
-    colors = rng.integers(0, 256, size=(n, 3), dtype=np.int64)
-    while len({tuple(c) for c in colors.tolist()}) < n or (colors.sum(1) == 0).any():
-        colors = rng.integers(0, 256, size=(n, 3), dtype=np.int64)
-    return colors.astype(np.uint8)
+def _bit_palette(n: int) -> np.ndarray:
+    """Colours for classes 0..n-1 of spaces without an official palette: the bits of k = index + 1
+    are dealt round-robin to R, G, B from the most significant bit down. Distinct for every k < 2^24,
+    never black (black is void), independent of any RNG, and neighbouring classes differ strongly."""
+    k = np.arange(1, n + 1, dtype=np.int64)
+    rgb = np.zeros((n, 3), dtype=np.int64)
+    for bit in range(8):
+        for ch in range(3):
+            rgb[:, ch] |= ((k >> (3 * bit + ch)) & 1) << (7 - bit)
+    return rgb.astype(np.uint8)
+
+
+# COCO-Stuff (Caesar et al.): the 91 COCO thing ids (11 never annotated, kept as placeholders so
+# indices line up) then the 91 stuff classes. Files use "id - 1": value v is class v, 255 unlabelled.
+_COCO_THINGS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
+    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
+    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush", None,
+)
+_COCO_STUFF = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter",
+    "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
+    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit",
+    "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves", "light", "mat",
+    "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement",
+    "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
+    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
+    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other",
+    "towel", "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel",
+    "wall-stone", "wall-tile", "wall-wood", "water-other", "waterdrops", "window-blind",
+    "window-other", "wood",
+)
+
+
+def _cocostuff() -> LabelSpace:
+    names = tuple(n or f"unused-{i + 1}" for i, n in enumerate(_COCO_THINGS)) + _COCO_STUFF
+    n = len(names)
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[:n] = np.arange(n)
+    lut[255] = n
+    return LabelSpace(
+        name="cocostuff", names=names, colors=_bit_palette(n), encodings={"id": lut},
+        default_encoding="id", extra_colors={(0, 0, 0): n})
+
+
+# ADE20K scene-parsing benchmark (SceneParsing150): (name, colour) for file values 1..150, in the
+# benchmark's order (by pixel frequency). Names are the first synonym of objectInfo150.csv
+# ("television receiver" is its second, as the benchmark's own short list has it); colours are
+# color150.mat. Road and skyscraper share (140, 140, 140) in that palette.
+_ADE20K = [
+    ("wall", (120, 120, 120)), ("building", (180, 120, 120)), ("sky", (6, 230, 230)),
+    ("floor", (80, 50, 50)), ("tree", (4, 200, 3)), ("ceiling", (120, 120, 80)),
+    ("road", (140, 140, 140)), ("bed", (204, 5, 255)), ("windowpane", (230, 230, 230)),
+    ("grass", (4, 250, 7)), ("cabinet", (224, 5, 255)), ("sidewalk", (235, 255, 7)),
+    ("person", (150, 5, 61)), ("earth", (120, 120, 70)), ("door", (8, 255, 51)),
+    ("table", (255, 6, 82)), ("mountain", (143, 255, 140)), ("plant", (204, 255, 4)),
+    ("curtain", (255, 51, 7)), ("chair", (204, 70, 3)), ("car", (0, 102, 200)),
+    ("water", (61, 230, 250)), ("painting", (255, 6, 51)), ("sofa", (11, 102, 255)),
+    ("shelf", (255, 7, 71)), ("house", (255, 9, 224)), ("sea", (9, 7, 230)),
+    ("mirror", (220, 220, 220)), ("rug", (255, 9, 92)), ("field", (112, 9, 255)),
+    ("armchair", (8, 255, 214)), ("seat", (7, 255, 224)), ("fence", (255, 184, 6)),
+    ("desk", (10, 255, 71)), ("rock", (255, 41, 10)), ("wardrobe", (7, 255, 255)),
+    ("lamp", (224, 255, 8)), ("bathtub", (102, 8, 255)), ("railing", (255, 61, 6)),
+    ("cushion", (255, 194, 7)), ("base", (255, 122, 8)), ("box", (0, 255, 20)),
+    ("column", (255, 8, 41)), ("signboard", (255, 5, 153)), ("chest of drawers", (6, 51, 255)),
+    ("counter", (235, 12, 255)), ("sand", (160, 150, 20)), ("sink", (0, 163, 255)),
+    ("skyscraper", (140, 140, 140)), ("fireplace", (250, 10, 15)), ("refrigerator", (20, 255, 0)),
+    ("grandstand", (31, 255, 0)), ("path", (255, 31, 0)), ("stairs", (255, 224, 0)),
+    ("runway", (153, 255, 0)), ("case", (0, 0, 255)), ("pool table", (255, 71, 0)),
+    ("pillow", (0, 235, 255)), ("screen door", (0, 173, 255)), ("stairway", (31, 0, 255)),
+    ("river", (11, 200, 200)), ("bridge", (255, 82, 0)), ("bookcase", (0, 255, 245)),
+    ("blind", (0, 61, 255)), ("coffee table", (0, 255, 112)), ("toilet", (0, 255, 133)),
+    ("flower", (255, 0, 0)), ("book", (255, 163, 0)), ("hill", (255, 102, 0)),
+    ("bench", (194, 255, 0)), ("countertop", (0, 143, 255)), ("stove", (51, 255, 0)),
+    ("palm", (0, 82, 255)), ("kitchen island", (0, 255, 41)), ("computer", (0, 255, 173)),
+    ("swivel chair", (10, 0, 255)), ("boat", (173, 255, 0)), ("bar", (0, 255, 153)),
+    ("arcade machine", (255, 92, 0)), ("hovel", (255, 0, 255)), ("bus", (255, 0, 245)),
+    ("towel", (255, 0, 102)), ("light", (255, 173, 0)), ("truck", (255, 0, 20)),
+    ("tower", (255, 184, 184)), ("chandelier", (0, 31, 255)), ("awning", (0, 255, 61)),
+    ("streetlight", (0, 71, 255)), ("booth", (255, 0, 204)),
+    ("television receiver", (0, 255, 194)), ("airplane", (0, 255, 82)),
+    ("dirt track", (0, 10, 255)), ("apparel", (0, 112, 255)), ("pole", (51, 0, 255)),
+    ("land", (0, 194, 255)), ("bannister", (0, 122, 255)), ("escalator", (0, 255, 163)),
+    ("ottoman", (255, 153, 0)), ("bottle", (0, 255, 10)), ("buffet", (255, 112, 0)),
+    ("poster", (143, 255, 0)), ("stage", (82, 0, 255)), ("van", (163, 255, 0)),
+    ("ship", (255, 235, 0)), ("fountain", (8, 184, 170)), ("conveyer belt", (133, 0, 255)),
+    ("canopy", (0, 255, 92)), ("washer", (184, 0, 255)), ("plaything", (255, 0, 31)),
+    ("swimming pool", (0, 184, 255)), ("stool", (0, 214, 255)), ("barrel", (255, 0, 112)),
+    ("basket", (92, 255, 0)), ("waterfall", (0, 224, 255)), ("tent", (112, 224, 255)),
+    ("bag", (70, 184, 160)), ("minibike", (163, 0, 255)), ("cradle", (153, 0, 255)),
+    ("oven", (71, 255, 0)), ("ball", (255, 0, 163)), ("food", (255, 204, 0)),
+    ("step", (255, 0, 143)), ("tank", (0, 255, 235)), ("trade name", (133, 255, 0)),
+    ("microwave", (255, 0, 235)), ("pot", (245, 0, 255)), ("animal", (255, 0, 122)),
+    ("bicycle", (255, 245, 0)), ("lake", (10, 190, 212)), ("dishwasher", (214, 255, 0)),
+    ("screen", (0, 204, 255)), ("blanket", (20, 0, 255)), ("sculpture", (255, 255, 0)),
+    ("hood", (0, 153, 255)), ("sconce", (0, 41, 255)), ("vase", (0, 255, 204)),
+    ("traffic light", (41, 0, 255)), ("tray", (41, 255, 0)), ("ashcan", (173, 0, 255)),
+    ("fan", (0, 245, 255)), ("pier", (71, 0, 255)), ("crt screen", (122, 0, 255)),
+    ("plate", (0, 255, 184)), ("monitor", (0, 92, 255)), ("bulletin board", (184, 255, 0)),
+    ("shower", (0, 133, 255)), ("radiator", (255, 214, 0)), ("glass", (25, 194, 194)),
+    ("clock", (102, 255, 0)), ("flag", (92, 0, 255)),
+]
+
+
+def _ade20k() -> LabelSpace:
+    n = len(_ADE20K)
+    lut = np.full(256, -1, dtype=np.int64)
+    lut[0] = n  # "other": pixels outside the 150 classes
+    lut[1:n + 1] = np.arange(n)
+    return LabelSpace(
+        name="ade20k", names=tuple(a for a, _ in _ADE20K),
+        colors=np.array([c for _, c in _ADE20K], dtype=np.uint8), encodings={"id": lut},
+        default_encoding="id", extra_colors={(0, 0, 0): n})
 
 
 _REGISTRY: dict[str, LabelSpace] = {}
-_LAZY = {"cityscapes": _cityscapes, "camvid": _camvid}
+# Built on first use: the tables are cheap but the colour look-up (32 MB) should not be paid at import.
+_LAZY = {"cityscapes": _cityscapes, "camvid": _camvid, "cocostuff": _cocostuff, "ade20k": _ade20k}
 
 
 def register_space(space: LabelSpace) -> None:
-    _REGISTRY[space.name] = space
+    _REGISTRY[space.name.lower()] = space
 
 
 def available_spaces() -> list[str]:
@@ -363,7 +590,9 @@ def get_space(name: "str | Path | LabelSpace | dict") -> LabelSpace:
         _REGISTRY[key] = _LAZY[key]()
         return _REGISTRY[key]
     p = Path(name)
-    if p.suffix.lower() in (".yaml", ".yml", ".json") and p.is_file():
+    if p.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not p.is_file():
+            raise LabelError(f"{p}: label-space file not found")
         return LabelSpace.from_file(p)
     raise LabelError(f"unknown label space {name!r}; built in: {available_spaces()}, or give a .yaml file")
 

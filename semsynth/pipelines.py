@@ -1,0 +1,143 @@
+"""Synthesis pipelines: load a self-describing checkpoint once, then one call turns layouts into
+photos.
+
+    pipe = semsynth.CRNPipeline.from_pretrained("runs/crn-256p")   # or "default"
+    images = pipe([label_ids])          # list of (k, H, W, 3) uint8
+    pipe.synthesize_files(["labels/"], "out/")
+
+`load_pipeline(path)` picks the right pipeline for a checkpoint's task (CRN, SIMS).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import checkpoint as ckpt
+from .labels import LabelSpace, colorize, one_hot
+from .utils import atomic_path, pick_device
+
+ASSETS = Path(__file__).parent / "assets"
+# Models shipped inside the package, usable by name.
+BUNDLED = {"default": ASSETS / "default", "camvid": ASSETS / "camvid"}
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    p = BUNDLED.get(str(name_or_path), Path(name_or_path))
+    if str(name_or_path) in BUNDLED and not p.exists():
+        raise FileNotFoundError(f"bundled model {name_or_path!r} is not installed ({p} missing)")
+    return p
+
+
+def output_names(stem: str, k: int) -> list[str]:
+    """`<stem>.png` for one output, `<stem>_k0.png ...` for k > 1 (what `evaluate` pairs on)."""
+    return [f"{stem}.png"] if k == 1 else [f"{stem}_k{i}.png" for i in range(k)]
+
+
+def tile(images: np.ndarray) -> np.ndarray:
+    """(k, H, W, 3) -> a near-square grid, row-major (k = 9 gives the original's 3x3 layout)."""
+    k, h, w, c = images.shape
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
+    for i in range(k):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    return grid
+
+
+class CRNPipeline:
+    def __init__(self, model: torch.nn.Module, space: LabelSpace, meta: dict | None = None,
+                 device: torch.device | None = None):
+        self.device = device or pick_device()
+        self.model = model.to(self.device).eval()
+        self.space = space
+        self.meta = meta or {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None) -> "CRNPipeline":
+        dev = pick_device(device)
+        model, meta = ckpt.load_model(resolve_checkpoint(path), dev)
+        return cls(model, meta["label_space"], meta, dev)
+
+    @property
+    def k(self) -> int:
+        return self.model.config.k
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.model.config.size
+
+    def _prepare(self, layout, size) -> torch.Tensor:
+        ids = self.space.read(layout) if isinstance(layout, (str, Path)) else np.asarray(layout)
+        t = torch.as_tensor(ids, dtype=torch.long)
+        if t.shape != tuple(size):  # nearest: labels are categories, never interpolated
+            t = F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        return t
+
+    @torch.no_grad()
+    def __call__(self, layouts, k: int | None = None, size: tuple[int, int] | None = None,
+                 batch_size: int = 4) -> list[np.ndarray]:
+        """Layouts (class-index arrays or label-map paths) -> list of (k, H, W, 3) uint8 images.
+
+        Layouts are resized (nearest) to `size`, by default the model's native size."""
+        single = isinstance(layouts, np.ndarray) and layouts.ndim == 2
+        layouts = [layouts] if single or isinstance(layouts, (str, Path)) else list(layouts)
+        size = tuple(size or self.size)
+        k = min(k or self.k, self.k)
+        out = []
+        for i in range(0, len(layouts), batch_size):
+            ids = torch.stack([self._prepare(x, size) for x in layouts[i:i + batch_size]]).to(self.device)
+            fake = self.model(one_hot(ids, self.space.num_classes))[:, :k]
+            out.extend((fake.clamp(0, 1) * 255 + 0.5).byte().permute(0, 1, 3, 4, 2).cpu().numpy())
+        return out
+
+    def synthesize_files(self, inputs, out_dir: str | Path, k: int | None = None, grid: bool = False,
+                         overwrite: bool = False, batch_size: int = 4, size=None,
+                         progress: bool = True) -> list[Path]:
+        """Label-map files/folders -> images in `out_dir` named after the inputs. Refuses to
+        overwrite existing outputs unless `overwrite` (checked for all files before writing any)."""
+        from .data import list_label_files
+
+        files = list_label_files(inputs)
+        stems = [f.stem for f in files]
+        dupes = {s for s in stems if stems.count(s) > 1}
+        if dupes:
+            raise ValueError(f"several inputs share the output name(s) {sorted(dupes)[:5]}; "
+                             "synthesize them into separate folders")
+        k = min(k or self.k, self.k)
+        out_dir = Path(out_dir)
+        names = [[*output_names(s, k), *([f"{s}_grid.png"] if grid and k > 1 else [])] for s in stems]
+        existing = [out_dir / n for ns in names for n in ns if (out_dir / n).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; "
+                                  "pass --overwrite to replace them")
+        written = []
+        it = range(0, len(files), batch_size)
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(it, total=(len(files) + batch_size - 1) // batch_size, desc="synthesize", unit="batch")
+        for i in it:
+            batch = files[i:i + batch_size]
+            for f, imgs, ns in zip(batch, self(batch, k=k, size=size, batch_size=batch_size), names[i:i + batch_size]):
+                for arr, n in zip(list(imgs) + ([tile(imgs)] if grid and k > 1 else []), ns):
+                    with atomic_path(out_dir / n) as tmp:
+                        Image.fromarray(arr).save(tmp, format="PNG")
+                    written.append(out_dir / n)
+        return written
+
+    def colorize(self, ids) -> np.ndarray:
+        return colorize(ids, self.space)
+
+
+def load_pipeline(path: str | Path, device: str | None = None, **kwargs):
+    """The pipeline for a checkpoint's task: CRN, or SIMS (which also needs `bank=`)."""
+    meta = ckpt.read_metadata(resolve_checkpoint(path))
+    if meta["task"].startswith("sims"):
+        from .sims.pipeline import SIMSPipeline
+
+        return SIMSPipeline.from_pretrained(resolve_checkpoint(path), device=device, **kwargs)
+    return CRNPipeline.from_pretrained(path, device=device)

@@ -1,0 +1,349 @@
+"""The one trainer shared by every semsynth model.
+
+A run is described by a config file (see `semsynth/configs/*.yaml`): which *task* (what a batch
+means and how the loss is computed: `crn`, SIMS networks, ...), which model preset, label space,
+data, loss and optimiser. `train(cfg, out)` reads top to bottom: set up -> resume -> loop -> save.
+
+Exact resume: the data order comes from `ResumableSampler` (a permutation per epoch seeded by
+(seed, epoch), so position = step), augmentation draws from the trainer's own generator, and
+every RNG state is saved with the optimizer. N steps straight equal N/2 + resume + N/2.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from . import checkpoint as ckpt
+from .labels import LabelSpace, colorize, get_space, one_hot
+from .models import build_model, model_config
+from .utils import atomic_path, pick_device
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    def deco(cls):
+        TASKS[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def load_config(preset_or_path: str | Path, overrides: dict | None = None) -> dict:
+    """A preset name (semsynth/configs/<name>.yaml) or a YAML path, with dotted-key overrides."""
+    p = Path(preset_or_path)
+    if not p.suffix:
+        p = CONFIG_DIR / f"{preset_or_path}.yaml"
+    if not p.is_file():
+        names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no training preset or config file {preset_or_path!r}; presets: {names}")
+    cfg = yaml.safe_load(p.read_text())
+    for key, value in (overrides or {}).items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    cfg.setdefault("preset", p.stem)
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["optim.lr=1e-3", "data.size=[128,256]"] -> {"optim.lr": 0.001, ...} (values parsed as YAML)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} must look like key=value")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@register_task("crn")
+class CRNTask:
+    """Layout -> k images, perceptual (or per-class min-over-k diversity) loss against the photo."""
+
+    def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
+        from .losses import build_loss
+
+        self.space = space
+        self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
+                                         **cfg.get("model_overrides", {}))
+        self.model = build_model(self.model_config)
+        loss_cfg = cfg.get("loss", {})
+        self.loss_fn = build_loss(loss_cfg.get("preset", loss_cfg), loss_cfg.get("backbone_path")).to(device)
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        label = one_hot(batch["label"], self.space.num_classes)
+        fake = model(label)
+        return self.loss_fn(fake, batch["image"], label)
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """One row per example: layout colours | photo | k outputs."""
+        label = one_hot(batch["label"], self.space.num_classes)
+        fake = model(label).clamp(0, 1)
+        rows = []
+        for b in range(fake.shape[0]):
+            lay = torch.from_numpy(colorize(batch["label"][b], self.space)).permute(2, 0, 1).float() / 255
+            tiles = [lay.to(fake.device), batch["image"][b]] + list(fake[b])
+            rows.append(torch.cat(tiles, dim=2))
+        return torch.cat(rows, dim=1)
+
+
+# --------------------------------------------------------------------------- data order
+
+
+class ResumableSampler(Sampler):
+    """Endless sample indices: a fresh permutation per epoch, seeded by (seed, epoch), starting at
+    global sample position `start`; with `world` ranks, rank r takes every world-th index."""
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1, shuffle=True):
+        self.n, self.seed, self.start, self.rank, self.world, self.shuffle = n, seed, start, rank, world, shuffle
+
+    def __iter__(self) -> Iterator[int]:
+        pos = self.start
+        while True:
+            epoch, offset = divmod(pos, self.n)
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+                perm = torch.randperm(self.n, generator=g).tolist()
+            else:
+                perm = list(range(self.n))
+            for i in range(offset, self.n):
+                if (pos - self.start) % self.world == self.rank:
+                    yield perm[i]
+                pos += 1
+
+    def __len__(self):  # endless; DataLoader only needs it for len(), which we never call
+        return 2 ** 62
+
+
+def _flip_batch(batch: dict, gen: torch.Generator) -> dict:
+    """Random horizontal flips drawn from the trainer's generator (its state is checkpointed)."""
+    flip = torch.rand(batch["label"].shape[0], generator=gen) < 0.5
+    for key in ("label", "image"):
+        if key in batch:
+            x = batch[key]
+            batch[key] = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
+    return batch
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _setup_distributed() -> tuple[int, int, torch.device | None]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    rank = dist.get_rank()
+    device = None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, world, device
+
+
+def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
+    """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
+    name and shape match; new modules and a changed head keep their fresh init, as in the original."""
+    from safetensors.torch import load_file
+
+    src = load_file(str(ckpt.resolve(path)))
+    own = model.state_dict()
+    taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    return sorted(set(own) - set(taken))
+
+
+def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True) -> Path:
+    """Train according to `cfg` into run folder `out`; returns the final checkpoint folder."""
+    from .data import open_dataset
+
+    out = Path(out)
+    rank, world, dev = _setup_distributed()
+    device = dev or pick_device(cfg.get("device"))
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    space = get_space(cfg.get("label_space", "cityscapes"))
+    if str(cfg.get("task", "crn")).startswith("sims-"):
+        from .sims import tasks as _sims_tasks  # noqa: F401  (registers the sims-* tasks)
+    task = TASKS[cfg.get("task", "crn")](cfg, space, device)
+    model = task.model.to(device)
+    if hasattr(model, "config") and cfg.get("grad_checkpoint") and device.type == "cuda":
+        model.config.grad_checkpoint = True
+
+    d = cfg.get("data", {})
+    if hasattr(task, "dataset"):
+        dataset = task.dataset(cfg)
+    else:
+        if not d.get("path"):
+            raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
+        dataset = open_dataset(d["path"], space=space, split=d.get("split", "train"),
+                               size=tuple(d["size"]) if d.get("size") else None,
+                               cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
+                               exclude=d.get("exclude"))
+    B = int(cfg.get("optim", {}).get("batch_size", 1))
+    steps_per_epoch = math.ceil(len(dataset) / (B * world))
+    total = int(cfg["steps"]) if cfg.get("steps") else int(cfg.get("epochs", 1)) * steps_per_epoch
+
+    step = 0
+    gen = torch.Generator().manual_seed(seed)
+    state = ckpt.latest_train_state(out) if resume else None
+    if state is None and cfg.get("init_from"):
+        fresh = _load_partial(model, cfg["init_from"])
+        if rank == 0 and fresh:
+            print(f"init_from {cfg['init_from']}: {len(fresh)} tensors start fresh ({fresh[0]} ...)")
+    only = cfg.get("train_only")  # e.g. the 1024p stage trains only g_512, g_1024 and the head
+    for name, p in model.named_parameters():
+        p.requires_grad_(not only or any(name.startswith(prefix) for prefix in only))
+    o = cfg.get("optim", {})
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=float(o.get("lr", 1e-4)), betas=tuple(o.get("betas", (0.9, 0.999))),
+                                 eps=float(o.get("eps", 1e-8)))
+    if state is not None:
+        folder, st = state
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        optimizer.load_state_dict(st["optimizer"])
+        step = st["step"]
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["numpy_rng"])
+        random.setstate(st["python_rng"])
+        if rank == 0:
+            print(f"resuming {out} from step {step}")
+
+    sampler = ResumableSampler(len(dataset), seed, start=step * B * world, rank=rank, world=world)
+    workers = int(d.get("workers", 0))
+    loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.get("amp", "bf16"))
+    use_amp = device.type == "cuda" and amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    writer = _writer(out) if rank == 0 else None
+    metrics_path = out / "metrics.jsonl"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        _truncate_metrics(metrics_path, step)
+    log_every, sample_every = int(cfg.get("log_every", 50)), int(cfg.get("sample_every", 1000))
+    save_every = int(cfg.get("save_every", 1000))
+
+    def save(at: int):
+        train_state = {"optimizer": optimizer.state_dict(), "step": at, "gen": gen.get_state(),
+                       "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                       "python_rng": random.getstate(), "config": cfg}
+        return ckpt.save_training(out, at, model, task.model_config, space, task.name, train_state,
+                                  keep=int(cfg.get("keep", 3)))
+
+    bar = None
+    if rank == 0 and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('preset', '')}", dynamic_ncols=True)
+    it = iter(loader)
+    model.train()
+    t0, run_loss = time.time(), []
+    folder = None
+    while step < total:
+        batch = next(it)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if d.get("flip"):
+            batch = _flip_batch(batch, gen)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, logs = task.loss(net, batch)
+        if hasattr(task, "lr_at"):  # per-step schedules (the SIMS warm-ups)
+            for g in optimizer.param_groups:
+                g["lr"] = task.lr_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        run_loss.append(float(loss))
+        if rank == 0:
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{run_loss[-1]:.4g}")
+            if step % log_every == 0 or step == total:
+                rec = {"step": step, "loss": float(np.mean(run_loss)), "time": time.time() - t0,
+                       **{k: float(v) for k, v in logs.items()}}
+                run_loss = []
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if writer:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            if step % sample_every == 0 or step == total:
+                model.eval()
+                grid = task.samples(model, batch).clamp(0, 1).cpu()
+                model.train()
+                _save_grid(out / "samples" / f"step_{step:07d}.png", grid)
+                if writer:
+                    writer.add_image("samples", grid, step)
+            if step % save_every == 0 or step == total:
+                folder = save(step)
+    if bar:
+        bar.close()
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+    return folder or Path(out)
+
+
+def _writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.jsonl is always written
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines past the resumed step so the curve has no duplicates."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _save_grid(path: Path, grid: torch.Tensor) -> None:
+    from PIL import Image
+
+    arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
