@@ -291,7 +291,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        run_loss.append(float(loss))
+        run_loss.append(float(loss.detach()))
         if rank == 0:
             if bar:
                 bar.update(1)
@@ -321,6 +321,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         writer.close()
     if world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return folder or Path(out)
 
 
