@@ -168,6 +168,13 @@ def _setup_distributed() -> tuple[int, int, torch.device | None]:
     return rank, world, device
 
 
+def _data_path(p: str) -> Path:
+    """'shared:data/x' names a folder under the shared data dir (SEMSYNTH_SHARED, ../shared)."""
+    from .utils import shared_dir
+
+    return shared_dir() / p[len("shared:"):] if str(p).startswith("shared:") else Path(p)
+
+
 def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
     """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
     name and shape match; new modules and a changed head keep their fresh init, as in the original."""
@@ -206,10 +213,12 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     else:
         if not d.get("path"):
             raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
-        dataset = open_dataset(d["path"], space=space, split=d.get("split", "train"),
-                               size=tuple(d["size"]) if d.get("size") else None,
-                               cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
-                               exclude=d.get("exclude"))
+        paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
+        parts = [open_dataset(_data_path(p), space=space, split=d.get("split", "train"),
+                              size=tuple(d["size"]) if d.get("size") else None,
+                              cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
+                              exclude=d.get("exclude")) for p in paths]
+        dataset = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     B = int(cfg.get("optim", {}).get("batch_size", 1))
     steps_per_epoch = math.ceil(len(dataset) / (B * world))
     total = int(cfg["steps"]) if cfg.get("steps") else int(cfg.get("epochs", 1)) * steps_per_epoch
