@@ -25,6 +25,24 @@ def _cmd_info(sub):
     p.set_defaults(func=run)
 
 
+def _cmd_bench(sub):
+    p = sub.add_parser("bench", help="parameters, MACs, seconds and memory of model presets")
+    p.add_argument("models", nargs="*", default=["crn-tiny", "crn-256p"])
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: native)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+
+    def run(args):
+        from .bench import bench_model, format_table
+        from .utils import pick_device
+
+        dev = str(pick_device(args.device))
+        rows = [bench_model(m, tuple(args.size) if args.size else None, dev, args.repeats) for m in args.models]
+        print(format_table(rows))
+
+    p.set_defaults(func=run)
+
+
 def _cmd_train(sub):
     p = sub.add_parser("train", help="train a model from a preset or config file",
                        description="Train PRESET (a name in semsynth/configs, e.g. crn-256p, or a "
@@ -83,13 +101,14 @@ def _cmd_synthesize(sub):
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--bank", help="SIMS memory bank (SIMS checkpoints only)")
     p.add_argument("--save-intermediates", action="store_true", help="SIMS: also write canvases and chosen segments")
+    p.add_argument("--transform", help="SIMS: transformation-network checkpoint (default: identity placement)")
+    p.add_argument("--order", help="SIMS: ordering-network checkpoint (default: class-order prior)")
 
     def run(args):
         from .pipelines import load_pipeline
 
-        kwargs = {}
-        if args.bank:
-            kwargs["bank"] = args.bank
+        kwargs = {k: v for k, v in (("bank", args.bank), ("transform", args.transform),
+                                    ("order", args.order)) if v}
         pipe = load_pipeline(args.checkpoint, device=args.device, **kwargs)
         extra = {"save_intermediates": True} if args.save_intermediates else {}
         written = pipe.synthesize_files(args.inputs, args.out, k=args.k, grid=args.grid,
@@ -184,7 +203,245 @@ def _cmd_evaluate(sub):
     p.set_defaults(func=run)
 
 
-COMMANDS = [_cmd_info, _cmd_train, _cmd_synthesize, _cmd_convert, _cmd_layouts, _cmd_evaluate]
+# --------------------------------------------------------------------------- sims
+# `semsynth sims <sub>`: each sub-subcommand is one function in SIMS_COMMANDS taking the `sims`
+# subparsers object (add more, e.g. `sims train`, by appending a function to SIMS_COMMANDS).
+
+
+def _sims_build_bank(ssub):
+    p = ssub.add_parser(
+        "build-bank", help="build or extend a SIMS memory bank of training segments",
+        description="Cut every (layout, photo) pair of the dataset(s) into segments and store them in "
+        "BANK (sharded; resumable: images already in BANK are skipped, so re-running after an "
+        "interrupt, or with another --data, only adds what is missing).")
+    p.add_argument("--data", required=True, action="append",
+                   help="dataset folder (Cityscapes, images/+labels/, ...); repeat to add several")
+    p.add_argument("--out", required=True, help="bank folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--label-space", help="label space (default: the dataset's own)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="segment resolution (new banks: 256 512, as the original)")
+    p.add_argument("--rgb-scale", type=int, help="photos kept at this multiple of --size (new banks: 2)")
+    p.add_argument("--shard-images", type=int, default=64, help="source images per shard")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--limit", type=int, help="add at most this many new images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args):
+        import time
+
+        from .sims.bank import build_bank_from_paths
+
+        t0 = time.perf_counter()
+        bank = build_bank_from_paths(
+            args.data, args.out, space=args.label_space, split=args.split, size=args.size,
+            rgb_scale=args.rgb_scale, shard_images=args.shard_images, workers=args.workers,
+            limit=args.limit, progress=not args.quiet)
+        print(f"{bank}: {bank.disk_bytes() / 1e6:.1f} MB on disk, {time.perf_counter() - t0:.1f} s")
+
+    p.set_defaults(func=run)
+
+
+def _sims_canvas(ssub):
+    p = ssub.add_parser(
+        "canvas", help="retrieve segments for layouts and write their canvases (no networks needed)",
+        description="For each LABEL map: retrieve bank segments, paste them back to front in the "
+        "class-order prior with identity placement, and write <name>_canvas.png, <name>_support.png "
+        "and <name>_layout.png (the revised layout) into OUT.")
+    p.add_argument("labels", nargs="+", metavar="LABEL", help="label maps or folders of them")
+    p.add_argument("--bank", required=True)
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=("iou", "context"), default="iou",
+                   help="retrieval score: mask IoU (released) or IoU + context IoU (paper)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="canvas size (default: the bank's RGB size)")
+    p.add_argument("--label-encoding", help="id encoding of grey label maps (default: by file name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random elision")
+    p.add_argument("--prior", help="class-order prior .json (from `sims order-prior`); default: the original")
+    p.add_argument("--no-outer-elision", action="store_true")
+
+    def run(args):
+        from pathlib import Path
+
+        from .data import list_label_files, save_image
+        from .labels import save_label
+        from .sims.bank import Bank
+        from .sims.canvas import CanvasConfig, compose_canvas
+        from .sims.order import coarse_order
+        from .sims.retrieval import Retriever
+
+        bank = Bank.open(args.bank)
+        retriever = Retriever(bank)
+        order = coarse_order(bank.space, prior=args.prior) if args.prior else None
+        cfg = CanvasConfig(outer_elision=not args.no_outer_elision)
+        out = Path(args.out)
+        for i, f in enumerate(list_label_files(args.labels)):
+            lab = bank.space.read(f, args.label_encoding)
+            res = retriever.search(lab, mode=args.mode)
+            cv = compose_canvas(bank, res, size=args.size, order=order, config=cfg, rng=args.seed + i)
+            save_image(out / f"{f.stem}_canvas.png", cv.rgb)
+            save_image(out / f"{f.stem}_support.png", (cv.support * 255).astype("uint8"))
+            save_label(out / f"{f.stem}_layout.png", cv.label, bank.space)
+            n = int(res.searched.sum())
+            print(f"{f.name}: {n} of {len(res.query)} segments retrieved ({res.seconds * 1000:.0f} ms), "
+                  f"support {cv.support.mean():.0%} -> {out / (f.stem + '_canvas.png')}")
+
+    p.set_defaults(func=run)
+
+
+def _sims_order_prior(ssub):
+    p = ssub.add_parser(
+        "order-prior", help="the class-order prior (back to front), from order_frequency.mat or data",
+        description="Without --data: recompute the original order from SIMS' order_frequency.mat "
+        "(--mat, default ../shared/reference/sims_priors/order_frequency.mat). With --data: count "
+        "which class is behind which over the label maps (B.4.2 pairs; lower-region cue, no depth) "
+        "and derive the order from those counts.")
+    p.add_argument("--data", action="append", help="dataset folder(s) or label files (label maps only are read)")
+    p.add_argument("--mat", help="an order_frequency.mat file")
+    p.add_argument("--label-space", default=None)
+    p.add_argument("--split", default="train")
+    p.add_argument("-o", "--out", help="write the prior (counts + order) as JSON")
+
+    def run(args):
+        import numpy as np
+
+        from .data import open_dataset
+        from .labels import get_space
+        from .sims.order import back_ratio, load_order_frequency, occlusion_counts, order_from_counts, save_prior
+
+        if args.data:
+            counts, space = None, None
+            for d in args.data:
+                ds = open_dataset(d, space=args.label_space, split=args.split, require_images=False, cache=False)
+                space = space or ds.space
+                c = occlusion_counts(ds, space, progress=True)
+                counts = c if counts is None else counts + c
+        else:
+            space = get_space(args.label_space or "cityscapes")
+            counts = load_order_frequency(args.mat)
+        order = order_from_counts(counts)
+        ratio = back_ratio(counts)
+        print("back to front:")
+        for r, c in enumerate(order):
+            print(f"  {r + 1:2d}. {space.names[c]:14s} back ratio {ratio[c]:.3f}  "
+                  f"({int(np.asarray(counts)[c].sum())} behind / {int(np.asarray(counts)[:, c].sum())} in front)")
+        if args.out:
+            print("->", save_prior(args.out, counts, space))
+
+    p.set_defaults(func=run)
+
+
+def _sims_bench_retrieval(ssub):
+    p = ssub.add_parser("bench-retrieval", help="time retrieval per layout on a bank replicated to N segments")
+    p.add_argument("--bank", required=True)
+    p.add_argument("--segments", type=int, default=100_000)
+    p.add_argument("--layouts", nargs="*", help="query label maps/folders (default: 16 of the bank's own layouts)")
+    p.add_argument("--k", type=int, default=10)
+
+    def run(args):
+        import json
+
+        from .data import list_label_files
+        from .sims.bank import Bank
+        from .sims.retrieval import benchmark_retrieval
+
+        bank = Bank.open(args.bank)
+        if args.layouts:
+            lays = [bank.space.read(f) for f in list_label_files(args.layouts)]
+        else:
+            lays = [bank.source_label(i) for i in range(min(16, bank.num_images))]
+        print(json.dumps(benchmark_retrieval(bank, lays, n_segments=args.segments, k=args.k), indent=1))
+
+    p.set_defaults(func=run)
+
+
+def _sims_train(ssub):
+    p = ssub.add_parser("train", help="train the SIMS transformation or ordering network",
+                        description="Train NETWORK from the preset sims-transform / sims-order (or "
+                        "--config FILE). The synthesis network trains with `semsynth train sims-256p`, "
+                        "sims-512p, sims-1024p. Re-running with the same --out resumes.")
+    p.add_argument("network", choices=["transform", "order"])
+    p.add_argument("--data", help="dataset folder (Cityscapes layout; `order` also needs disparity/ "
+                   "or --disparity/--depth)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, samples, metrics.jsonl, tb/")
+    p.add_argument("--config", help="a config .yaml instead of the preset")
+    p.add_argument("--disparity", help="order: folder of *_disparity.png maps (larger = closer)")
+    p.add_argument("--depth", help="order: folder of depth maps (.png/.npy, smaller = closer)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config entry")
+    p.add_argument("--print-config", action="store_true")
+
+    def run(args):
+        import yaml
+
+        from .train import load_config, parse_overrides, train
+
+        o = parse_overrides(args.set)
+        for key, val in [("data.path", args.data), ("data.disparity", args.disparity), ("data.depth", args.depth),
+                         ("steps", args.steps), ("epochs", args.epochs), ("optim.batch_size", args.batch_size),
+                         ("optim.lr", args.lr), ("seed", args.seed), ("device", args.device)]:
+            if val is not None:
+                o[key] = val
+        if args.epochs is not None and args.steps is None:
+            o["steps"] = None
+        cfg = load_config(args.config or f"sims-{args.network}", o)
+        if cfg.get("task") != f"sims-{args.network}":
+            raise ValueError(f"{args.config}: task is {cfg.get('task')!r}, not 'sims-{args.network}'")
+        if args.print_config:
+            print(yaml.safe_dump(cfg, sort_keys=False))
+            return 0
+        print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume)}")
+
+    p.set_defaults(func=run)
+
+
+SIMS_COMMANDS = [_sims_build_bank, _sims_canvas, _sims_order_prior, _sims_bench_retrieval, _sims_train]
+
+
+def _cmd_sims(sub):
+    p = sub.add_parser("sims", help="SIMS: memory bank, retrieval, canvases, class-order prior",
+                       description="Semi-parametric image synthesis (SIMS) tools.")
+    ssub = p.add_subparsers(dest="sims_command", required=True, metavar="SUBCOMMAND")
+    for add in SIMS_COMMANDS:
+        add(ssub)
+
+
+def _cmd_demo(sub):
+    p = sub.add_parser(
+        "demo", help="synthesize a few layouts with the bundled model and write a web page of the results",
+        description="Without LABELS: N procedural street layouts (seeds S, S+1, ...) at the model's native "
+        "size. With LABELS (label-map files or folders, any format of the model's label space): those "
+        "maps, resized to the native size. Writes DIR/layouts/, DIR/outputs/ and DIR/index.html "
+        "(layout | outputs side by side) and prints the page's path.")
+    p.add_argument("labels", nargs="*", metavar="LABELS", help="label maps or folders (default: procedural layouts)")
+    p.add_argument("-o", "--out", metavar="DIR", help="output folder (default: ./semsynth-demo, or "
+                   "semsynth-demo-2, ... when that one is taken)")
+    p.add_argument("-n", type=int, default=4, help="number of procedural layouts (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first procedural layout")
+    p.add_argument("--k", type=int, help="variants per layout (default: all the model makes)")
+    p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files of the same names")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args):
+        from .demo import run_demo
+
+        index = run_demo(args.out, inputs=args.labels or None, n=args.n, seed=args.seed, k=args.k,
+                         model=args.model, device=args.device, progress=not args.quiet,
+                         overwrite=args.overwrite)
+        print(f"open {index}  ({index.resolve().as_uri()})")
+
+    p.set_defaults(func=run)
+
+
+COMMANDS = [_cmd_info, _cmd_bench, _cmd_train, _cmd_synthesize, _cmd_convert, _cmd_layouts, _cmd_evaluate, _cmd_sims,
+            _cmd_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Tiny tensors: thread start-up costs more than it saves, and CI has two cores to share.
+torch.set_num_threads(1)
 from PIL import Image
 
 from semsynth.utils import shared_dir

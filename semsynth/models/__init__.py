@@ -52,3 +52,6 @@ def build_model(name_or_config: "str | dict", **overrides) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+from . import sims as _sims  # noqa: E402,F401  (registers the SIMS archs and presets)

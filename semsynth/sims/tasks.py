@@ -1,0 +1,730 @@
+"""Trainer tasks for the three SIMS networks: `sims-synthesis`, `sims-transform`, `sims-order`.
+
+Each task builds its training examples on the fly from a real (layout, photo) dataset, following
+the original MATLAB data generators (SPEC B.3.1, B.4.2, B.6.1) instead of precomputed .mat files:
+
+* **sims-transform**: real segments of an image (area > 1000 px at 256x512), each jittered by a
+  random scale U[0.9, 1.1) and rotation U(-r, r) about its box centre and a shift of up to
+  +-1/32 of its box size; the network sees the jittered segment, the original mask and the layout,
+  and is trained with the original's masked L1 (in 0..255 pixel units) between the warped
+  composite and the photo. **Fixed:** the rotation is applied (B.8.5; r = 2.5 deg by default, the
+  magnitude the original uses for label corruption); the paste-back centring bug is gone.
+* **sims-order**: pairs of adjacent segments of different classes whose front/back relation is
+  read from a disparity (or depth) map in the boundary band (B.4.2). **Fixed:** the planar/object
+  override applies in both orientations; up to 10 *random* pairs per step with no stale slots
+  (padding is ignored by the loss) instead of always the first 10 (B.8.8).
+* **sims-synthesis**: a canvas made from the image's own segments with the original's
+  corruption/drop scheme (B.6.1): segments of <= 1000 px are dropped; each larger one is pasted
+  only where it overlaps a "retrieved" shape (a random-affine version of itself: scale, rotation,
+  shift — the original's best-IoU segment among 100 random other images plays this role); 20 %
+  of them are recoloured with MKL colour transfer towards the same box of another photo; half of a
+  boundary band is set to white; the layout is corrupted (rotation U(-2.5, 2.5) deg plus a random
+  shift, void outside the segment). Loss: perceptual L1 (crn-512p weights) + 10 x cross-entropy
+  with the uncorrupted layout. **Fixed:** RGB targets (the original trained RGB-in/BGR-out,
+  B.8.13); the colour-transfer branch masks with the pasted support, not the whole retrieved mask
+  (B.8.12).
+
+Each dataset has `draws` x images examples: example (i, d) is the d-th random draw for image i,
+seeded by (seed, i, d), like the original's fixed `NN/` draw folders, so resumed runs see the same
+data. `epochs` in the configs count passes over the *images* (one draw each, as the original
+picked a random draw folder per step); `dataset()` turns them into the trainer's `steps`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..labels import LabelSpace, colorize, one_hot
+from ..models import build_model, model_config
+from ..models.sims import front_probability, invert_theta, jitter_theta, pair_input, warp
+from ..train import register_task
+from .color_transfer import mkl_matrix
+from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
+
+__all__ = [
+    "SynthesisTask", "TransformTask", "OrderTask", "SynthesisCanvases", "JitteredSegments",
+    "OrderPairs", "build_canvases", "coarse_order", "transform_loss", "dilate", "boundary", "mkl_params",
+    "schedule_lr",
+]
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def dilate(m: torch.Tensor, k: int) -> torch.Tensor:
+    """Binary dilation of boolean (..., H, W) masks with a k x k square (MATLAB strel('square', k);
+    an even k reaches one pixel further down/right). Box sums by cumulative sums, separably: O(1)
+    per pixel whatever k."""
+    if k <= 1:
+        return m.bool()
+    a, b = (k - 1) // 2, k // 2
+    x = F.pad(m.to(torch.int32), (0, 0, a + 1, b))
+    c = x.cumsum(-2)
+    x = F.pad(c[..., k:, :] - c[..., :-k, :], (a + 1, b, 0, 0))
+    c = x.cumsum(-1)
+    return (c[..., k:] - c[..., :-k]) > 0
+
+
+def boundary(m: torch.Tensor) -> torch.Tensor:
+    """The pixels on either side of a mask's outline (where a Sobel filter of the mask is
+    non-zero, as MATLAB's edge(mask, 'sobel', 0) up to its thinning). The image border is not
+    an outline."""
+    m = m.bool()
+    return dilate(m, 3) & dilate(~m, 3)
+
+
+def mkl_params(src: np.ndarray, ref: np.ndarray):
+    """MKL colour transfer (`color_transfer.mkl_matrix`, SPEC B.7) from the (N, 3) pixels `src` to
+    the colour statistics of the (M, 3) pixels `ref`: -> (T, mean_src, mean_ref) as float32
+    tensors, recoloured = (x - mean_src) @ T + mean_ref."""
+    def cov(x):
+        return np.cov(x, rowvar=False) if len(x) > 1 else np.zeros((3, 3))
+
+    src, ref = np.asarray(src, np.float64), np.asarray(ref, np.float64)
+    t = mkl_matrix(cov(src), cov(ref))
+    return tuple(torch.from_numpy(np.asarray(v, np.float64)).float() for v in (t, src.mean(0), ref.mean(0)))
+
+
+def coarse_order(space: LabelSpace) -> list[int]:
+    """Class indices back to front (the pasting order of canvases and the orientation of order
+    pairs): `semsynth.sims.order.coarse_order` (the released SIMS order for Cityscapes), or
+    class-index order for spaces without a prior."""
+    from .order import coarse_order as prior
+
+    try:
+        out = [int(c) for c in prior(space)]
+    except KeyError:
+        out = []
+    return out + [c for c in range(space.num_classes) if c not in out]
+
+
+def schedule_lr(sched: dict | None, epoch: int, base: float) -> float:
+    """The originals' schedules: lr(e) = min(start * factor^(e - 1), cap(e)) where cap(e) is the
+    last `caps` entry [from_epoch, cap] with from_epoch <= e (default: the base lr)."""
+    if not sched:
+        return base
+    cap = base
+    for from_epoch, c in sched.get("caps", []):
+        if epoch >= int(from_epoch):
+            cap = float(c)
+    start = sched.get("start")
+    if start is None:
+        return cap
+    return min(float(start) * float(sched.get("factor", 1.0)) ** (epoch - 1), cap)
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _base_dataset(cfg: dict, space: LabelSpace):
+    from ..data import open_dataset
+
+    d = cfg.get("data", {})
+    if not d.get("path"):
+        raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
+    return open_dataset(d["path"], space=space, split=d.get("split", "train"),
+                        size=tuple(d["size"]) if d.get("size") else None, cache=d.get("cache", True),
+                        label_encoding=d.get("label_encoding"), exclude=d.get("exclude"))
+
+
+class _Draws(Dataset):
+    """`draws` deterministic random variants of every sample of a base dataset."""
+
+    def __init__(self, base, space: LabelSpace, draws: int, seed: int):
+        self.base, self.space, self.draws, self.seed = base, space, max(1, int(draws)), int(seed)
+        self._segs: dict[int, object] = {}
+        self.roles = class_roles(space)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.base)
+
+    def __len__(self):
+        return len(self.base) * self.draws
+
+    def rng(self, i: int, d: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, i, d, 0x5135])
+
+    def arrays(self, i: int):
+        """(label (H, W) int64, photo (H, W, 3) uint8) of image i."""
+        if hasattr(self.base, "arrays"):
+            ids, rgb = self.base.arrays(i)
+            return np.asarray(ids, dtype=np.int64), np.asarray(rgb)
+        s = self.base[i]
+        return s["label"].numpy(), (s["image"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def segments(self, i: int, ids: np.ndarray):
+        if i not in self._segs:
+            self._segs[i] = extract_segments(ids, self.space.num_classes, self.roles.thin, sig_grid=None)
+        return self._segs[i]
+
+
+class _Subset:
+    """The images of a base dataset that have a depth map (keeps the fast `arrays` path)."""
+
+    def __init__(self, base, keep: list[int]):
+        self.base, self.keep = base, list(keep)
+
+    def __len__(self):
+        return len(self.keep)
+
+    def __getitem__(self, i):
+        return self.base[self.keep[i]]
+
+    def arrays(self, i):
+        return self.base.arrays(self.keep[i])
+
+
+def _steps_from_epochs(cfg: dict, images: int) -> None:
+    """Configs give epochs over images; the trainer counts steps (see the module docstring)."""
+    if not cfg.get("steps"):
+        b = int(cfg.get("optim", {}).get("batch_size", 1))
+        cfg["steps"] = int(cfg.get("epochs", 1)) * math.ceil(images / (b * _world()))
+
+
+class _TaskBase:
+    def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
+        self.cfg, self.space, self.device = cfg, space, device
+        self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
+                                         **cfg.get("model_overrides", {}))
+        self.model = build_model(self.model_config)
+        o = cfg.get("optim", {})
+        self.base_lr = float(o.get("lr", 1e-4))
+        self.sched = o.get("schedule")
+        self.batch = int(o.get("batch_size", 1))
+        self.images = None
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimisation step `step` (0-based); epochs count passes over images."""
+        if not self.images:
+            return self.base_lr
+        epoch = 1 + (step * self.batch * _world()) // self.images
+        return schedule_lr(self.sched, epoch, self.base_lr)
+
+    def _layout_rgb(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(colorize(ids.cpu(), self.space)).permute(2, 0, 1).float() / 255
+
+
+# ----------------------------------------------------------------------------- transformation
+
+
+class JitteredSegments(_Draws):
+    """Example: {"image", "label", "masks" (N, H, W) bool target masks, "jitter" (N, 2, 3) the
+    normalised theta that `warp` uses to make the perturbed segment, "valid" (N,) bool}."""
+
+    def __init__(self, base, space, draws=2, seed=0, slots=10, min_area=REFERENCE_MIN_AREA,
+                 scale=(0.9, 1.1), shift=0.125 / 2, rotation_deg=2.5):
+        super().__init__(base, space, draws, seed)
+        self.slots, self.min_area = int(slots), float(min_area)
+        self.scale, self.shift, self.rotation = tuple(scale), float(shift), math.radians(rotation_deg)
+
+    def __getitem__(self, idx):
+        i, d = idx % self.num_images, idx // self.num_images
+        ids, rgb = self.arrays(i)
+        H, W = ids.shape
+        segs = self.segments(i, ids)
+        rng = self.rng(i, d)
+        big = np.flatnonzero(segs.area > scaled_area(self.min_area, (H, W)))
+        if len(big) > self.slots:  # a random `slots` of them (transformation.py:272-278)
+            big = np.sort(rng.choice(big, self.slots, replace=False))
+        n = len(big)
+        masks = torch.zeros(self.slots, H, W, dtype=torch.bool)
+        for j, s in enumerate(big):
+            masks[j] = torch.from_numpy(segs.full_mask(int(s)))
+        box = segs.bbox[big].astype(np.float64).reshape(-1, 4)  # y0, x0, y1, x1 (end-exclusive)
+        centre = np.stack([(box[:, 1] + box[:, 3]) / 2, (box[:, 0] + box[:, 2]) / 2], 1)
+        bw, bh = box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]
+        u = rng.random((n, 4))
+        scale = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        angle = (2 * u[:, 1] - 1) * self.rotation
+        # round((u - 0.5) * size * 0.125 / 2) pixels (train_generate_transform.m:96-98)
+        shift = np.stack([np.round((u[:, 2] - 0.5) * bw * self.shift),
+                          np.round((u[:, 3] - 0.5) * bh * self.shift)], 1)
+        # Keep the jittered box inside the image: drop scale/rotation when it would not fit
+        # (the original keeps the unscaled segment), then the shift when it would leave (l.80-115).
+        half = np.stack([bw, bh], 1) / 2
+        c, s_ = np.abs(np.cos(angle)), np.abs(np.sin(angle))
+        ext = np.stack([half[:, 0] * c + half[:, 1] * s_, half[:, 0] * s_ + half[:, 1] * c], 1) * scale[:, None]
+        lim = np.array([W, H], dtype=np.float64)
+        fits = ((centre - ext >= 0) & (centre + ext <= lim)).all(1)
+        scale, angle = np.where(fits, scale, 1.0), np.where(fits, angle, 0.0)
+        ext = np.where(fits[:, None], ext, half)
+        inside = ((centre + shift - ext >= 0) & (centre + shift + ext <= lim)).all(1)
+        shift = np.where(inside[:, None], shift, 0.0)
+        jitter = torch.zeros(self.slots, 2, 3)
+        jitter[:, 0, 0] = jitter[:, 1, 1] = 1
+        if n:
+            t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+            jitter[:n] = jitter_theta(t(centre), t(scale), t(angle), t(shift), H, W).float()
+        valid = torch.arange(self.slots) < n
+        return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
+                "label": torch.from_numpy(ids), "masks": masks, "jitter": jitter, "valid": valid}
+
+
+def transform_loss(theta: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor, image: torch.Tensor,
+                   owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's masked L1 (transformation.py:163-176, 198-201), per image then averaged.
+
+    theta (S,2,3), segments (S,3,H,W) network inputs, masks (S,1,H,W) target masks, image (B,3,H,W),
+    owner (S,) image index of each segment. composite_b = sum over its segments of
+    warp(segment, theta) * mask; loss_b = sum_x m(x) mean_ch |255 (composite - image)| / (sum m + 1)
+    with m = sum of its masks. Returns (loss, composite)."""
+    B = image.shape[0]
+    warped = warp(segments, theta) * masks
+    comp = image.new_zeros(B, 3, *image.shape[-2:]).index_add(0, owner, warped.to(image.dtype))
+    m = image.new_zeros(B, 1, *image.shape[-2:]).index_add(0, owner, masks.to(image.dtype))
+    err = (m * (255 * (comp - image)).abs().mean(1, keepdim=True)).sum((1, 2, 3)) / (m.sum((1, 2, 3)) + 1)
+    return err.mean(), comp
+
+
+@register_task("sims-transform")
+class TransformTask(_TaskBase):
+    def dataset(self, cfg: dict):
+        j = cfg.get("jitter", {})
+        ds = JitteredSegments(_base_dataset(cfg, self.space), self.space, draws=cfg.get("data", {}).get("draws", 2),
+                              seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
+                              min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
+                              scale=j.get("scale", (0.9, 1.1)), shift=float(j.get("shift", 0.0625)),
+                              rotation_deg=float(j.get("rotation_deg", 2.5)))
+        self.images = ds.num_images
+        _steps_from_epochs(cfg, ds.num_images)
+        return ds
+
+    def _forward(self, model, batch):
+        owner, slot = batch["valid"].nonzero(as_tuple=True)
+        masks = batch["masks"][owner, slot].unsqueeze(1).to(batch["image"].dtype)
+        jit = batch["jitter"][owner, slot]
+        with torch.autocast(device_type=masks.device.type, enabled=False):
+            segs = warp(batch["image"][owner] * masks, jit)  # the perturbed segments: network input
+        label = one_hot(batch["label"], self.space.num_classes)[owner]
+        theta = model(segs, masks, label) if len(owner) else None
+        return owner, masks, jit, segs, theta
+
+    def loss(self, model, batch):
+        owner, masks, jit, segs, theta = self._forward(model, batch)
+        if theta is None:  # no segment large enough in this batch: a zero loss that touches every weight
+            zero = sum(p.sum() for p in model.parameters()) * 0.0
+            return zero, {"segments": torch.tensor(0.0)}
+        with torch.autocast(device_type=theta.device.type, enabled=False):  # sub-pixel warps in fp32
+            loss, _ = transform_loss(theta.float(), segs.float(), masks.float(), batch["image"].float(), owner)
+        with torch.no_grad():
+            err = (theta.float() - invert_theta(jit.float())).abs()
+        return loss, {"theta_err": err.mean(), "segments": torch.tensor(float(len(owner)))}
+
+    @torch.no_grad()
+    def samples(self, model, batch):
+        """One row per example: photo | jittered segments | after the predicted warp."""
+        owner, masks, jit, segs, theta = self._forward(model, batch)
+        img = batch["image"]
+        if theta is None:
+            return torch.cat([img, img * 0, img * 0], 3).permute(1, 0, 2, 3).flatten(1, 2)
+        ident = torch.eye(2, 3, device=img.device).expand(len(owner), 2, 3)
+        _, before = transform_loss(ident, segs, masks, img, owner)
+        _, after = transform_loss(theta, segs, masks, img, owner)
+        rows = torch.cat([img, before, after], 3)  # (B, 3, H, 3W)
+        return rows.permute(1, 0, 2, 3).flatten(1, 2)
+
+
+# ----------------------------------------------------------------------------- ordering
+
+
+def _depth_index(folder: Path) -> dict[str, Path]:
+    """frame stem -> depth/disparity file under `folder` (recursive), '_disparity'/'_depth' stripped."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in (".png", ".npy", ".tif", ".tiff", ".pfm") or not p.is_file():
+            continue
+        stem = p.stem
+        for suffix in ("_disparity", "_depth"):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+        out.setdefault(stem, p)
+    return out
+
+
+def read_nearness(path: Path, kind: str, size: tuple[int, int]) -> np.ndarray:
+    """A map where larger = closer, NaN = unknown, at `size` (nearest resize: never averaged across
+    object boundaries). Cityscapes disparity PNGs: d = (p - 1) / 256 for p > 0, 0 = invalid."""
+    from PIL import Image
+
+    if path.suffix.lower() == ".npy":
+        raw = np.load(path).astype(np.float64)
+        valid = np.isfinite(raw) & (raw > 0)
+    else:
+        with Image.open(path) as im:
+            raw = np.asarray(im).astype(np.float64)
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        valid = raw > 0
+        if kind == "disparity":
+            raw = (raw - 1) / 256
+    val = np.where(valid, raw, np.nan)
+    if kind == "depth":
+        val = 1.0 / val
+    if val.shape != tuple(size):
+        ys = (np.arange(size[0]) * val.shape[0]) // size[0]
+        xs = (np.arange(size[1]) * val.shape[1]) // size[1]
+        val = val[ys[:, None], xs[None, :]]
+    return val
+
+
+# The "object" classes of train_generate_order.m:22-23 ({6,7,8,15,16,17,14,18,19,12,13}), by name
+# (plus CamVid's names), which are always in front of a planar class (road, sidewalk, terrain).
+_THINGS = {"pole", "traffic light", "traffic sign", "truck", "bus", "train", "car", "motorcycle",
+           "bicycle", "person", "rider", "sign symbol", "pedestrian", "bicyclist"}
+
+
+class OrderPairs(_Draws):
+    """Example: {"label", "mask_a", "mask_b" (P, H, W) bool, "target" (P,) class index in front,
+    -100 for empty slots}. Pairs are adjacent segments (3x3-dilated outline of a touches b) of
+    different classes, a before b in the coarse order; the nearer one (median nearness in the
+    11x11 boundary band) is in front, except that an object always beats a planar class."""
+
+    def __init__(self, base, space, depth_files: list[Path], kind: str = "disparity", draws=1, seed=0,
+                 slots=10, min_area=REFERENCE_MIN_AREA, adjacency=3, band=11):
+        super().__init__(base, space, draws, seed)
+        self.depth_files, self.kind = depth_files, kind
+        self.slots, self.min_area, self.adjacency, self.band = int(slots), float(min_area), adjacency, band
+        order = coarse_order(space)
+        self.rank = np.empty(space.num_classes, dtype=np.int64)
+        self.rank[order] = np.arange(len(order))
+        names = [n.lower() for n in space.names]
+        self.things = {i for i, n in enumerate(names) if n in _THINGS}
+        self._pairs: dict[int, tuple] = {}
+
+    def pairs(self, i: int, ids: np.ndarray):
+        """(index a, index b, front class) of every labelled pair of image i, and the segments."""
+        if i in self._pairs:
+            return self._pairs[i]
+        H, W = ids.shape
+        segs = self.segments(i, ids)
+        big = np.flatnonzero(segs.area > scaled_area(self.min_area, (H, W)))
+        big = big[np.argsort(self.rank[segs.cls[big]], kind="stable")]
+        near = torch.from_numpy(read_nearness(self.depth_files[i], self.kind, (H, W)))
+        out = []
+        if len(big) > 1:
+            m = torch.stack([torch.from_numpy(segs.full_mask(int(s))) for s in big])
+            edge = boundary(m)
+            touch = dilate(edge, self.adjacency).flatten(1).float() @ m.flatten(1).float().T > 0
+            wide = dilate(edge, self.band)
+            cls = segs.cls[big]
+            planar, objects = set(self.roles.planar), self.things
+            for a, b in zip(*np.nonzero(np.triu(touch.numpy(), 1))):
+                if cls[a] == cls[b]:
+                    continue
+                band = wide[a] & wide[b]
+                va, vb = near[band & m[a]], near[band & m[b]]
+                va, vb = va[~torch.isnan(va)], vb[~torch.isnan(vb)]
+                if not len(va) or not len(vb):
+                    continue
+                # larger nearness is closer; ties go to b as in the original (median_j <= median_k)
+                front = cls[b] if float(va.median()) <= float(vb.median()) else cls[a]
+                if cls[a] in planar and cls[b] in objects:
+                    front = cls[b]
+                elif cls[b] in planar and cls[a] in objects:  # the original's override was one-way
+                    front = cls[a]
+                out.append((int(big[a]), int(big[b]), int(front)))
+        self._pairs[i] = (out, segs)
+        return self._pairs[i]
+
+    def __getitem__(self, idx):
+        i, d = idx % self.num_images, idx // self.num_images
+        ids, _ = self.arrays(i)
+        H, W = ids.shape
+        pairs, segs = self.pairs(i, ids)
+        rng = self.rng(i, d)
+        if len(pairs) > self.slots:
+            pairs = [pairs[k] for k in sorted(rng.choice(len(pairs), self.slots, replace=False))]
+        ma = torch.zeros(self.slots, H, W, dtype=torch.bool)
+        mb = torch.zeros_like(ma)
+        target = torch.full((self.slots,), -100, dtype=torch.long)
+        for k, (a, b, front) in enumerate(pairs):
+            ma[k], mb[k] = torch.from_numpy(segs.full_mask(a)), torch.from_numpy(segs.full_mask(b))
+            target[k] = front
+        return {"label": torch.from_numpy(ids), "mask_a": ma, "mask_b": mb, "target": target}
+
+
+@register_task("sims-order")
+class OrderTask(_TaskBase):
+    def dataset(self, cfg: dict):
+        base = _base_dataset(cfg, self.space)
+        d = cfg.get("data", {})
+        kind = "depth" if d.get("depth") else "disparity"
+        folder = d.get("depth") or d.get("disparity")
+        root = Path(getattr(base, "root", None) or d["path"])
+        if not folder or folder == "auto":
+            folder = root / "disparity" / d.get("split", "train")
+            if not folder.is_dir():
+                folder = root / "disparity"
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{folder}: no disparity maps. The order network learns front/back from disparity or "
+                f"depth: use a dataset with Cityscapes' disparity/<split>/<city>/*_disparity.png, or "
+                f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)")
+        index = _depth_index(folder)
+        keep, files = [], []
+        for k, it in enumerate(base.items):
+            stem = Path(str(it.label)).stem
+            for suffix in ("_gtFine_labelIds", "_gtFine_trainIds", "_gtFine_color", "_gtFine_instanceIds",
+                           "_gtCoarse_labelIds", "_gtCoarse_trainIds"):
+                stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
+            hit = index.get(stem) or index.get(it.name)
+            if hit is not None:
+                keep.append(k)
+                files.append(hit)
+        if not keep:
+            raise FileNotFoundError(f"{folder}: none of the {len(base)} images has a depth/disparity map "
+                                    f"(looked for <frame>_disparity.png / <frame>.png / .npy)")
+        ds = OrderPairs(_Subset(base, keep), self.space, files, kind=kind, draws=d.get("draws", 1),
+                        seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
+                        min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)))
+        self.images = ds.num_images
+        _steps_from_epochs(cfg, ds.num_images)
+        return ds
+
+    def _inputs(self, batch):
+        owner, slot = (batch["target"] != -100).nonzero(as_tuple=True)
+        colors = torch.as_tensor(self.space.colors, device=batch["label"].device)
+        pair, layout = pair_input(batch["label"][owner], batch["mask_a"][owner, slot],
+                                  batch["mask_b"][owner, slot], colors)
+        return owner, slot, pair, layout, batch["target"][owner, slot]
+
+    def loss(self, model, batch):
+        owner, slot, pair, layout, target = self._inputs(batch)
+        if not len(owner):
+            return sum(p.sum() for p in model.parameters()) * 0.0, {"pairs": torch.tensor(0.0)}
+        logits = model(pair, layout)
+        loss = F.cross_entropy(logits.float(), target)
+        acc = (logits.argmax(1) == target).float().mean()
+        return loss, {"accuracy": acc.detach(), "pairs": torch.tensor(float(len(owner)))}
+
+    @torch.no_grad()
+    def samples(self, model, batch):
+        """Up to 4 pairs of the first example: the pair image with the predicted front segment
+        bright and the other dimmed | the same for the ground truth."""
+        owner, slot, pair, layout, target = self._inputs(batch)
+        H, W = batch["label"].shape[-2:]
+        if not len(owner):
+            return torch.zeros(3, H, 2 * W)
+        k = min(4, len(owner))
+        logits = model(pair[:k], layout[:k])
+        la = batch["label"][owner[:k]].flatten(1).gather(
+            1, batch["mask_a"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True)).squeeze(1)
+        lb = batch["label"][owner[:k]].flatten(1).gather(
+            1, batch["mask_b"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True)).squeeze(1)
+        pa = front_probability(logits, la, lb)
+        rows = []
+        for j in range(k):
+            a = batch["mask_a"][owner[j], slot[j]].float()
+            for a_front in (bool(pa[j] > 0.5), bool(target[j] == la[j])):
+                w = torch.where(batch["mask_a"][owner[j], slot[j]], 1.0 if a_front else 0.35,
+                                0.35 if a_front else 1.0) if a.any() else 1.0
+                rows.append(pair[j] * w)
+        grid = torch.stack(rows).view(k, 2, 3, H, W)
+        return grid.permute(2, 0, 3, 1, 4).reshape(3, k * H, 2 * W)
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+
+class SynthesisCanvases(_Draws):
+    """Example = the photo, its layout and the *recipe* of one random canvas; `build_canvases` turns
+    a batch of recipes into canvases on the training device (the per-pixel work is batched there,
+    so data loading stays cheap even at 1024x2048). See the module docstring for the recipe.
+
+    Keys: "image", "label_gt" (the real layout), "segments" (H, W) int16: 0 or the 1-based paste
+    slot (back to front) of each segment of more than `min_area` px, "retrieved" / "corrupt"
+    (S, 2, 3) thetas making the mismatched "retrieved" shape and the corrupted layout shape,
+    "recolour" (S,) bool and "ct_matrix" (S, 3, 3), "ct_src_mean", "ct_ref_mean" (S, 3): MKL colour
+    transfer per segment, "noise_seed" () int64 for the elision noise."""
+
+    def __init__(self, base, space, draws=5, seed=0, min_area=REFERENCE_MIN_AREA, colour_transfer=0.2,
+                 mismatch=(0.9, 1.1, 5.0, 0.0625), corrupt_rotation_deg=2.5, slots=128):
+        super().__init__(base, space, draws, seed)
+        self.min_area, self.p_ct = float(min_area), float(colour_transfer)
+        self.mismatch = tuple(float(v) for v in mismatch)
+        self.corrupt = math.radians(corrupt_rotation_deg)
+        self.slots = int(slots)
+        self.order = coarse_order(space)
+        self.rank = np.empty(space.num_classes, dtype=np.int64)
+        self.rank[self.order] = np.arange(len(self.order))
+
+    def __getitem__(self, idx):
+        i, d = idx % self.num_images, idx // self.num_images
+        ids, rgb = self.arrays(i)
+        H, W = ids.shape
+        rng = self.rng(i, d)
+        segs = self.segments(i, ids)
+        big = np.flatnonzero(segs.area > scaled_area(self.min_area, (H, W)))  # smaller ones: dropped
+        big = big[np.argsort(self.rank[segs.cls[big]], kind="stable")][: self.slots]  # back to front
+        n, S = len(big), self.slots
+        comp = np.zeros((H, W), dtype=np.int16)
+        for j, s in enumerate(big):
+            y0, x0, y1, x1 = segs.bbox[s]
+            comp[y0:y1, x0:x1][segs.masks[s]] = j + 1
+        ident = torch.eye(2, 3).repeat(S, 1, 1)
+        retrieved, corrupt = ident.clone(), ident.clone()
+        recolour = torch.zeros(S, dtype=torch.bool)
+        ct_m, ct_a, ct_b = torch.eye(3).repeat(S, 1, 1), torch.zeros(S, 3), torch.zeros(S, 3)
+        t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+        if n:
+            box = segs.bbox[big].astype(np.float64)
+            centre = np.stack([(box[:, 1] + box[:, 3]) / 2, (box[:, 0] + box[:, 2]) / 2], 1)
+            size = np.stack([box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]], 1)
+            # The "retrieved" shape: the segment under a random scale, rotation about its centre and
+            # shift (standing in for the best-IoU segment of another image).
+            lo, hi, deg, sh = self.mismatch
+            u = rng.random((n, 4))
+            retrieved[:n] = jitter_theta(t(centre), t(lo + (hi - lo) * u[:, 0]),
+                                         t((2 * u[:, 1] - 1) * math.radians(deg)),
+                                         t((u[:, 2:] - 0.5) * 2 * sh * size), H, W).float()
+            # Layout corruption (train_generate_synthesis.m:186-218): rotation U(+-2.5 deg) about the
+            # image centre and a shift within the slack of MATLAB's 'loose' rotated frame.
+            a = (2 * rng.random(n) - 1) * self.corrupt
+            slack = np.stack([np.abs(np.cos(a)) * W + np.abs(np.sin(a)) * H - W,
+                              np.abs(np.sin(a)) * W + np.abs(np.cos(a)) * H - H], 1) / 2
+            shift = (2 * rng.random((n, 2)) - 1) * slack
+            corrupt[:n] = jitter_theta(t(np.tile([[W / 2, H / 2]], (n, 1))), t(np.ones(n)), t(a), t(shift),
+                                       H, W).float()
+            # MKL colour transfer towards the same box of another photo, probability p_ct.
+            for j in np.flatnonzero(rng.random(n) < self.p_ct):
+                if self.num_images < 2:
+                    break
+                other = int(rng.integers(self.num_images - 1))
+                other += other >= i
+                y0, x0, y1, x1 = segs.bbox[big[j]]
+                src = np.asarray(rgb[y0:y1, x0:x1], np.float64).reshape(-1, 3) / 255
+                ref = np.asarray(self.arrays(other)[1][y0:y1, x0:x1], np.float64).reshape(-1, 3) / 255
+                recolour[j] = True
+                ct_m[j], ct_a[j], ct_b[j] = mkl_params(src, ref)
+        return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
+                "label_gt": torch.from_numpy(ids), "segments": torch.from_numpy(comp),
+                "retrieved": retrieved, "corrupt": corrupt, "recolour": recolour, "ct_matrix": ct_m,
+                "ct_src_mean": ct_a, "ct_ref_mean": ct_b,
+                "noise_seed": torch.tensor(int(rng.integers(2 ** 62)), dtype=torch.int64)}
+
+
+@torch.no_grad()
+def build_canvases(batch: dict, void: int, elision_band: float = 0.05, elision_ratio: float = 0.5):
+    """Canvases and corrupted layouts from a batch of `SynthesisCanvases` recipes, on the batch's
+    device: -> (canvas (B,3,H,W) in [0,1], corrupted label (B,H,W)).
+
+    Per segment q (paste order, back to front) with retrieved shape r: the pasted support is
+    q & r; a band of square(floor(elision_band * H)) around its outline (inside and outside) has
+    `elision_ratio` of its pixels set to white; the last segment covering a pixel wins; recoloured
+    segments show the MKL-transferred photo. The layout is void outside q where the corrupted
+    shape or r reach (train_generate_synthesis.m:209-217)."""
+    image, comp = batch["image"], batch["segments"].long()
+    B, _, H, W = image.shape
+    dev = image.device
+    canvas = torch.zeros_like(image)
+    label = batch["label_gt"].clone()
+    k = max(1, int(math.floor(elision_band * H)))
+    for b in range(B):
+        n = int(comp[b].max())
+        if n == 0:
+            continue
+        slot = torch.arange(1, n + 1, device=dev).view(n, 1, 1, 1)
+        q = comp[b][None, None] == slot                                  # (n, 1, H, W)
+        r = warp(q.float(), batch["retrieved"][b, :n].to(image.dtype), mode="nearest") > 0.5
+        paste = q & r
+        cor = warp(q.float(), batch["corrupt"][b, :n].to(image.dtype), mode="nearest") > 0.5
+        label[b][((~q) & (cor | r)).any(0)[0]] = void
+        gen = torch.Generator(device=dev).manual_seed(int(batch["noise_seed"][b]))
+        noise = torch.rand((n, 1, H, W), generator=gen, device=dev) < elision_ratio
+        white = dilate(boundary(paste), k) & noise
+        win = ((paste | white) * slot).amax(0)[0]                        # (H, W); 0 = nothing
+        w = (win - 1).clamp_min(0)
+        w_white = white[:, 0].gather(0, w[None])[0] & (win > 0)
+        w_paste = paste[:, 0].gather(0, w[None])[0] & (win > 0)
+        content = image[b]
+        rec = batch["recolour"][b, :n]
+        if bool(rec.any()):
+            m, a, c = batch["ct_matrix"][b, :n][w], batch["ct_src_mean"][b, :n][w], batch["ct_ref_mean"][b, :n][w]
+            px = image[b].permute(1, 2, 0)                                 # (H, W, 3)
+            moved = (torch.einsum("hwi,hwij->hwj", px - a, m) + c).clamp(0, 1).permute(2, 0, 1)
+            content = torch.where(rec[w] & w_paste, moved, content)
+        canvas[b] = torch.where(w_white, torch.ones((), device=dev),
+                                torch.where(w_paste, content, torch.zeros((), device=dev)))
+    return canvas, label
+
+
+@register_task("sims-synthesis")
+class SynthesisTask(_TaskBase):
+    def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
+        from ..losses import build_loss
+
+        super().__init__(cfg, space, device)
+        c = cfg.get("canvas", {})
+        self.elision = (float(c.get("elision_band", 0.05)), float(c.get("elision_ratio", 0.5)))
+        loss_cfg = dict(cfg.get("loss", {}))
+        self.ce_weight = float(loss_cfg.pop("ce_weight", 10.0))
+        self.loss_fn = build_loss(loss_cfg).to(device)  # {preset, backbone_path, pretrained, ...}
+
+    def dataset(self, cfg: dict):
+        d, c = cfg.get("data", {}), cfg.get("canvas", {})
+        ds = SynthesisCanvases(_base_dataset(cfg, self.space), self.space, draws=d.get("draws", 5),
+                               seed=int(cfg.get("seed", 0)),
+                               min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
+                               colour_transfer=float(c.get("colour_transfer", 0.2)),
+                               mismatch=tuple(c.get("mismatch", (0.9, 1.1, 5.0, 0.0625))),
+                               corrupt_rotation_deg=float(c.get("corrupt_rotation_deg", 2.5)))
+        self.images = ds.num_images
+        _steps_from_epochs(cfg, ds.num_images)
+        return ds
+
+    def perceptual(self, fake: torch.Tensor, real: torch.Tensor, stages: int):
+        """The perceptual term. At the 1024 variant the original runs the VGG layers on images
+        resized to half size while the pixel term stays at full size (synthesis_1024_2048.py:78-79,
+        259-264); with a "mean"-mode loss that is: loss(half) - w_in * L1(half) + w_in * L1(full)."""
+        if stages < 2 or self.loss_fn.mode != "mean":
+            return self.loss_fn(fake, real, None)
+        half = tuple(s // 2 for s in fake.shape[-2:])
+        rs = lambda x: F.interpolate(x, size=half, mode="bilinear", align_corners=True)  # noqa: E731
+        loss, logs = self.loss_fn(rs(fake), rs(real), None)
+        w_in = dict(self.loss_fn.layers).get("input", 0.0)
+        if w_in:
+            full = self.loss_fn.backbone.prepare(fake) - self.loss_fn.backbone.prepare(real.to(fake.dtype)) \
+                if hasattr(self.loss_fn.backbone, "prepare") else None
+            if full is not None:
+                l1 = full.abs().mean()
+                loss = loss - w_in * logs["layer/input"] + w_in * l1
+                logs["layer/input"] = l1.detach()
+        return loss, logs
+
+    def inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(canvas, corrupted layout) of a batch: built once, kept in the batch dict."""
+        if "canvas" not in batch:
+            with torch.autocast(device_type=batch["image"].device.type, enabled=False):
+                batch["canvas"], batch["label"] = build_canvases(batch, self.space.void, *self.elision)
+        return batch["canvas"], batch["label"]
+
+    def loss(self, model, batch):
+        canvas, corrupted = self.inputs(batch)
+        rgb, logits = model(one_hot(corrupted, self.space.num_classes), canvas)
+        p, logs = self.perceptual(rgb, batch["image"], getattr(model, "module", model).config.stages)
+        gt = batch["label_gt"]
+        if logits.shape[-2:] != gt.shape[-2:]:  # the 1024 variant's semantic head is at half size
+            gt = F.interpolate(gt[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
+        ce = F.cross_entropy(logits.float(), gt)
+        logs = {**logs, "perceptual": p.detach(), "ce": ce.detach()}
+        return p + self.ce_weight * ce, logs
+
+    @torch.no_grad()
+    def samples(self, model, batch):
+        """One row per example: corrupted layout | canvas | output | photo."""
+        canvas, corrupted = self.inputs(batch)
+        rgb, _ = model(one_hot(corrupted, self.space.num_classes), canvas)
+        rows = []
+        for b in range(rgb.shape[0]):
+            lay = self._layout_rgb(corrupted[b]).to(rgb.device)
+            rows.append(torch.cat([lay, canvas[b], rgb[b].clamp(0, 1), batch["image"][b]], 2))
+        return torch.cat(rows, 1)

@@ -1,0 +1,134 @@
+"""SIMS inference end to end: memory bank -> retrieval -> alignment -> ordering -> canvas ->
+synthesis, step by step and in one call, on tiny synthetic scenes and untrained tiny networks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semsynth.checkpoint import save_model
+from semsynth.labels import get_space, save_label
+from semsynth.models import build_model, model_config
+from semsynth.models.sims import normalized_to_pixel
+
+from test_sims_nets import make_cityscapes
+
+SPACE = get_space("cityscapes")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A bank of 6 synthetic scenes (segments at 32x64, RGB at 64x128), tiny checkpoints of the
+    three networks, and two query label maps."""
+    from semsynth.data import open_dataset
+    from semsynth.sims.bank import build_bank
+
+    root = tmp_path_factory.mktemp("sims_pipe")
+    cs = make_cityscapes(root / "cs", n=6, size=(64, 128), seed=1)
+    build_bank(open_dataset(cs, space=SPACE), root / "bank", size=(32, 64), rgb_scale=2, progress=False)
+    torch.manual_seed(0)
+    ckpts = {}
+    for name, preset, task, extra in (
+            ("synthesis", "sims-tiny", "sims-synthesis", {"native": [64, 128]}),
+            ("transform", "sims-transform-tiny", "sims-transform", {}),
+            ("order", "sims-order-tiny", "sims-order", {})):
+        cfg = model_config(preset, num_classes=SPACE.num_classes, **extra)
+        model = build_model(cfg)
+        if name == "transform":  # a transformation net that moves every segment by (+2, -1) px
+            with torch.no_grad():
+                model.fc.bias.copy_(torch.tensor([1.0, 0, 2 * 2 / 128, 0, 1, -1 * 2 / 64]))
+        if name == "order":      # an order net sure that cars are in front
+            with torch.no_grad():
+                model.fc2.bias[SPACE.names.index("car")] = 20.0
+        ckpts[name] = save_model(root / name / "model.safetensors", model, cfg, SPACE, task)
+    queries = []
+    q_root = make_cityscapes(root / "queries", n=2, size=(64, 128), seed=7, disparity=False)
+    for i, p in enumerate(sorted((q_root / "gtFine").rglob("*_labelIds.png"))):
+        save_label(root / "labels" / f"query{i}.png", SPACE.read(p), SPACE)   # colour maps
+        queries.append(root / "labels" / f"query{i}.png")
+    return {"root": root, "bank": root / "bank", "queries": queries, **ckpts}
+
+
+def test_step_by_step(world):
+    from semsynth.sims.pipeline import PairwiseOrder, SIMSPipeline
+
+    pipe = SIMSPipeline.from_pretrained(world["synthesis"], bank=world["bank"], transform=world["transform"],
+                                        order=world["order"], device="cpu")
+    assert pipe.size == (64, 128)
+    label = SPACE.read(world["queries"][0])
+    r = pipe.retrieve(label)
+    assert r.searched.any() and (r.ids[r.searched, 0] >= 0).all()
+    theta = pipe.align(r)
+    assert theta.shape == (len(r.query), 2, 3)
+    px = normalized_to_pixel(torch.from_numpy(theta[r.searched]), 64, 128)
+    assert torch.allclose(px[:, :, :2], torch.eye(2, dtype=torch.float64).expand(len(px), 2, 2))
+    assert torch.allclose(px[:, :, 2], torch.tensor([2.0, -1.0], dtype=torch.float64))   # snapped shift
+    front = pipe.order(r)
+    assert isinstance(front, PairwiseOrder)
+    cls = r.query.cls
+    car = SPACE.names.index("car")
+    cars, others = np.flatnonzero(r.searched & (cls == car)), np.flatnonzero(r.searched & (cls != car))
+    assert len(cars) and len(others)
+    i, j = int(cars[0]), int(others[0])
+    assert front(i, j) and not front(j, i) and front.prob(i, j) == pytest.approx(1 - front.prob(j, i))
+    canvas = pipe.compose_canvas(r, theta, front)
+    assert canvas.rgb.shape == (64, 128, 3) and canvas.rgb.dtype == np.uint8
+    assert canvas.support.mean() > 0.2 and canvas.label.shape == (64, 128)
+    img = pipe.synthesize(canvas)
+    assert img.shape == (64, 128, 3) and img.dtype == np.uint8
+    # without the optional networks: unmoved segments in the class-order prior
+    plain = SIMSPipeline.from_pretrained(world["synthesis"], bank=world["bank"], device="cpu")
+    assert plain.align(r) is None and plain.order(r) is None
+    assert plain.synthesize(plain.compose_canvas(r)).shape == (64, 128, 3)
+
+
+def test_one_call_and_files(world, tmp_path):
+    from semsynth.pipelines import load_pipeline
+
+    pipe = load_pipeline(world["synthesis"], device="cpu", bank=world["bank"], transform=world["transform"],
+                         order=world["order"])
+    images = pipe([SPACE.read(q) for q in world["queries"]])
+    assert len(images) == 2 and all(im.shape == (64, 128, 3) for im in images)
+    assert np.array_equal(pipe(world["queries"][0])[0], images[0])        # deterministic
+    out = tmp_path / "out"
+    written = pipe.synthesize_files([world["root"] / "labels"], out, save_intermediates=True, progress=False)
+    names = {p.name for p in written}
+    for stem in ("query0", "query1"):
+        assert {f"{stem}.png", f"{stem}_canvas.png", f"{stem}_layout.png", f"{stem}_segments.png",
+                f"{stem}_segments.json"} <= names
+    info = json.loads((out / "query0_segments.json").read_text())
+    chosen = [s for s in info["segments"] if s["bank_segment"] >= 0]
+    assert chosen and all(s["source_image"].startswith("synth_") for s in chosen)
+    with pytest.raises(FileExistsError):
+        pipe.synthesize_files([world["queries"][0]], out, progress=False)
+
+
+def test_wrong_inputs_say_why(world):
+    from semsynth.sims.pipeline import SIMSPipeline
+
+    with pytest.raises(ValueError, match="memory bank"):
+        SIMSPipeline.from_pretrained(world["synthesis"])
+    with pytest.raises(ValueError, match="'sims-order' checkpoint, expected 'sims-synthesis'"):
+        SIMSPipeline.from_pretrained(world["order"], bank=world["bank"])
+
+
+def test_cli_synthesize_with_a_bank(world, tmp_path):
+    from semsynth.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synthesize", str(world["synthesis"]), "--bank", str(world["bank"]), str(world["queries"][1]),
+                 "-o", str(out), "--save-intermediates", "--device", "cpu"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"query1.png", "query1_canvas.png", "query1_segments.png"}
+    assert main(["synthesize", str(world["synthesis"]), str(world["queries"][1]), "-o", str(out / "x"),
+                 "--device", "cpu"]) == 2                                  # no --bank: one clear error
