@@ -91,7 +91,8 @@ class CRNTask:
                                          **cfg.get("model_overrides", {}))
         self.model = build_model(self.model_config)
         loss_cfg = cfg.get("loss", {})
-        self.loss_fn = build_loss(loss_cfg.get("preset", loss_cfg), loss_cfg.get("backbone_path")).to(device)
+        self.loss_fn = build_loss({k: v for k, v in loss_cfg.items() if k != "backbone_path"},
+                                  loss_cfg.get("backbone_path")).to(device)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         label = one_hot(batch["label"], self.space.num_classes)
