@@ -175,6 +175,9 @@ def _cmd_evaluate(sub):
     p.add_argument("--label-encoding", help="id encoding of grey label maps (default: by file name)")
     p.add_argument("--inception", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth for the "
                    "standard FID (default: looked up in the weight folders, never downloaded)")
+    p.add_argument("--fid-method", default="auto", choices=["auto", "sqrtm", "eigh", "lowrank"],
+                   help="Tr sqrt(S1 S2) of the FID: auto = scipy sqrtm (the reference) when there are at "
+                   "least 2048 images per set, else the exact low-rank formula (fast)")
     p.add_argument("--fd-network", default="auto", choices=["auto", "squeezenet1_1", "espnet", "none"],
                    help="network of the non-standard Fréchet distance")
     p.add_argument("--batch-size", type=int, default=4)
@@ -192,7 +195,8 @@ def _cmd_evaluate(sub):
             space = "cityscapes"
         report = evaluate(args.images, args.labels, args.real, segmenter=args.segmenter,
                           label_space=space, label_encoding=args.label_encoding,
-                          inception=args.inception, fd_network=args.fd_network, device=args.device,
+                          inception=args.inception, fid_method=args.fid_method,
+                          fd_network=args.fd_network, device=args.device,
                           batch_size=args.batch_size, kid_subsets=args.kid_subsets,
                           kid_subset_size=args.kid_subset_size, thumbnails=args.thumbnails,
                           progress=lambda s: print(s, file=sys.stderr))
