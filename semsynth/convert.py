@@ -472,13 +472,14 @@ def _preset_hint(cfg: dict) -> str:
     """'The checkpoint is levels=7, k=9, ...; matching preset(s): crn-256p, crn-gta-256p'."""
     from .models import PRESETS
     from .models.crn import CRNConfig
+    from .utils import config_from_dict
 
-    want = CRNConfig.from_dict({k: v for k, v in cfg.items() if k != "arch"})
+    want = config_from_dict(CRNConfig, {k: v for k, v in cfg.items() if k != "arch"})
     match = []
     for name, p in PRESETS.items():
         if p.get("arch") != "crn":
             continue
-        c = CRNConfig.from_dict({k: v for k, v in p.items() if k != "arch"})
+        c = config_from_dict(CRNConfig, {k: v for k, v in p.items() if k != "arch"})
         if (c.num_classes, c.levels, c.k, tuple(c.base), c.module_widths()) == \
                 (want.num_classes, want.levels, want.k, tuple(want.base), want.module_widths()):
             match.append(name)

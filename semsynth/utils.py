@@ -54,3 +54,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def config_from_dict(cls, d: dict):
+    """Rebuild a config dataclass from a stored (JSON/YAML) dict: lists come back as tuples."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..utils import config_from_dict
 from .crn import CRN, CRNConfig
 
 # name -> (architecture, config). Official totals (released TF checkpoints) in comments.
@@ -21,7 +22,7 @@ PRESETS: dict[str, dict] = {
 }
 
 ARCHS: dict[str, Callable[[dict], nn.Module]] = {
-    "crn": lambda cfg: CRN(CRNConfig.from_dict(cfg)),
+    "crn": lambda cfg: CRN(config_from_dict(CRNConfig, cfg)),
 }
 
 

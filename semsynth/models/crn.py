@@ -11,7 +11,7 @@ converter of the released checkpoints is a rename plus HWIO -> OIHW transpose.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -47,20 +47,6 @@ class CRNConfig:
         """Native output size (H, W)."""
         f = 2 ** (self.levels - 1)
         return self.base[0] * f, self.base[1] * f
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["base"] = list(self.base)
-        d["widths"] = list(self.widths) if self.widths else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CRNConfig":
-        d = dict(d)
-        d["base"] = tuple(d.get("base", (4, 8)))
-        if d.get("widths") is not None:
-            d["widths"] = tuple(d["widths"])
-        return cls(**d)
 
 
 class RefinementModule(nn.Module):

@@ -34,11 +34,13 @@ README's progressive recipe intends (SPEC B.6.5).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..utils import config_from_dict
 
 __all__ = [
     "TransformConfig", "OrderConfig", "SynthesisConfig", "SIMSTransform", "SIMSOrder", "SIMSSynthesis",
@@ -140,17 +142,6 @@ class TransformConfig:
     work_size: tuple[int, int] = (256, 512)  # the net runs on its inputs resized to this
     width_mult: float = 1.0
 
-    def to_dict(self):
-        d = asdict(self)
-        d["work_size"] = list(self.work_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        if "work_size" in d:
-            d["work_size"] = tuple(d["work_size"])
-        return cls(**d)
 
 
 @dataclass
@@ -161,17 +152,6 @@ class OrderConfig:
     fc_width: int = 1024
     dropout: float = 0.5      # keep-probability 0.5 in the original
 
-    def to_dict(self):
-        d = asdict(self)
-        d["work_size"] = list(self.work_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        if "work_size" in d:
-            d["work_size"] = tuple(d["work_size"])
-        return cls(**d)
 
 
 @dataclass
@@ -183,17 +163,6 @@ class SynthesisConfig:
     grad_checkpoint: bool = False
     native: tuple[int, int] | None = None  # output size it is trained for; default 256x512 * 2**stages
 
-    def to_dict(self):
-        d = asdict(self)
-        d["native"] = list(self.native) if self.native else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        if d.get("native") is not None:
-            d["native"] = tuple(d["native"])
-        return cls(**d)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -456,9 +425,9 @@ SIMS_PRESETS: dict[str, dict] = {
 def _register() -> None:
     from . import PRESETS, register_arch  # models/__init__ imports this module at its end
 
-    register_arch("sims-synthesis", lambda cfg: SIMSSynthesis(SynthesisConfig.from_dict(cfg)))
-    register_arch("sims-transform", lambda cfg: SIMSTransform(TransformConfig.from_dict(cfg)))
-    register_arch("sims-order", lambda cfg: SIMSOrder(OrderConfig.from_dict(cfg)))
+    register_arch("sims-synthesis", lambda cfg: SIMSSynthesis(config_from_dict(SynthesisConfig, cfg)))
+    register_arch("sims-transform", lambda cfg: SIMSTransform(config_from_dict(TransformConfig, cfg)))
+    register_arch("sims-order", lambda cfg: SIMSOrder(config_from_dict(OrderConfig, cfg)))
     for name, cfg in SIMS_PRESETS.items():
         PRESETS.setdefault(name, cfg)
 
