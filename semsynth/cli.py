@@ -43,16 +43,12 @@ def _cmd_bench(sub):
     p.set_defaults(func=run)
 
 
-def _cmd_train(sub):
-    p = sub.add_parser("train", help="train a model from a preset or config file",
-                       description="Train PRESET (a name in semsynth/configs, e.g. crn-256p, or a "
-                       "YAML file). Re-running with the same --out resumes from its latest checkpoint.")
-    p.add_argument("preset", help="preset name (crn-256p, crn-512p, crn-1024p, crn-gta-256p, crn-tiny, ...) or config .yaml")
+def _add_train_options(p) -> None:
+    """Options shared by `train` and `sims train`: where data and outputs go, common overrides."""
     p.add_argument("--data", help="dataset folder (Cityscapes layout, images/+labels/, CamVid, ...)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, samples, metrics.jsonl, tb/")
     p.add_argument("--steps", type=int, help="total optimisation steps (overrides epochs)")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--init-from", help="checkpoint of the previous stage (256p -> 512p -> 1024p)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -62,27 +58,37 @@ def _cmd_train(sub):
                    help="override any config entry, e.g. data.size=[128,256] loss.preset=squeezenet")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    def run(args):
-        import yaml
 
-        from .train import load_config, parse_overrides, train
+def _train_from_args(args, preset: str, extra: dict, task: str | None = None):
+    import yaml
 
-        o = parse_overrides(args.set)
-        for key, val in [("data.path", args.data), ("steps", args.steps), ("epochs", args.epochs),
-                         ("init_from", args.init_from), ("optim.batch_size", args.batch_size),
-                         ("optim.lr", args.lr), ("seed", args.seed), ("device", args.device)]:
-            if val is not None:
-                o[key] = val
-        if args.epochs is not None and args.steps is None:
-            o["steps"] = None
-        cfg = load_config(args.preset, o)
-        if args.print_config:
-            print(yaml.safe_dump(cfg, sort_keys=False))
-            return 0
-        final = train(cfg, args.out, resume=not args.no_resume)
-        print(f"checkpoint: {final}")
+    from .train import load_config, parse_overrides, train
 
-    p.set_defaults(func=run)
+    o = parse_overrides(args.set)
+    flags = {"data.path": args.data, "steps": args.steps, "epochs": args.epochs,
+             "optim.batch_size": args.batch_size, "optim.lr": args.lr, "seed": args.seed,
+             "device": args.device, **extra}
+    o.update({k: v for k, v in flags.items() if v is not None})
+    if args.epochs is not None and args.steps is None:
+        o["steps"] = None  # --epochs replaces a preset's step count
+    cfg = load_config(preset, o)
+    if task and cfg.get("task") != task:
+        raise ValueError(f"{preset}: task is {cfg.get('task')!r}, not {task!r}")
+    if args.print_config:
+        print(yaml.safe_dump(cfg, sort_keys=False))
+        return
+    print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume)}")
+
+
+def _cmd_train(sub):
+    p = sub.add_parser("train", help="train a model from a preset or config file",
+                       description="Train PRESET (a name in semsynth/configs, e.g. crn-256p, or a "
+                       "YAML file). Re-running with the same --out resumes from its latest checkpoint.")
+    p.add_argument("preset", help="preset name (crn-256p, crn-512p, crn-1024p, crn-gta-256p, crn-tiny, "
+                   "sims-256p, ...) or config .yaml")
+    p.add_argument("--init-from", help="checkpoint of the previous stage (256p -> 512p -> 1024p)")
+    _add_train_options(p)
+    p.set_defaults(func=lambda args: _train_from_args(args, args.preset, {"init_from": args.init_from}))
 
 
 def _cmd_synthesize(sub):
@@ -364,44 +370,13 @@ def _sims_train(ssub):
                         "--config FILE). The synthesis network trains with `semsynth train sims-256p`, "
                         "sims-512p, sims-1024p. Re-running with the same --out resumes.")
     p.add_argument("network", choices=["transform", "order"])
-    p.add_argument("--data", help="dataset folder (Cityscapes layout; `order` also needs disparity/ "
-                   "or --disparity/--depth)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, samples, metrics.jsonl, tb/")
     p.add_argument("--config", help="a config .yaml instead of the preset")
     p.add_argument("--disparity", help="order: folder of *_disparity.png maps (larger = closer)")
     p.add_argument("--depth", help="order: folder of depth maps (.png/.npy, smaller = closer)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any config entry")
-    p.add_argument("--print-config", action="store_true")
-
-    def run(args):
-        import yaml
-
-        from .train import load_config, parse_overrides, train
-
-        o = parse_overrides(args.set)
-        for key, val in [("data.path", args.data), ("data.disparity", args.disparity), ("data.depth", args.depth),
-                         ("steps", args.steps), ("epochs", args.epochs), ("optim.batch_size", args.batch_size),
-                         ("optim.lr", args.lr), ("seed", args.seed), ("device", args.device)]:
-            if val is not None:
-                o[key] = val
-        if args.epochs is not None and args.steps is None:
-            o["steps"] = None
-        cfg = load_config(args.config or f"sims-{args.network}", o)
-        if cfg.get("task") != f"sims-{args.network}":
-            raise ValueError(f"{args.config}: task is {cfg.get('task')!r}, not 'sims-{args.network}'")
-        if args.print_config:
-            print(yaml.safe_dump(cfg, sort_keys=False))
-            return 0
-        print(f"checkpoint: {train(cfg, args.out, resume=not args.no_resume)}")
-
-    p.set_defaults(func=run)
+    _add_train_options(p)
+    p.set_defaults(func=lambda args: _train_from_args(
+        args, args.config or f"sims-{args.network}",
+        {"data.disparity": args.disparity, "data.depth": args.depth}, task=f"sims-{args.network}"))
 
 
 SIMS_COMMANDS = [_sims_build_bank, _sims_canvas, _sims_order_prior, _sims_bench_retrieval, _sims_train]
