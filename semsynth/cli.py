@@ -10,6 +10,8 @@ def _cmd_info(sub):
     p = sub.add_parser("info", help="list model presets, label spaces and where data/weights are looked up")
 
     def run(args):
+        import torch
+
         from . import __version__
         from .labels import available_spaces
         from .models import PRESETS, build_model, count_parameters
@@ -18,7 +20,9 @@ def _cmd_info(sub):
         print(f"semsynth {__version__}")
         print("model presets:")
         for name in sorted(PRESETS):
-            print(f"  {name:16s} {count_parameters(build_model(name)):>12,} parameters")
+            with torch.device("meta"):  # shapes only: no memory, no init cost
+                n = count_parameters(build_model(name))
+            print(f"  {name:22s} {n:>12,} parameters")
         print("label spaces:", ", ".join(available_spaces()))
         print("shared dir:", shared_dir(), "(exists)" if shared_dir().is_dir() else "(missing)")
 

@@ -148,3 +148,11 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     b = load_file(str(ckpt.resolve(single)))
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_info_lists_presets_with_official_totals(capsys):
+    assert cli(["info"]) == 0
+    out = capsys.readouterr().out
+    for total in ("97,875,483", "98,622,851", "98,674,531"):
+        assert total in out
+    assert "cityscapes" in out and "camvid" in out
