@@ -26,14 +26,6 @@ OFFICIAL = {  # folder -> (preset, parameters of the released checkpoint, spec A
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The behaviour tests use tiny networks: one thread avoids oversubscription on busy machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _official_index(folder):
     path = shared_dir() / "reference" / "crn_official_checkpoints" / folder / "model.ckpt.index"

@@ -19,7 +19,6 @@ from semsynth.layouts import street_layout
 from semsynth.models import build_model, model_config
 from semsynth.pipelines import BUNDLED
 
-torch.set_num_threads(1)  # a training job shares these CPU cores
 
 SIZE = (32, 64)  # the tiny model's native size (4 levels from 4x8)
 

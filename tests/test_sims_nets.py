@@ -83,14 +83,6 @@ def make_cityscapes(root, n: int = 4, size=(64, 128), seed: int = 0, disparity: 
     return root
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def cs(tmp_path_factory):

@@ -18,14 +18,6 @@ from test_sims_nets import make_cityscapes
 SPACE = get_space("cityscapes")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
