@@ -112,6 +112,14 @@ class Backbone(nn.Module):
         out.update(self.extract(z, wanted))
         return {k: out[k] for k in self.requested}
 
+    def _finish(self, weights) -> None:
+        """End of a subclass constructor: no pooling after the last needed layer, weights, freeze."""
+        while self.plan and self.plan[-1] == "pool":
+            self.plan.pop()
+        if weights is not None:
+            self.load_weights(weights)
+        self.freeze()
+
     def freeze(self) -> "Backbone":
         for p in self.parameters():
             p.requires_grad_(False)
@@ -177,11 +185,7 @@ class VGG19Features(Backbone):
                 break
             self.convs[name] = nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding)
             self.plan.append(name)
-        while self.plan and self.plan[-1] == "pool":
-            self.plan.pop()
-        if weights is not None:
-            self.load_weights(weights)
-        self.freeze()
+        self._finish(weights)
 
     def load_weights(self, weights: Weights) -> None:
         if self.input_mode == "conv1x1":
@@ -254,11 +258,7 @@ class SqueezeNet11(Backbone):
                 for part in ("squeeze1x1", "expand1x1", "expand3x3"):
                     o, i, k, _ = shapes[f"{step}/{part}"]
                     self.convs[f"{step}_{part}"] = nn.Conv2d(i, o, k, padding=k // 2)
-        while self.plan and self.plan[-1] == "pool":
-            self.plan.pop()
-        if weights is not None:
-            self.load_weights(weights)
-        self.freeze()
+        self._finish(weights)
 
     def load_weights(self, weights: Weights) -> None:
         for key, conv in self.convs.items():
