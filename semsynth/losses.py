@@ -17,18 +17,27 @@ resolution (M^(l)):
 
 The real photo goes through the backbone once (without a graph unless it requires grad), the
 B·k fakes in one batch.
+
+`AdversarialLoss` is an optional extra, *not part of CRN* (the paper deliberately trains without a
+discriminator): a layout-conditioned multi-scale PatchGAN with hinge loss and discriminator feature
+matching, the recipe of pix2pixHD/SPADE. It restores texture that a short perceptual-only run
+leaves blurred; the official presets never enable it.
 """
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import spectral_norm
 
 from .labels import area_resize
 from .models.backbones import Backbone, build_backbone
 
-__all__ = ["PerceptualLoss", "LOSS_PRESETS", "build_loss", "calibrate_layer_weights", "MODES"]
+__all__ = ["PerceptualLoss", "AdversarialLoss", "PatchDiscriminator", "LOSS_PRESETS", "build_loss",
+           "build_adversarial", "calibrate_layer_weights", "MODES"]
 
 MODES = ("diversity", "mean")
 
@@ -200,3 +209,135 @@ def calibrate_layer_weights(backbone: nn.Module, layers: Sequence[str], real: to
         inv = float(f"{inv:.{digits}g}")
         out.append((n, 1.0 / inv))
     return out, means
+
+
+class PatchDiscriminator(nn.Module):
+    """Conditional PatchGAN (pix2pix's n_layers=3 design) applied at `scales` resolutions, each
+    half the previous (pix2pixHD). Input: [2·image − 1, one-hot layout]; convs are spectrally
+    normalised instead of instance-normalised, so batch size 1 is fine. forward(x) -> one list per
+    scale of the feature maps after each block, the last being the (B, 1, h, w) patch logits."""
+
+    def __init__(self, in_channels: int, width: int = 64, layers: int = 3, scales: int = 2):
+        super().__init__()
+        self.nets = nn.ModuleList()
+        for _ in range(scales):
+            blocks, c_in = [], in_channels
+            for i in range(layers + 1):
+                c_out = width * 2 ** min(i, 3)
+                stride = 2 if i < layers else 1
+                blocks.append(nn.Sequential(spectral_norm(nn.Conv2d(c_in, c_out, 4, stride, 2)),
+                                            nn.LeakyReLU(0.2)))
+                c_in = c_out
+            blocks.append(spectral_norm(nn.Conv2d(c_in, 1, 4, 1, 2)))
+            self.nets.append(nn.ModuleList(blocks))
+
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        outs = []
+        for i, blocks in enumerate(self.nets):
+            if i:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            feats, h = [], x
+            for block in blocks:
+                h = block(h)
+                feats.append(h)
+            outs.append(feats)
+        return outs
+
+
+class AdversarialLoss(nn.Module):
+    """Hinge GAN loss + discriminator feature matching for generated images (B, k, 3, H, W), owning
+    its discriminator and that discriminator's Adam optimiser (part of `state_dict`, so a resumed
+    run continues exactly).
+
+    Per training step: `discriminator_step(fake.detach(), real, label)` updates D on real vs every
+    one of the k outputs; then `generator_loss(fake, real, label)` = weight · (−mean D(fake)) +
+    feature_matching · mean_l |D_l(fake) − D_l(real)| / mean |D_l(real)| (all scales, all blocks but
+    the logits; relative, unlike pix2pixHD's absolute L1, because D has no normalisation layers)."""
+
+    def __init__(self, label_channels: int, weight: float = 1.0, feature_matching: float = 10.0,
+                 width: int = 64, layers: int = 3, scales: int = 2, lr: float = 2e-4,
+                 betas: Sequence[float] = (0.5, 0.999)):
+        super().__init__()
+        self.weight, self.feature_matching = float(weight), float(feature_matching)
+        self.disc = PatchDiscriminator(3 + label_channels, width, layers, scales)
+        self.opt = torch.optim.Adam(self.disc.parameters(), lr=float(lr), betas=tuple(betas))
+        # D as used for its own update: wrapped in DDP under torchrun, built on first use; set with
+        # object.__setattr__ so the wrapper does not enter state_dict a second time
+        object.__setattr__(self, "_step_net", None)
+
+    @staticmethod
+    def _inputs(images: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(B, k, 3, H, W) or (B, 3, H, W) images + (B, C+1, H, W) label -> (B·k, 3+C+1, H, W)."""
+        if images.dim() == 4:
+            images = images.unsqueeze(1)
+        B, k = images.shape[:2]
+        lab = label.to(images.dtype).unsqueeze(1).expand(B, k, *label.shape[1:])
+        return torch.cat([images * 2 - 1, lab], 2).flatten(0, 1)
+
+    def _joint(self, net: nn.Module, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor):
+        """D on fakes and reals in one forward: spectral norm's power iteration advances once per
+        forward, so separate calls would judge the two with different normalised weights."""
+        return net(torch.cat([self._inputs(fake, label), self._inputs(real, label)]))
+
+    def discriminator_step(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor) -> dict:
+        if self._step_net is None:  # with several processes D's gradients are averaged like G's
+            multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            object.__setattr__(self, "_step_net", nn.parallel.DistributedDataParallel(self.disc) if multi else self.disc)
+        # float32 whatever the surrounding autocast: D is small and has no gradient scaler
+        with torch.enable_grad(), torch.autocast(device_type=real.device.type, enabled=False):
+            logits = [o[-1] for o in self._joint(self._step_net, fake.detach().float(), real.float(), label.float())]
+            n = fake.shape[0] * (fake.shape[1] if fake.dim() == 5 else 1)
+            loss_real = sum(F.relu(1 - o[n:]).mean() for o in logits) / len(logits)
+            loss_fake = sum(F.relu(1 + o[:n]).mean() for o in logits) / len(logits)
+            self.opt.zero_grad(set_to_none=True)
+            (loss_real + loss_fake).backward()
+            self.opt.step()
+        return {"gan/d_real": loss_real.detach(), "gan/d_fake": loss_fake.detach()}
+
+    def generator_loss(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor):
+        if fake.dim() == 4:
+            fake = fake.unsqueeze(1)
+        k = fake.shape[1]
+        n = fake.shape[0] * k
+        self.disc.requires_grad_(False)  # gradients flow through D into the generator only
+        try:
+            outs = self._joint(self.disc, fake, real.to(fake.dtype), label)
+        finally:
+            self.disc.requires_grad_(True)
+        out_fake = [[f[:n] for f in o] for o in outs]
+        out_real = [[f[n:].detach() for f in o] for o in outs]
+        adv = -sum(o[-1].float().mean() for o in out_fake) / len(out_fake)
+        fm = fake.new_zeros((), dtype=torch.float32)
+        n = 0
+        for of, orl in zip(out_fake, out_real):
+            for a, b in zip(of[:-1], orl[:-1]):
+                b = b.float().repeat_interleave(k, 0)
+                # relative to the real features' magnitude (spectrally normalised D features are
+                # small and grow during training, so an absolute L1 would need re-weighting), per
+                # image, so that DDP's average over ranks equals the single-process batch mean
+                dims = tuple(range(1, b.dim()))
+                fm = fm + ((a.float() - b).abs().mean(dims) / (b.abs().mean(dims) + 1e-8)).mean()
+                n += 1
+        fm = fm / max(n, 1)
+        total = self.weight * adv + self.feature_matching * fm
+        return total, {"gan/g_adv": adv.detach(), "gan/feature_matching": fm.detach()}
+
+    def get_extra_state(self):
+        return {"optimizer": self.opt.state_dict()}
+
+    def set_extra_state(self, state):
+        self.opt.load_state_dict(state["optimizer"])
+
+
+def build_adversarial(cfg: dict | None, label_channels: int) -> AdversarialLoss | None:
+    """`loss.adversarial` of a training config ({weight, feature_matching, width, layers, scales,
+    lr, betas}) -> AdversarialLoss, or None when absent or weight and feature_matching are 0."""
+    if not cfg:
+        return None
+    known = {"weight", "feature_matching", "width", "layers", "scales", "lr", "betas"}
+    unknown = set(cfg) - known
+    if unknown:
+        raise ValueError(f"unknown loss.adversarial options {sorted(unknown)}; known: {sorted(known)}")
+    if not cfg.get("weight", 1.0) and not cfg.get("feature_matching", 10.0):
+        return None
+    return AdversarialLoss(label_channels, **cfg)

@@ -81,23 +81,46 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 @register_task("crn")
 class CRNTask:
-    """Layout -> k images, perceptual (or per-class min-over-k diversity) loss against the photo."""
+    """Layout -> k images, perceptual (or per-class min-over-k diversity) loss against the photo,
+    plus an optional adversarial term (`loss.adversarial`, not part of CRN; see losses.py)."""
 
     def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
-        from .losses import build_loss
+        from .losses import build_adversarial, build_loss
 
         self.space = space
         self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
                                          **cfg.get("model_overrides", {}))
         self.model = build_model(self.model_config)
         loss_cfg = cfg.get("loss", {})
-        self.loss_fn = build_loss({k: v for k, v in loss_cfg.items() if k != "backbone_path"},
+        self.loss_fn = build_loss({k: v for k, v in loss_cfg.items() if k not in ("backbone_path", "adversarial")},
                                   loss_cfg.get("backbone_path")).to(device)
+        self.adversarial = build_adversarial(loss_cfg.get("adversarial"), space.num_classes + 1)
+        if self.adversarial is not None:
+            self.adversarial.to(device)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The generator's loss. With an adversarial term this first takes the discriminator's
+        step on the detached outputs (the usual alternating update)."""
         label = one_hot(batch["label"], self.space.num_classes)
         fake = model(label)
-        return self.loss_fn(fake, batch["image"], label)
+        loss, logs = self.loss_fn(fake, batch["image"], label)
+        if self.adversarial is not None:
+            logs.update(self.adversarial.discriminator_step(fake, batch["image"], label))
+            adv, adv_logs = self.adversarial.generator_loss(fake, batch["image"], label)
+            logs.update(adv_logs, **{"loss/perceptual": loss.detach()})
+            loss = loss + adv
+        return loss, logs
+
+    def state_dict(self) -> dict:
+        """Trainable state outside the model (the discriminator and its optimiser) for resume."""
+        return {"adversarial": self.adversarial.state_dict()} if self.adversarial is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adversarial is not None:
+            if "adversarial" not in state:
+                raise ValueError("this run has loss.adversarial but its checkpoint holds no discriminator; "
+                                 "start a new run folder (init_from the old one) instead of resuming")
+            self.adversarial.load_state_dict(state["adversarial"])
 
     @torch.no_grad()
     def samples(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -248,6 +271,8 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         torch.set_rng_state(st["torch_rng"])
         np.random.set_state(st["numpy_rng"])
         random.setstate(st["python_rng"])
+        if hasattr(task, "load_state_dict"):
+            task.load_state_dict(st.get("task", {}))
         if rank == 0:
             print(f"resuming {out} from step {step}")
 
@@ -275,6 +300,8 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         train_state = {"optimizer": optimizer.state_dict(), "step": at, "gen": gen.get_state(),
                        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
                        "python_rng": random.getstate(), "config": cfg}
+        if hasattr(task, "state_dict"):
+            train_state["task"] = task.state_dict()
         return ckpt.save_training(out, at, model, task.model_config, space, task.name, train_state,
                                   keep=int(cfg.get("keep", 3)))
 

@@ -49,10 +49,14 @@ def test_overfits_a_few_images(tiny_data, tmp_path):
     assert np.mean(losses[-5:]) < 0.45 * losses[0]
 
 
-def test_resume_is_exact(tiny_data, tmp_path):
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_resume_is_exact(tiny_data, tmp_path, adversarial):
     # N steps straight == N/2, stop, resume, N/2 more: bitwise equal weights (CPU, fixed seed),
-    # with shuffling and random flips in play so RNG and data-order restore are exercised.
+    # with shuffling and random flips in play so RNG and data-order restore are exercised; with a
+    # discriminator, its weights and optimiser must come back too or the generator would diverge.
     over = {"steps": 6, "save_every": 3, "data.flip": True, "optim.batch_size": 1}
+    if adversarial:
+        over["loss.adversarial"] = {"weight": 1.0, "feature_matching": 10.0, "width": 8, "scales": 2}
     train(tiny_cfg(tiny_data, **over), tmp_path / "straight", progress=False)
     train(tiny_cfg(tiny_data, **{**over, "steps": 3}), tmp_path / "split", progress=False)
     train(tiny_cfg(tiny_data, **over), tmp_path / "split", progress=False)
@@ -135,8 +139,10 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     # gradients, so 2x1 images per step must match a single process with batch 2 on the same data
     # order... up to float reduction order. We check it runs, rank 0 alone writes, and the weights
     # agree with the single-process run to 1e-5.
+    # The adversarial term's discriminator is averaged across ranks the same way.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEMSYNTH_OFFLINE": "1"}
-    sets = [f"data.path={tiny_data}", "data.size=[32,64]", "loss.preset=pixel", "data.flip=false"]
+    sets = [f"data.path={tiny_data}", "data.size=[32,64]", "loss.preset=pixel", "data.flip=false",
+            "loss.adversarial={width: 8, scales: 2}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "semsynth.cli", "train", "crn-tiny", "--out", str(tmp_path / "ddp"), "--steps", "2",
            "--batch-size", "1", "--set", *sets]
