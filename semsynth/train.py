@@ -311,7 +311,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('preset', '')}", dynamic_ncols=True)
     it = iter(loader)
     model.train()
-    t0, run_loss = time.time(), []
+    t0, interval = time.time(), {}  # every logged value, averaged over the logging interval
     folder = None
     while step < total:
         batch = next(it)
@@ -328,15 +328,16 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        run_loss.append(float(loss.detach()))
         if rank == 0:
+            for k, v in {"loss": loss, **logs}.items():
+                interval.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{run_loss[-1]:.4g}")
+                bar.set_postfix(loss=f"{interval['loss'][-1]:.4g}")
             if step % log_every == 0 or step == total:
-                rec = {"step": step, "loss": float(np.mean(run_loss)), "time": time.time() - t0,
-                       **{k: float(v) for k, v in logs.items()}}
-                run_loss = []
+                rec = {"step": step, "time": time.time() - t0,
+                       **{k: float(np.mean(v)) for k, v in interval.items()}}
+                interval = {}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 if writer:

@@ -70,6 +70,22 @@ def test_resume_is_exact(tiny_data, tmp_path, adversarial):
     assert steps == list(range(1, 7))
 
 
+def test_logged_values_are_interval_means(tiny_data, tmp_path):
+    # every logged value (loss and the loss's own logs) is the mean over its logging interval,
+    # not the last step's sample: logging every 2 steps gives the pairwise means of every step
+    train(tiny_cfg(tiny_data, steps=4, log_every=1), tmp_path / "each", progress=False)
+    train(tiny_cfg(tiny_data, steps=4, log_every=2), tmp_path / "pairs", progress=False)
+    each = [json.loads(l) for l in (tmp_path / "each" / "metrics.jsonl").read_text().splitlines()]
+    pairs = [json.loads(l) for l in (tmp_path / "pairs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in pairs] == [2, 4]
+    keys = [k for k in each[0] if k not in ("step", "time")]
+    assert "loss" in keys and any(k.startswith("layer/") for k in keys)
+    for i, r in enumerate(pairs):
+        for k in keys:
+            assert r[k] == pytest.approx((each[2 * i][k] + each[2 * i + 1][k]) / 2, rel=1e-6), k
+    assert each[0]["loss"] != pytest.approx(each[1]["loss"], rel=1e-3)  # the steps do differ
+
+
 def test_checkpoint_is_self_describing_and_atomic(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, steps=2, save_every=1, keep=1), tmp_path / "run", progress=False)
     folders = sorted((tmp_path / "run" / "checkpoints").iterdir())
