@@ -2,8 +2,8 @@
 metrics.jsonl files as a PNG (Pillow only, no plotting library). Later stages continue the step
 axis after the previous one, with a grey line at each stage boundary.
 
-    python scripts/plot_metrics.py runs/default -o docs/images/default_loss.png [--key loss]
-    python scripts/plot_metrics.py runs/default runs/default-gan --key loss loss/perceptual -o ...
+    python scripts/plot_metrics.py runs/default -o loss.png [--key loss]
+    python scripts/plot_metrics.py runs/default runs/default-gan -o docs/images/default_loss.png
 """
 from __future__ import annotations
 
