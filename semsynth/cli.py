@@ -200,11 +200,8 @@ def _cmd_evaluate(sub):
     def run(args):
         from .evaluate import evaluate, write_report
 
-        space = args.label_space
-        if space is None and args.segmenter is None:
-            space = "cityscapes"
         report = evaluate(args.images, args.labels, args.real, segmenter=args.segmenter,
-                          label_space=space, label_encoding=args.label_encoding,
+                          label_space=args.label_space, label_encoding=args.label_encoding,
                           inception=args.inception, fid_method=args.fid_method,
                           fd_network=args.fd_network, device=args.device,
                           batch_size=args.batch_size, kid_subsets=args.kid_subsets,

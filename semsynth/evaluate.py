@@ -729,6 +729,9 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
 
     # -- label space and judge
     space = get_space(label_space) if label_space is not None else None
+    if space is None and segmenter is None and Path(labels_dir).name in ("trainannot", "valannot", "testannot"):
+        space = get_space("camvid")  # the SegNet CamVid layout, as data.py detects it
+        log(f"{Path(labels_dir).name}/: reading the layouts as CamVid (give --label-space to override)")
     if segmenter is None:
         segmenter = default_segmenter(space.name if space else "cityscapes")
         if segmenter is None:
