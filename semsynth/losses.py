@@ -307,8 +307,7 @@ class AdversarialLoss(nn.Module):
         out_fake = [[f[:n] for f in o] for o in outs]
         out_real = [[f[n:].detach() for f in o] for o in outs]
         adv = -sum(o[-1].float().mean() for o in out_fake) / len(out_fake)
-        fm = fake.new_zeros((), dtype=torch.float32)
-        n = 0
+        fm, terms = fake.new_zeros((), dtype=torch.float32), 0
         for of, orl in zip(out_fake, out_real):
             for a, b in zip(of[:-1], orl[:-1]):
                 b = b.float().repeat_interleave(k, 0)
@@ -317,8 +316,8 @@ class AdversarialLoss(nn.Module):
                 # image, so that DDP's average over ranks equals the single-process batch mean
                 dims = tuple(range(1, b.dim()))
                 fm = fm + ((a.float() - b).abs().mean(dims) / (b.abs().mean(dims) + 1e-8)).mean()
-                n += 1
-        fm = fm / max(n, 1)
+                terms += 1
+        fm = fm / max(terms, 1)
         total = self.weight * adv + self.feature_matching * fm
         return total, {"gan/g_adv": adv.detach(), "gan/feature_matching": fm.detach()}
 
