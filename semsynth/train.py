@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from . import checkpoint as ckpt
 from .labels import LabelSpace, colorize, get_space, one_hot
 from .models import build_model, model_config
-from .utils import atomic_path, pick_device
+from .utils import atomic_path, pick_device, seed_everything
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TASKS: dict[str, type] = {}
@@ -219,9 +219,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     rank, world, dev = _setup_distributed()
     device = dev or pick_device(cfg.get("device"))
     seed = int(cfg.get("seed", 0))
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_everything(seed)
 
     space = get_space(cfg.get("label_space", "cityscapes"))
     if str(cfg.get("task", "crn")).startswith("sims-"):
