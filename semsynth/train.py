@@ -327,14 +327,15 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         scaler.update()
         step += 1
         if rank == 0:
+            # kept as tensors until the log line: one host sync per step (the bar), not per value
             for k, v in {"loss": loss, **logs}.items():
-                interval.setdefault(k, []).append(float(v.detach() if torch.is_tensor(v) else v))
+                interval.setdefault(k, []).append(v.detach() if torch.is_tensor(v) else v)
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{interval['loss'][-1]:.4g}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             if step % log_every == 0 or step == total:
                 rec = {"step": step, "time": time.time() - t0,
-                       **{k: float(np.mean(v)) for k, v in interval.items()}}
+                       **{k: float(np.mean([float(x) for x in v])) for k, v in interval.items()}}
                 interval = {}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
