@@ -105,7 +105,7 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     from . import __version__
     from .checkpoint import read_metadata
     from .data import save_image
-    from .labels import colorize
+    from .labels import save_label
     from .pipelines import BUNDLED, CRNPipeline, output_names, resolve_checkpoint
 
     t0 = time.perf_counter()
@@ -134,7 +134,7 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     t1 = time.perf_counter()
     for name, caption, ids in it:
         lay = f"layouts/{name}.png"
-        save_image(out / lay, colorize(ids, space))
+        save_label(out / lay, ids, space)
         images = pipe([ids], k=k)[0]
         outs = [f"outputs/{fn}" for fn in output_names(name, k)]
         for arr, rel in zip(images, outs):

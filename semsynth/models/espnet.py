@@ -244,6 +244,4 @@ def load_espnet(name: str, path: str | Path | None = None) -> ESPNet:
     file = W.verify(Path(path)) if path is not None else W.resolve(name, download=False)
     state = torch.load(file, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    return model.eval()
+    return model.requires_grad_(False).eval()

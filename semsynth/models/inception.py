@@ -221,9 +221,7 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
         state = state["state_dict"]
     net = FIDInceptionV3()
     net.load_state_dict(state, strict=True)
-    for prm in net.parameters():
-        prm.requires_grad_(False)
-    return net.eval()
+    return net.requires_grad_(False).eval()
 
 
 # ----------------------------------------------------------------------------- statistics
