@@ -435,12 +435,11 @@ class Group:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from .data import IMAGE_EXTENSIONS
+    from .data import _scan
 
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return _scan(folder)
 
 
 def _examples(items: Sequence[str], n: int = 5) -> str:
@@ -618,10 +617,13 @@ def _run_set(entries: list[tuple[Group, list[Path]]], seg: Segmenter, space: Lab
             if seg_size is None and buf_img and tuple(buf_img[0].shape[-2:]) != tuple(size):
                 flush()
             buf_img.append(xs); buf_lab.append(lab); buf_meta.append((group.stem, p.name))
-            if feature_nets:
-                fbuf.append(_resize(img, feat_size) if feat_size else img)
-            if i == 0 and group.stem in keep_stems:
-                res.kept[group.stem] = _resize(img, feat_size) if feat_size else img
+            keep = i == 0 and group.stem in keep_stems
+            if feature_nets or keep:
+                small = _resize(img, feat_size) if feat_size else img  # once for both uses
+                if feature_nets:
+                    fbuf.append(small)
+                if keep:
+                    res.kept[group.stem] = small
             if group.stem in thumb_stems:
                 res.thumbs.setdefault(group.stem, []).append((f"k{i}", _thumb(_to_uint8(img[0]))))
             if perceptual is not None and len(paths) > 1:
@@ -865,8 +867,6 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
             d["between_layouts_pairs"] = max(0, len(chain) - 1)
         report["diversity"] = d
         timing["diversity_between"] = round(time.perf_counter() - t, 2)
-    elif images_dir is not None and real_dir is None:
-        report["diversity"] = None
     timing["total"] = round(time.perf_counter() - t0, 2)
     report["timing_s"] = timing
     report["device"] = str(device)
