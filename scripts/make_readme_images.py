@@ -8,6 +8,10 @@ Writes
   docs/images/cityscapes.png   held-out real Cityscapes label maps (not seen in training, see
                                semsynth/configs/default-cityscapes.yaml): layout | k outputs | the
                                real photo (downscaled) where one exists
+  docs/images/sims_cityscapes.png  the same held-out layouts through the bundled SIMS model:
+                               layout | canvas | SIMS output | CRN default | real photo; its bank
+                               is built here from ../shared without the held-out frames (the
+                               command in semsynth/assets/sims-cityscapes/MODEL_CARD.md)
   docs/images/images.json      what was drawn: model step and sha256, inputs, file sizes
 
 The real label maps and photos are read from the shared folder (`SEMSYNTH_SHARED`, default
@@ -107,10 +111,54 @@ def save_small(img: Image.Image, path: Path) -> int:
     raise RuntimeError(f"{path}: {n} bytes even with {colors} colours; draw fewer rows")
 
 
+# The bank of the bundled SIMS model's card: every Cityscapes-domain frame in ../shared except the
+# held-out ones, cut at the model's 128x256 with photos at the same size.
+SIMS_BANK_DATA = ("data/cityscapes", "data/cityscapes_sequences")
+SIMS_BANK_EXCLUDE = ("seq0005_*", "aachen_000005_*")
+
+
+def sims_bank(shared: Path, folder: Path):
+    from semsynth.sims.bank import build_bank_from_paths
+
+    return build_bank_from_paths([shared / d for d in SIMS_BANK_DATA], folder, size=(128, 256), rgb_scale=1,
+                                 exclude=SIMS_BANK_EXCLUDE, progress=False)
+
+
+def sims_figure(crn, present, shared: Path, out: Path, record: dict, args) -> None:
+    """layout | canvas | SIMS output | CRN default (output 1) | real photo, for the held-out maps."""
+    from semsynth.sims.pipeline import SIMSPipeline
+
+    bank = sims_bank(shared, Path(args.bank))
+    sims = SIMSPipeline.from_pretrained(resolve_checkpoint(args.sims_model), bank=bank, device=args.device)
+    size, space = tuple(sims.size), sims.space
+    rows = []
+    for caption, lab, photo in present:
+        ids = resize_label(space.read(lab), size)
+        res = sims.run(ids)
+        real = (resize_image(np.asarray(Image.open(photo).convert("RGB")), size)
+                if photo is not None and photo.is_file() else _blank(size, "no photo (label map only)"))
+        crn_out = crn([resize_label(ids, tuple(crn.size))])[0][0]
+        rows.append([_tag(colorize(ids, space), caption), res.canvas.rgb, res.image,
+                     resize_image(crn_out, size), real])
+    path = out / "sims_cityscapes.png"
+    n = save_small(figure(rows, ["layout (held out)", "SIMS canvas", "SIMS output", "CRN default", "real photo"],
+                          size), path)
+    model_file = resolve(resolve_checkpoint(args.sims_model))
+    record["figures"]["sims_cityscapes.png"] = {
+        "bytes": n, "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present],
+        "sims_model": str(args.sims_model), "sims_step": read_metadata(model_file)["step"],
+        "sims_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "bank": f"{bank.num_images} images, {len(bank)} indexed segments"}
+    print(f"wrote {path} ({n / 1000:.0f} KB)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default", help="bundled model name or checkpoint (default: default)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "images"), help="output folder (default: docs/images)")
+    ap.add_argument("--sims-model", default="sims-cityscapes", help="SIMS synthesis model (default: sims-cityscapes)")
+    ap.add_argument("--bank", default=str(ROOT / "runs" / "bank-sims-cityscapes"),
+                    help="where the SIMS figure's bank is built (reused when present)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
@@ -151,6 +199,8 @@ def main(argv=None) -> int:
         record["figures"]["cityscapes.png"] = {
             "bytes": n, "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present]}
         print(f"wrote {path} ({n / 1000:.0f} KB)")
+
+        sims_figure(pipe, present, shared, out, record, args)
 
     with atomic_path(out / "images.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")

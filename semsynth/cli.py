@@ -236,6 +236,8 @@ def _sims_build_bank(ssub):
     p.add_argument("--shard-images", type=int, default=64, help="source images per shard")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
     p.add_argument("--limit", type=int, help="add at most this many new images")
+    p.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="leave out samples whose name matches (glob; repeat), e.g. held-out frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args):
@@ -247,7 +249,7 @@ def _sims_build_bank(ssub):
         bank = build_bank_from_paths(
             args.data, args.out, space=args.label_space, split=args.split, size=args.size,
             rgb_scale=args.rgb_scale, shard_images=args.shard_images, workers=args.workers,
-            limit=args.limit, progress=not args.quiet)
+            limit=args.limit, exclude=args.exclude, progress=not args.quiet)
         print(f"{bank}: {bank.disk_bytes() / 1e6:.1f} MB on disk, {time.perf_counter() - t0:.1f} s")
 
     p.set_defaults(func=run)
@@ -405,6 +407,9 @@ def _cmd_demo(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the first procedural layout")
     p.add_argument("--k", type=int, help="variants per layout (default: all the model makes)")
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("--bank", help="SIMS memory bank: also show the SIMS canvas and output beside the CRN outputs")
+    p.add_argument("--sims-model", default="sims-cityscapes",
+                   help="SIMS synthesis checkpoint used with --bank (default: the bundled sims-cityscapes)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files of the same names")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -414,7 +419,7 @@ def _cmd_demo(sub):
 
         index = run_demo(args.out, inputs=args.labels or None, n=args.n, seed=args.seed, k=args.k,
                          model=args.model, device=args.device, progress=not args.quiet,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, bank=args.bank, sims_model=args.sims_model)
         print(f"open {index}  ({index.resolve().as_uri()})")
 
     p.set_defaults(func=run)

@@ -89,7 +89,8 @@ def _layouts(inputs, n: int, seed: int, space, size) -> list[tuple[str, str, np.
 
 def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int = 0, k: int | None = None,
              model: str | Path = "default", device: str | None = None, progress: bool = True,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, bank: str | Path | None = None,
+             sims_model: str | Path = "sims-cityscapes") -> Path:
     """Synthesize k photos for each of a few layouts with `model` and write a browsable page.
 
     out: output folder; None means `./semsynth-demo`, or `semsynth-demo-2`, ... when that one is
@@ -99,6 +100,8 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     its native size); None: `n` procedural street layouts for seeds `seed`, `seed + 1`, ...
     k: variants per layout (default and maximum: the model's k).
     model: a bundled model name ("default") or any checkpoint path (CRN).
+    bank: a SIMS memory bank (`semsynth sims build-bank`); with it each row also shows the canvas
+    and the output of `sims_model` (bundled name or checkpoint) beside the CRN outputs.
     Returns the path of the written index.html."""
     import torch
 
@@ -119,6 +122,11 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
         raise ValueError(f"{model}: is a SIMS checkpoint; the demo runs CRN models "
                          "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`)")
     pipe = CRNPipeline.from_pretrained(model, device=device)
+    sims = None
+    if bank is not None:
+        from .sims.pipeline import SIMSPipeline
+
+        sims = SIMSPipeline.from_pretrained(resolve_checkpoint(sims_model), bank=bank, device=device)
     t_load = time.perf_counter() - t0
     space, size = pipe.space, tuple(pipe.size)
     k = min(k or pipe.k, pipe.k)
@@ -139,6 +147,11 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
         outs = [f"outputs/{fn}" for fn in output_names(name, k)]
         for arr, rel in zip(images, outs):
             save_image(out / rel, arr)
+        if sims is not None:
+            res = sims.run(ids)
+            outs += [f"outputs/{name}_sims_canvas.png", f"outputs/{name}_sims.png"]
+            save_image(out / outs[-2], res.canvas.rgb)
+            save_image(out / outs[-1], res.image)
         written.append((name, caption, lay, outs))
     t_synth = time.perf_counter() - t1
 
@@ -155,11 +168,15 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
                       f"x {k} image(s) {t_synth:.1f} s)"),
         "semsynth": __version__,
     }
+    if sims is not None:
+        facts["SIMS model"] = (f"{sims_model} (bundled)" if str(sims_model) in BUNDLED else str(sims_model)) + \
+            f", bank {bank} ({sims.bank.num_images} images, {len(sims.bank)} segments)"
+    columns = [f"output {i + 1}" for i in range(k)] + (["SIMS canvas", "SIMS output"] if sims is not None else [])
     card = resolve_checkpoint(model)
     card = (card if card.is_dir() else card.parent) / "MODEL_CARD.md"
     if card.is_file():
         facts["model card"] = str(card)
-    page = _page(written, facts, space, present, size)
+    page = _page(written, facts, space, present, size, columns)
     index = out / "index.html"
     with atomic_path(index) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -184,21 +201,21 @@ footer{margin-top:1.5em;font-size:.8em;color:#777}
 """
 
 
-def _page(rows, facts: dict, space, present, size) -> str:
+def _page(rows, facts: dict, space, present, size, columns: list[str]) -> str:
     e = html.escape
     h, w = size
     disp = min(2 * w, max(w, 512))  # at most this wide (small native sizes shown at 2x) ...
-    k = max((len(o) for *_, o in rows), default=0)
+    k = len(columns)
     width = (k + 1) * (disp + 8) + 160  # ... and narrower to fit the window (table-layout: fixed)
 
     def img(rel, alt):
         return (f'<a href="{quote(rel)}"><img src="{quote(rel)}" width="{w}" height="{h}" '
                 f'alt="{e(alt)}" loading="lazy"></a>')
 
-    head = "<tr><th></th><th>layout</th>" + "".join(f"<th>output {i + 1}</th>" for i in range(k)) + "</tr>"
+    head = "<tr><th></th><th>layout</th>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
     body = []
     for name, caption, lay, outs in rows:
-        cells = "".join(f"<td>{img(o, f'{name} output {i + 1}')}</td>" for i, o in enumerate(outs))
+        cells = "".join(f"<td>{img(o, f'{name} {c}')}</td>" for c, o in zip(columns, outs))
         body.append(f'<tr><td class="name">{e(caption)}</td><td class="layout">{img(lay, name + " layout")}</td>'
                     f"{cells}</tr>")
     legend = []
@@ -214,5 +231,6 @@ def _page(rows, facts: dict, space, present, size) -> str:
         f'<table class="grid" style="max-width:{width}px">{head}\n' + "\n".join(body) + "</table>\n"
         f'<div class="legend"><b>classes:</b> {"".join(legend)}</div>\n'
         "<footer>Layouts are shown as colour maps at the size the model saw them; each row's outputs "
-        "are the model's k variants for that layout. Files: <code>layouts/</code>, "
+        "are the model's k variants for that layout (with a bank: then the SIMS canvas of retrieved "
+        "photo segments and the SIMS network's photo). Files: <code>layouts/</code>, "
         "<code>outputs/</code>.</footer>\n</body></html>\n")

@@ -22,7 +22,8 @@ from .utils import atomic_path, pick_device
 
 ASSETS = Path(__file__).parent / "assets"
 # Models shipped inside the package, usable by name.
-BUNDLED = {"default": ASSETS / "default", "camvid": ASSETS / "camvid"}
+BUNDLED = {"default": ASSETS / "default", "camvid": ASSETS / "camvid",
+           "sims-cityscapes": ASSETS / "sims-cityscapes"}  # SIMS: needs a bank the user builds
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

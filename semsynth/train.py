@@ -199,6 +199,27 @@ def _data_path(p: str) -> Path:
     return shared_dir() / p[len("shared:"):] if str(p).startswith("shared:") else Path(p)
 
 
+def open_training_data(cfg: dict, space: LabelSpace):
+    """The `data` section as one dataset: `data.path` is a folder, `shared:<folder>` or a list of
+    them (their samples joined, each folder's layout detected on its own), with `split`, `size`,
+    `cache`, `label_encoding` and `exclude` (names or globs) applied to all."""
+    from .data import LayoutDataset, open_dataset
+
+    d = cfg.get("data", {})
+    if not d.get("path"):
+        raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
+    paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
+    parts = [open_dataset(_data_path(p), space=space, split=d.get("split", "train"),
+                          size=tuple(d["size"]) if d.get("size") else None,
+                          cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
+                          exclude=d.get("exclude")) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return LayoutDataset([it for p in parts for it in p.items], space, size=first.size, cache=d.get("cache", True),
+                         label_encoding=d.get("label_encoding"), layout="joined")
+
+
 def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
     """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
     name and shape match; new modules and a changed head keep their fresh init, as in the original."""
@@ -211,10 +232,62 @@ def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
     return sorted(set(own) - set(taken))
 
 
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: `amp: bf16 | fp16 | null`, used where it is fast: on CUDA,
+    and for bf16 on CPUs with native bf16 (AVX512-BF16 or AMX, as oneDNN reports). Elsewhere
+    bf16 is emulated and slower than fp32, so the run stays fp32."""
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.get("amp", "bf16"))
+    if dt is None or device.type == "cuda":
+        return dt
+    if device.type == "cpu" and dt == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return dt
+    return None
+
+
+class TrainStep:
+    """One optimisation step of a task, as `train` runs it (and `benchmarks/train_step.py`
+    times it): autocast (`amp`), memory format (`channels_last`), Adam (`optim.*`, the fused
+    kernel unless `optim.fused: false`), optional `torch.compile` of the loss (`compile: true`;
+    not in the official presets), loss scaling for fp16. `__call__(batch, step)` -> (loss, logs)."""
+
+    def __init__(self, task, cfg: dict, device: torch.device, net: nn.Module | None = None, verbose: bool = True):
+        self.task, self.device = task, device
+        model = task.model
+        self.net = net if net is not None else model
+        self.dtype = amp_dtype(cfg, device)
+        if verbose and cfg.get("amp", "bf16") and self.dtype is None and device.type != "cuda":
+            print(f"amp {cfg.get('amp', 'bf16')!r}: not used on this {device.type} (no native support); training in fp32")
+        self.channels_last = bool(cfg.get("channels_last", False))
+        if self.channels_last:
+            for m in (model, getattr(task, "loss_fn", None)):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
+        o = cfg.get("optim", {})
+        fused = bool(o.get("fused", True)) and device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                          lr=float(o.get("lr", 1e-4)), betas=tuple(o.get("betas", (0.9, 0.999))),
+                                          eps=float(o.get("eps", 1e-8)), fused=fused)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.loss = torch.compile(task.loss) if cfg.get("compile") else task.loss
+
+    def __call__(self, batch: dict, step: int = 0):
+        if self.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+                     for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss, logs = self.loss(self.net, batch)
+        if hasattr(self.task, "lr_at"):  # per-step schedules (the SIMS warm-ups)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.task.lr_at(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logs
+
+
 def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True) -> Path:
     """Train according to `cfg` into run folder `out`; returns the final checkpoint folder."""
-    from .data import open_dataset
-
     out = Path(out)
     rank, world, dev = _setup_distributed()
     device = dev or pick_device(cfg.get("device"))
@@ -230,17 +303,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         model.config.grad_checkpoint = True
 
     d = cfg.get("data", {})
-    if hasattr(task, "dataset"):
-        dataset = task.dataset(cfg)
-    else:
-        if not d.get("path"):
-            raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
-        paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
-        parts = [open_dataset(_data_path(p), space=space, split=d.get("split", "train"),
-                              size=tuple(d["size"]) if d.get("size") else None,
-                              cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
-                              exclude=d.get("exclude")) for p in paths]
-        dataset = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+    dataset = task.dataset(cfg, out) if hasattr(task, "dataset") else open_training_data(cfg, space)
     B = int(cfg.get("optim", {}).get("batch_size", 1))
     steps_per_epoch = math.ceil(len(dataset) / (B * world))
     total = int(cfg["steps"]) if cfg.get("steps") else int(cfg.get("epochs", 1)) * steps_per_epoch
@@ -255,10 +318,11 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     only = cfg.get("train_only")  # e.g. the 1024p stage trains only g_512, g_1024 and the head
     for name, p in model.named_parameters():
         p.requires_grad_(not only or any(name.startswith(prefix) for prefix in only))
-    o = cfg.get("optim", {})
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                 lr=float(o.get("lr", 1e-4)), betas=tuple(o.get("betas", (0.9, 0.999))),
-                                 eps=float(o.get("eps", 1e-8)))
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_step = TrainStep(task, cfg, device, net=net, verbose=rank == 0)
+    optimizer = train_step.optimizer
     if state is not None:
         folder, st = state
         from safetensors.torch import load_file
@@ -278,12 +342,6 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     workers = int(d.get("workers", 0))
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.get("amp", "bf16"))
-    use_amp = device.type == "cuda" and amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     writer = _writer(out) if rank == 0 else None
     metrics_path = out / "metrics.jsonl"
@@ -316,15 +374,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         if d.get("flip"):
             batch = _flip_batch(batch, gen)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, logs = task.loss(net, batch)
-        if hasattr(task, "lr_at"):  # per-step schedules (the SIMS warm-ups)
-            for g in optimizer.param_groups:
-                g["lr"] = task.lr_at(step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logs = train_step(batch, step)
         step += 1
         if rank == 0:
             # kept as tensors until the log line: one host sync per step (the bar), not per value

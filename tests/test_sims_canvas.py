@@ -346,23 +346,43 @@ def test_warp_is_kept_only_when_it_fits_the_query_better(toy):
 
 def test_training_canvas_pastes_the_photo_where_retrieved_and_query_agree(toy):
     from semsynth.sims.canvas import training_canvas
+    from semsynth.sims.segments import extract_segments
     bank, r = toy
-    sample = _samples()[1]                                # image "b" (id 1), excluded from retrieval
-    cv = training_canvas(r, _query(), sample["image"], rng=0, image_id=1, elision_ratio=0, recolor_p=0)
+    sample = _samples()[1]                                # image "b" (id 1), left out of retrieval
+    res = r.search(_query(), k=1, exclude_images=[1])
+    plain = dict(rng=0, elision_ratio=0, recolor_p=0, corrupt_deg=0)
+    cv = training_canvas(bank, res, sample["image"], **plain)
     got = cv.bank_ids[cv.bank_ids >= 0]
     assert len(got) and (bank.image[got] == 0).all()
     assert cv.support.any() and (cv.rgb[cv.support] == sample["image"][cv.support]).all()
     assert (cv.rgb[~cv.support] == 0).all() and (cv.support == (cv.owner >= 0)).all()
-    from semsynth.sims.segments import extract_segments
     q = extract_segments(_query(), 19, bank.thin)        # the query segments, same order
+    up = lambda m: np.repeat(np.repeat(m, 2, 0), 2, 1)  # noqa: E731  (bank frame -> photo frame)
+    void = np.zeros(cv.label.shape, bool)
     for j in np.flatnonzero(cv.bank_ids >= 0):           # pasted = retrieved mask ∧ query mask
-        both = _placed_mask(bank, cv.bank_ids[j]) & np.repeat(np.repeat(q.full_mask(j), 2, 0), 2, 1)
-        assert not (cv.owner == j)[~both].any()
-    rec = training_canvas(r, _query(), sample["image"], rng=0, image_id=1, elision_ratio=0, recolor_p=1)
+        placed, qm = _placed_mask(bank, cv.bank_ids[j]), up(q.full_mask(j))
+        assert not (cv.owner == j)[~(placed & qm)].any()
+        void |= placed & ~qm
+    assert (cv.label[void] == SPACE.void).all()          # the retrieved shape spills: void there
+    base = up(_query())
+    assert (cv.label[~void] == base[~void]).all()        # and nowhere else without corruption
+    rec = training_canvas(bank, res, sample["image"], **{**plain, "recolor_p": 1})
     assert (rec.support == cv.support).all() and (rec.rgb != cv.rgb).any()
-    wh = training_canvas(r, _query(), sample["image"], rng=0, image_id=1, recolor_p=0)
+    other = _samples()[0]["image"]                       # colours of the retrieved photo's box
+    ref = training_canvas(bank, res, sample["image"], ref_image=lambda i: _samples()[i]["image"],
+                          **{**plain, "recolor_p": 1})
+    assert i_differs(ref.rgb, rec.rgb) and other.shape == sample["image"].shape
+    wh = training_canvas(bank, res, sample["image"], **{**plain, "elision_ratio": 0.5})
     white = (wh.rgb == 255).all(-1) & ~(cv.rgb == 255).all(-1)
     assert white.any() and (wh.support >= cv.support).all()
+    assert (white & ~cv.support).any()                   # the band reaches outside the support too
+    cor = training_canvas(bank, res, sample["image"], **{**plain, "corrupt_deg": 2.5})
+    changed = cor.label != cv.label
+    assert (cor.label[changed] == SPACE.void).all()      # corruption only voids
+
+
+def i_differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool((a != b).any())
 
 
 def test_cli_canvas_writes_inspection_images(toy, tmp_path, capsys):

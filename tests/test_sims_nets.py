@@ -295,33 +295,36 @@ def test_jittered_segments(cs):
     assert ((1 / scale > 0.9 - 1e-4) & (1 / scale < 1.1 + 1e-4)).all()
 
 
-def test_synthesis_canvases_follow_the_recipe(cs):
+def test_synthesis_canvases_follow_the_recipe(cs, tmp_path):
     from semsynth.data import open_dataset
-    from semsynth.sims.tasks import SynthesisCanvases, build_canvases
+    from semsynth.sims.tasks import SynthesisCanvases, training_bank
 
     base = open_dataset(cs, space=SPACE, size=(64, 128))
-    ds = SynthesisCanvases(base, SPACE, draws=2, colour_transfer=0.0)
-    batch = torch.utils.data.default_collate([ds[0], ds[1]])
-    canvas, label = build_canvases(batch, SPACE.void)
-    img = batch["image"]
-    white = (canvas == 1).all(1, keepdim=True)
-    empty = (canvas == 0).all(1, keepdim=True)
-    same = (canvas - img).abs().amax(1, keepdim=True) < 1e-6
+    bank = training_bank(base, SPACE, tmp_path / "bank", (64, 128), progress=False)
+    ds = SynthesisCanvases(base, SPACE, bank, draws=2, pool=2, colour_transfer=0.0, progress=False)
+    assert len(ds) == 2 * len(base)
+    for i in range(len(base)):                           # retrieved from 2 *other* images only
+        for d in range(2):
+            got = ds._ids[i, d][ds._ids[i, d] >= 0]
+            src = set(bank.image[got].tolist())
+            assert len(got) and ds.bank_of[i] not in src and len(src) <= 2
+    assert any(not np.array_equal(ds._ids[i, 0], ds._ids[i, 1]) for i in range(len(base)))  # draws differ
+    a = ds[0]
+    canvas, img = a["canvas"], a["image"]
+    white = (canvas == 1).all(0)
+    empty = (canvas == 0).all(0)
+    same = (canvas - img).abs().amax(0) < 1e-6
     assert (white | empty | same).all()                                   # the photo's own pixels only
-    assert same.float().mean() > 0.3 and white.float().mean() > 0.02
-    comp = batch["segments"].long()[:, None]
-    assert not (same & ~white & (comp == 0)).any()                        # dropped segments stay empty
-    changed = label != batch["label_gt"]
-    assert (label[changed] == SPACE.void).all()                           # corruption only voids
-    assert ((comp[:, 0] == 0) | ~changed).float().mean() > 0.5
-    canvas2, _ = build_canvases(batch, SPACE.void)
-    assert torch.equal(canvas, canvas2)                                   # reproducible
-    ds = SynthesisCanvases(base, SPACE, draws=1, colour_transfer=1.0)
-    batch = torch.utils.data.default_collate([ds[2]])
-    canvas, _ = build_canvases(batch, SPACE.void)
-    pasted = ~((canvas == 1).all(1) | (canvas == 0).all(1))
-    assert batch["recolour"].any() and (canvas - batch["image"]).abs().amax(1)[pasted].mean() > 0.01
-    assert canvas.min() >= 0 and canvas.max() <= 1
+    assert same.float().mean() > 0.2 and white.float().mean() > 0.02
+    assert torch.equal(a["support"][0] > 0, ~empty)
+    changed = a["label"] != a["label_gt"]
+    assert changed.any() and (a["label"][changed] == SPACE.void).all()   # corruption only voids
+    assert torch.equal(ds[0]["canvas"], canvas)                           # reproducible
+    ds1 = SynthesisCanvases(base, SPACE, bank, draws=1, pool=2, colour_transfer=1.0, progress=False)
+    b = ds1[0]
+    pasted = ~((b["canvas"] == 1).all(0) | (b["canvas"] == 0).all(0))
+    assert (b["canvas"] - b["image"]).abs().amax(0)[pasted].mean() > 0.01  # recoloured
+    assert b["canvas"].min() >= 0 and b["canvas"].max() <= 1
 
 
 def test_1024_variant_loss_keeps_the_pixel_term_at_full_size(cs):
@@ -335,9 +338,9 @@ def test_1024_variant_loss_keeps_the_pixel_term_at_full_size(cs):
     task = SynthesisTask(cfg, SPACE, torch.device("cpu"))
     batch = torch.utils.data.default_collate([task.dataset(cfg)[0]])
     loss, logs = task.loss(task.model, batch)
-    canvas, label = task.inputs(batch)
+    canvas, label = batch["canvas"], batch["label"]
     with torch.no_grad():
-        rgb, sem = task.model(F.one_hot(label, 20).permute(0, 3, 1, 2).float(), canvas)
+        rgb, sem = task.model(F.one_hot(label, 20).permute(0, 3, 1, 2).float(), canvas, batch["support"])
         prep = task.loss_fn.backbone.prepare
         full = (prep(rgb) - prep(batch["image"])).abs().mean()
     assert sem.shape[-2:] == (32, 64) and torch.isfinite(loss)

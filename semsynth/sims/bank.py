@@ -719,16 +719,18 @@ def open_bank(path: str | Path) -> Bank:
 
 
 def build_bank_from_paths(paths: Iterable[str | Path], out: str | Path, space=None, split: str = "train",
-                          **kwargs) -> Bank:
+                          exclude: Iterable[str] | None = None, **kwargs) -> Bank:
     """`build_bank` over one or more dataset folders (opened with `semsynth.data.open_dataset`,
     without resizing or caching: the bank resizes itself). Later folders are added to the bank
-    the earlier ones made."""
+    the earlier ones made. exclude: sample names or glob patterns left out (e.g. the frames a
+    model is evaluated on)."""
     from ..data import open_dataset
 
     bank = None
     t0 = time.perf_counter()
     for p in paths:
-        ds = open_dataset(p, space=space, split=split, require_images=True, cache=False)
+        ds = open_dataset(p, space=space, split=split, require_images=True, cache=False,
+                          exclude=list(exclude) if exclude else None)
         bank = build_bank(ds, out, space=space if space is not None else ds.space, **kwargs)
     if bank is None:
         raise BankError("no dataset given")

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .bank import Bank
-from .order import coarse_order, order_rank
+from .order import full_order, order_rank
 from .retrieval import Retrieval
 from .segments import class_roles
 
@@ -308,12 +308,8 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
     fr = _Frame(bank.size, size, bank.rgb_size)
     q = retrieval.query
     Q = len(q)
-    if order is None:
-        try:
-            order = coarse_order(space)
-        except KeyError:
-            order = list(range(C))
-    order = list(order) + [c for c in range(C) if c not in set(order)]
+    order = list(order) if order is not None else full_order(space)
+    order = order + [c for c in range(C) if c not in set(order)]
     rank = order_rank(order)
     front_fn = _front_fn(front, Q)
     thetas = _thetas(theta, Q)
@@ -488,31 +484,39 @@ def _outer_elision(canvas, support, label, roles, C, cfg: CanvasConfig, size) ->
 # ----------------------------------------------------------------------------- training canvases
 
 
-def training_canvas(retriever, label, image, rng=None, image_id: int | None = None,
-                    n_images: int = 100, recolor_p: float = 0.2, elision: float = 0.05 * 512,
-                    elision_ratio: float = 0.5, order=None, min_area: float | None = None,
-                    white: int = 255) -> Canvas:
-    """A synthesis-network training canvas (SPEC B.6.1 steps 2-5) for a real (layout, photo).
+def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng=None,
+                    recolor_p: float = 0.2, elision: float = 0.05 * 512, elision_ratio: float = 0.5,
+                    corrupt_deg: float = 2.5, order=None, white: int = 255) -> Canvas:
+    """A synthesis-network training canvas for a real (layout, photo), the original way
+    (SPEC B.6.1, `train_generate_synthesis.m`). The one implementation: the trainer's
+    `SynthesisCanvases` calls it with retrievals precomputed once per draw.
 
-    For every segment of `label` above the area threshold, back to front in the class order:
-    the best-IoU bank segment of its class among `n_images` random bank images (not `image_id`,
-    the photo's own id if it is in the bank) simulates the shape mismatch of retrieval; the
-    photo's **own** pixels are pasted on (retrieved mask ∧ query mask); with probability
-    `recolor_p` they are first recoloured with MKL colour transfer towards the retrieved segment's
-    colours; then a random half of the pixels in a band (boundary dilated by 25 px at 512,
-    inside **and** outside the segment) are set to white.
+    `retrieval` is the layout's search against a bank of *other* training images (the original:
+    100 random ones), top-1 per segment. For every searched segment q, back to front in the
+    class order, with its retrieved shape r (the bank segment, placed where it was in its image):
 
-    label: (H, W) class indices at any size (retrieval at the bank size); image: the photo,
-    (H', W', 3) uint8 or (3, H', W') float [0, 1]; the canvas has the photo's size.
-    Differences: the colour-transfer target is the retrieved segment's own pixels (the bank keeps
-    segments, not whole photos) instead of the retrieved photo's box; the recoloured pixels are
-    masked with the pasted support, not the whole retrieved mask (B.8.12). Label corruption
-    (step 6) is left to the caller (`Canvas.bank_ids` gives the retrieved segments)."""
+    2. the photo's **own** pixels are pasted on q ∧ r (shape mismatch without appearance gap);
+    3. with probability `recolor_p` they are first recoloured by MKL colour transfer so that the
+       query box of the photo matches the colour statistics of the same box of the retrieved
+       image (`ref_image(bank_image_id)` -> its photo at the canvas size; without it, the
+       retrieved segment's own pixels);
+    4. a random `elision_ratio` of the pixels in the pasted support's boundary band (dilated by
+       floor(0.05 H), inside **and** outside) are set to white; later segments paste over;
+    6. label corruption: the query mask is rotated by U(-corrupt_deg, corrupt_deg) about the image
+       centre with a random shift inside MATLAB's 'loose' frame; label pixels outside q but inside
+       the rotated mask or inside r become void.
+
+    Segments at or below the retrieval threshold (or without a candidate) are dropped: holes.
+    image: (H, W, 3) uint8 (or (3, H, W) float in [0, 1]) at any size; the bank frame is mapped
+    onto it. Returns the canvas with the corrupted layout in `label`.
+    Deliberate differences: the recoloured pixels are masked with the pasted support, not the
+    whole retrieved mask (B.8.12); a segment without any candidate is dropped instead of reusing
+    the previous segment's retrieved mask (B.6.1's bug); the corruption shift is the intended one
+    (the original's was ~0 by a bug, its random crop gives the shift used here)."""
+    from ..models.sims import jitter_theta, warp
     from .color_transfer import _cov, mkl_matrix
-    from .segments import REFERENCE_MIN_AREA
 
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    bank = retriever.bank
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     img = np.asarray(image)
@@ -521,67 +525,75 @@ def training_canvas(retriever, label, image, rng=None, image_id: int | None = No
     if img.dtype != np.uint8:
         img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     size = img.shape[:2]
-    n_img = bank.num_images
-    pool = np.arange(n_img) if image_id is None else np.delete(np.arange(n_img), image_id)
-    allowed = rng.choice(pool, size=min(n_images, len(pool)), replace=False) if len(pool) else pool
-    res = retriever.search(label, k=1, allowed_images=allowed,
-                           min_area=REFERENCE_MIN_AREA if min_area is None else min_area)
-    q = res.query
+    H, W = size
+    C = bank.space.num_classes
+    q = retrieval.query
     Q = len(q)
     fr = _Frame(bank.size, size, bank.rgb_size)
-    C = bank.space.num_classes
-    if order is None:
-        try:
-            order = coarse_order(bank.space)
-        except KeyError:
-            order = list(range(C))
-    order = list(order) + [c for c in range(C) if c not in set(order)]
-    rank = order_rank(order)
-    se = CanvasConfig().px(elision, size[0])
-    canvas = np.zeros((*size, 3), np.uint8)
+    order = list(order) if order is not None else full_order(bank.space)
+    rank = order_rank(order + [c for c in range(C) if c not in set(order)])
+    se = CanvasConfig().px(elision, H)
+    canvas = np.zeros((H, W, 3), np.uint8)
     support = np.zeros(size, bool)
     owner = np.full(size, -1, np.int32)
     bank_ids = np.full(Q, -1, np.int64)
-    visit = sorted(np.flatnonzero(res.searched).tolist(), key=lambda j: (rank[q.cls[j]], j))
+    label = retrieval.label[fr.ymap][:, fr.xmap].copy()
+    spill = np.zeros(size, bool)   # where a retrieved or perturbed shape leaves its query: void
+    qmasks = []                    # (j, full-frame query mask) of the pasted segments, for step 6
+    visit = sorted(np.flatnonzero(retrieval.searched).tolist(), key=lambda j: (rank[q.cls[j]], j))
     for j in visit:
-        b = int(res.ids[j, 0])
+        b = int(retrieval.ids[j, 0])
         if b < 0:
             continue
         bank_ids[j] = b
         qcrop, qbox = fr.crop(q.masks[j], q.bbox[j])
         rcrop, rbox = fr.crop(bank.mask(b), tuple(bank.bbox[b]))
-        y0, x0 = max(qbox[0], rbox[0]), max(qbox[1], rbox[1])
-        y1, x1 = min(qbox[2], rbox[2]), min(qbox[3], rbox[3])
-        if y1 <= y0 or x1 <= x0:
-            continue
-        t = (qcrop[y0 - qbox[0]:y1 - qbox[0], x0 - qbox[1]:x1 - qbox[1]]
-             & rcrop[y0 - rbox[0]:y1 - rbox[0], x0 - rbox[1]:x1 - rbox[1]])
+        qfull = np.zeros(size, bool)
+        qfull[qbox[0]:qbox[2], qbox[1]:qbox[3]] = qcrop
+        rfull = np.zeros(size, bool)
+        rfull[rbox[0]:rbox[2], rbox[1]:rbox[3]] = rcrop
+        spill |= rfull & ~qfull
+        qmasks.append(qfull)
+        t = qfull & rfull
         if not t.any():
             continue
-        content = img[y0:y1, x0:x1].copy()
+        content = img
         if recolor_p > 0 and rng.random() < recolor_p:
-            seg = bank.segment(b)
-            ref = seg.rgb[seg.rgb_mask].astype(np.float64) / 255.0
-            src = img[qbox[0]:qbox[2], qbox[1]:qbox[3]][qcrop].astype(np.float64) / 255.0
+            y0, x0, y1, x1 = qbox
+            src = img[y0:y1, x0:x1].reshape(-1, 3).astype(np.float64) / 255.0
+            if ref_image is not None:
+                ref = np.asarray(ref_image(int(bank.image[b])))[y0:y1, x0:x1].reshape(-1, 3)
+            else:
+                seg = bank.segment(b)
+                ref = seg.rgb[seg.rgb_mask]
+            ref = ref.astype(np.float64) / 255.0
             if len(ref) > 1 and len(src) > 1:
-                px = content[t].astype(np.float64) / 255.0
-                tm = mkl_matrix(_cov(src), _cov(ref))
-                px = np.clip((px - src.mean(0)) @ tm + ref.mean(0), 0, 1)
+                px = img[t].astype(np.float64) / 255.0
+                px = np.clip((px - src.mean(0)) @ mkl_matrix(_cov(src), _cov(ref)) + ref.mean(0), 0, 1)
+                content = img.copy()
                 content[t] = (px * 255 + 0.5).astype(np.uint8)
-        canvas[y0:y1, x0:x1][t] = content[t]
-        support[y0:y1, x0:x1][t] = True
-        owner[y0:y1, x0:x1][t] = j
+        canvas[t] = content[t]
+        support[t] = True
+        owner[t] = j
         if elision_ratio > 0:
-            box = (y0, x0, y1, x1)
-            pb = _pad_box(box, se // 2 + 2, size)
-            full = np.zeros((pb[2] - pb[0], pb[3] - pb[1]), bool)
-            full[y0 - pb[0]:y1 - pb[0], x0 - pb[1]:x1 - pb[1]] = t
-            band = _band_in_frame(full, pb, size, se)
-            wsel = band & (rng.random(band.shape) < elision_ratio)
-            canvas[pb[0]:pb[2], pb[1]:pb[3]][wsel] = white
-            support[pb[0]:pb[2], pb[1]:pb[3]][wsel] = True
-    return Canvas(rgb=canvas, support=support, label=res.label[fr.ymap][:, fr.xmap], owner=owner,
-                  order=visit, bank_ids=bank_ids, warped=np.zeros(Q, bool))
+            band = _dilate(_edge(t), se)
+            wsel = band & (rng.random(size) < elision_ratio)
+            canvas[wsel] = white
+            support[wsel] = True
+    if qmasks and corrupt_deg > 0:
+        n = len(qmasks)
+        a = (2 * rng.random(n) - 1) * np.radians(corrupt_deg)
+        slack = np.stack([np.abs(np.cos(a)) * W + np.abs(np.sin(a)) * H - W,
+                          np.abs(np.sin(a)) * W + np.abs(np.cos(a)) * H - H], 1) / 2
+        shift = (2 * rng.random((n, 2)) - 1) * slack
+        t64 = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+        theta = jitter_theta(t64(np.tile([[W / 2, H / 2]], (n, 1))), t64(np.ones(n)), t64(a), t64(shift), H, W)
+        qm = torch.from_numpy(np.stack(qmasks)[:, None].astype(np.float32))
+        moved = (warp(qm, theta.float(), mode="nearest") > 0.5)[:, 0].numpy()
+        spill |= (moved & ~np.stack(qmasks)).any(0)
+    label[spill] = C
+    return Canvas(rgb=canvas, support=support, label=label, owner=owner, order=visit,
+                  bank_ids=bank_ids, warped=np.zeros(Q, bool))
 
 
 # ----------------------------------------------------------------------------- helpers for networks

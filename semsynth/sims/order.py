@@ -44,7 +44,7 @@ from ..utils import atomic_path, shared_dir
 from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
 
 __all__ = [
-    "ORIGINAL_ORDER_IDS", "back_ratio", "order_from_counts", "original_order", "coarse_order",
+    "ORIGINAL_ORDER_IDS", "full_order", "back_ratio", "order_from_counts", "original_order", "coarse_order",
     "load_order_frequency", "occlusion_counts", "pair_relations", "save_prior", "load_prior",
     "order_rank",
 ]
@@ -105,6 +105,18 @@ def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
     if "frequency" not in m or m["frequency"].shape != (19, 19):
         raise ValueError(f"{p}: expected a 19x19 variable 'frequency'")
     return m["frequency"].astype(np.int64)
+
+
+def full_order(space: "LabelSpace | str") -> list[int]:
+    """Every class index of `space` back to front: the class-order prior (`coarse_order`) where
+    the space has one, then the remaining classes in index order. The pasting order of canvases
+    and the orientation of order pairs."""
+    sp = get_space(space) if isinstance(space, str) else space
+    try:
+        out = [int(c) for c in coarse_order(sp)]
+    except KeyError:
+        out = []
+    return out + [c for c in range(sp.num_classes) if c not in out]
 
 
 def coarse_order(space: "LabelSpace | str" = "cityscapes", counts: np.ndarray | None = None,

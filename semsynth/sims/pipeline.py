@@ -46,6 +46,7 @@ class SIMSResult:
     retrieval: object                    # semsynth.sims.retrieval.Retrieval
     theta: np.ndarray | None = None      # (Q, 2, 3) normalised affine per query segment
     front: object | None = None          # PairwiseOrder
+    choice: np.ndarray | None = None     # (Q,) retrieved candidate pasted per segment (None: top-1)
     extra: dict = field(default_factory=dict)
 
 
@@ -118,10 +119,10 @@ class SIMSPipeline:
 
     def __init__(self, synthesis: torch.nn.Module, space: LabelSpace, bank, transform=None, order=None,
                  meta: dict | None = None, device=None, k: int = 10, retrieval_mode: str = "iou",
-                 snap: bool = True, canvas_config=None, seed: int = 0):
+                 snap: bool = True, canvas_config=None, seed: int = 0, variety: int = 3):
         from .bank import Bank
         from .retrieval import Retriever
-        from .tasks import coarse_order
+        from .order import full_order
 
         if bank is None:
             raise ValueError("a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
@@ -137,10 +138,11 @@ class SIMSPipeline:
         self.order_net = order.to(self.device).eval() if order is not None else None
         self.meta = meta or {}
         self.k, self.retrieval_mode, self.snap, self.seed = int(k), retrieval_mode, bool(snap), int(seed)
+        self.variety = max(1, min(int(variety), self.k))
         self.canvas_config = canvas_config
         self._size = None
         self.retriever = Retriever(self.bank)
-        self.class_order = coarse_order(space)
+        self.class_order = full_order(space)
         self.rank = np.empty(space.num_classes, np.int64)
         self.rank[self.class_order] = np.arange(space.num_classes)
 
@@ -226,11 +228,12 @@ class SIMSPipeline:
             return None
         return PairwiseOrder(self.order_net, retrieval, self.space, self.rank, self.device)
 
-    def compose_canvas(self, retrieval, theta=None, front=None, rng=None, config=None):
+    def compose_canvas(self, retrieval, theta=None, front=None, rng=None, config=None, choice=None):
         """The canvas at the synthesis size (`semsynth.sims.canvas.compose_canvas`)."""
         from .canvas import compose_canvas
 
         return compose_canvas(self.bank, retrieval, size=self.size, theta=theta, order=self.class_order,
+                              choice=choice,
                               front=front, config=config or self.canvas_config,
                               rng=self.seed if rng is None else rng)
 
@@ -244,12 +247,25 @@ class SIMSPipeline:
         return (out[0].float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
 
     # ------------------------------------------------------------------ all at once
-    def run(self, layout, rng=None) -> SIMSResult:
-        r = self.retrieve(layout)
-        theta = self.align(r)
+    def choice(self, retrieval, variant: int) -> np.ndarray | None:
+        """Which retrieved candidate each query segment pastes in output `variant`: 0 is the
+        original's top-1 everywhere; variant v > 0 draws each segment's candidate uniformly from
+        its best `self.variety` (seeded by (seed, v)), so the k outputs of one layout differ in
+        the photo segments they are made of. (Not in the original, which makes one image.)"""
+        if variant == 0:
+            return None
+        valid = (retrieval.ids[:, : self.variety] >= 0).sum(1)
+        rng = np.random.default_rng([self.seed, int(variant), 0x51C])
+        return np.floor(rng.random(len(valid)) * np.maximum(valid, 1)).astype(np.int64)
+
+    def run(self, layout, rng=None, variant: int = 0, retrieval=None) -> SIMSResult:
+        r = retrieval if retrieval is not None else self.retrieve(layout)
+        choice = self.choice(r, variant)
+        theta = self.align(r, choice)
         front = self.order(r)
-        canvas = self.compose_canvas(r, theta, front, rng=rng)
-        return SIMSResult(image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front)
+        canvas = self.compose_canvas(r, theta, front, rng=rng, choice=choice)
+        return SIMSResult(image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front,
+                          choice=choice)
 
     def __call__(self, layouts, rng=None) -> list[np.ndarray]:
         """Layouts (class-index arrays, tensors or label-map paths) -> list of (H, W, 3) uint8."""
@@ -267,7 +283,7 @@ class SIMSPipeline:
         from .canvas import CanvasConfig
 
         out_dir = Path(out_dir)
-        raw = self.compose_canvas(result.retrieval, result.theta, result.front,
+        raw = self.compose_canvas(result.retrieval, result.theta, result.front, choice=result.choice,
                                   config=CanvasConfig(elision_ratio=0, shadow_removal=False, vegetation_trim=False,
                                                       outer_elision=False, context_fill=False))
         files = {f"{stem}_canvas.png": result.canvas.rgb, f"{stem}_layout.png": colorize(result.canvas.label, self.space),
@@ -298,16 +314,19 @@ class SIMSPipeline:
     def synthesize_files(self, inputs, out_dir: str | Path, save_intermediates: bool = False,
                          overwrite: bool = False, progress: bool = True, size=None, k=None, grid=False,
                          batch_size=None) -> list[Path]:
-        """Label-map files/folders -> `<stem>.png` in `out_dir` (plus intermediates). Refuses to
-        overwrite existing outputs unless `overwrite` (checked before anything is written).
-        size: synthesis size (default the model's). k, grid, batch_size: accepted for the CLI's
-        sake; SIMS makes one image per layout, one layout at a time."""
+        """Label-map files/folders -> `<stem>.png` (k = 1) or `<stem>_k<i>.png` (variant i, see
+        `choice`) in `out_dir`, plus intermediates (of variant 0) and with `grid` a tiled
+        `<stem>_grid.png`. Refuses to overwrite existing outputs unless `overwrite` (checked
+        before anything is written). size: synthesis size (default the model's). batch_size:
+        accepted for the CLI's sake; SIMS composes one layout at a time."""
         if size is not None:
             self.size = size
         from PIL import Image
 
         from ..data import list_label_files
+        from ..pipelines import output_names, tile
 
+        k = max(1, int(k or 1))
         files = list_label_files(inputs)
         stems = [f.stem for f in files]
         dupes = sorted({s for s in stems if stems.count(s) > 1})
@@ -316,7 +335,8 @@ class SIMSPipeline:
                              f"into separate folders")
         out_dir = Path(out_dir)
         extra = ("_canvas.png", "_layout.png", "_segments.png", "_segments.json") if save_intermediates else ()
-        existing = [out_dir / (s + e) for s in stems for e in (".png", *extra) if (out_dir / (s + e)).exists()]
+        names = lambda s: output_names(s, k) + [s + e for e in extra] + ([f"{s}_grid.png"] if grid else [])  # noqa: E731
+        existing = [out_dir / n for s in stems for n in names(s) if (out_dir / n).exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; "
                                   f"pass --overwrite to replace them")
@@ -324,12 +344,20 @@ class SIMSPipeline:
         if progress:
             from tqdm import tqdm
             it = tqdm(list(it), desc="sims synthesize", unit="img")
+
+        def write(name, arr):
+            with atomic_path(out_dir / name) as tmp:
+                Image.fromarray(arr).save(tmp, format="PNG")
+            written.append(out_dir / name)
+
         written = []
         for f, stem in it:
-            res = self.run(f)
-            with atomic_path(out_dir / f"{stem}.png") as tmp:
-                Image.fromarray(res.image).save(tmp, format="PNG")
-            written.append(out_dir / f"{stem}.png")
+            first = self.run(f)
+            images = [first.image] + [self.run(f, variant=v, retrieval=first.retrieval).image for v in range(1, k)]
+            for name, img in zip(output_names(stem, k), images):
+                write(name, img)
+            if grid:
+                write(f"{stem}_grid.png", tile(np.stack(images)))
             if save_intermediates:
-                written += self.save_intermediates(res, out_dir, stem)
+                written += self.save_intermediates(first, out_dir, stem)
         return written

@@ -13,16 +13,17 @@ the original MATLAB data generators (SPEC B.3.1, B.4.2, B.6.1) instead of precom
   read from a disparity (or depth) map in the boundary band (B.4.2). **Fixed:** the planar/object
   override applies in both orientations; up to 10 *random* pairs per step with no stale slots
   (padding is ignored by the loss) instead of always the first 10 (B.8.8).
-* **sims-synthesis**: a canvas made from the image's own segments with the original's
-  corruption/drop scheme (B.6.1): segments of <= 1000 px are dropped; each larger one is pasted
-  only where it overlaps a "retrieved" shape (a random-affine version of itself: scale, rotation,
-  shift — the original's best-IoU segment among 100 random other images plays this role); 20 %
-  of them are recoloured with MKL colour transfer towards the same box of another photo; half of a
-  boundary band is set to white; the layout is corrupted (rotation U(-2.5, 2.5) deg plus a random
-  shift, void outside the segment). Loss: perceptual L1 (crn-512p weights) + 10 x cross-entropy
-  with the uncorrupted layout. **Fixed:** RGB targets (the original trained RGB-in/BGR-out,
-  B.8.13); the colour-transfer branch masks with the pasted support, not the whole retrieved mask
-  (B.8.12).
+* **sims-synthesis**: the original's training canvases (B.6.1, `canvas.training_canvas`): a
+  memory bank of the training images is built once into the run folder (`train-bank/`); for
+  every draw of every image, each segment of more than 1000 px (at 256x512) is matched to the
+  best-IoU segment of its class among 100 random *other* training images (precomputed when the
+  dataset is made, not per step); the photo's own pixels are pasted where the two shapes
+  overlap, 20 % of segments recoloured by MKL colour transfer towards the retrieved photo's box,
+  half of a boundary band set to white, and the layout voided where the retrieved or a rotated
+  copy of the shape spills outside the segment. Loss: perceptual L1 (crn-512p weights) + 10 x
+  cross-entropy with the uncorrupted layout. **Fixed:** RGB targets (the original trained
+  RGB-in/BGR-out, B.8.13); the colour-transfer branch masks with the pasted support, not the
+  whole retrieved mask (B.8.12).
 
 Each dataset has `draws` x images examples: example (i, d) is the d-th random draw for image i,
 seeded by (seed, i, d), like the original's fixed `NN/` draw folders, so resumed runs see the same
@@ -44,12 +45,12 @@ from ..labels import LabelSpace, colorize, one_hot
 from ..models import build_model, model_config
 from ..models.sims import front_probability, invert_theta, jitter_theta, pair_input, warp
 from ..train import register_task
-from .color_transfer import mkl_matrix
+from .order import full_order as coarse_order
 from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
 
 __all__ = [
     "SynthesisTask", "TransformTask", "OrderTask", "SynthesisCanvases", "JitteredSegments",
-    "OrderPairs", "build_canvases", "coarse_order", "transform_loss", "dilate", "boundary", "mkl_params",
+    "OrderPairs", "training_bank", "coarse_order", "transform_loss", "dilate", "boundary",
     "schedule_lr",
 ]
 
@@ -79,31 +80,6 @@ def boundary(m: torch.Tensor) -> torch.Tensor:
     return dilate(m, 3) & dilate(~m, 3)
 
 
-def mkl_params(src: np.ndarray, ref: np.ndarray):
-    """MKL colour transfer (`color_transfer.mkl_matrix`, SPEC B.7) from the (N, 3) pixels `src` to
-    the colour statistics of the (M, 3) pixels `ref`: -> (T, mean_src, mean_ref) as float32
-    tensors, recoloured = (x - mean_src) @ T + mean_ref."""
-    def cov(x):
-        return np.cov(x, rowvar=False) if len(x) > 1 else np.zeros((3, 3))
-
-    src, ref = np.asarray(src, np.float64), np.asarray(ref, np.float64)
-    t = mkl_matrix(cov(src), cov(ref))
-    return tuple(torch.from_numpy(np.asarray(v, np.float64)).float() for v in (t, src.mean(0), ref.mean(0)))
-
-
-def coarse_order(space: LabelSpace) -> list[int]:
-    """Class indices back to front (the pasting order of canvases and the orientation of order
-    pairs): `semsynth.sims.order.coarse_order` (the released SIMS order for Cityscapes), or
-    class-index order for spaces without a prior."""
-    from .order import coarse_order as prior
-
-    try:
-        out = [int(c) for c in prior(space)]
-    except KeyError:
-        out = []
-    return out + [c for c in range(space.num_classes) if c not in out]
-
-
 def schedule_lr(sched: dict | None, epoch: int, base: float) -> float:
     """The originals' schedules: lr(e) = min(start * factor^(e - 1), cap(e)) where cap(e) is the
     last `caps` entry [from_epoch, cap] with from_epoch <= e (default: the base lr)."""
@@ -124,14 +100,9 @@ def _world() -> int:
 
 
 def _base_dataset(cfg: dict, space: LabelSpace):
-    from ..data import open_dataset
+    from ..train import open_training_data
 
-    d = cfg.get("data", {})
-    if not d.get("path"):
-        raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
-    return open_dataset(d["path"], space=space, split=d.get("split", "train"),
-                        size=tuple(d["size"]) if d.get("size") else None, cache=d.get("cache", True),
-                        label_encoding=d.get("label_encoding"), exclude=d.get("exclude"))
+    return open_training_data(cfg, space)
 
 
 class _Draws(Dataset):
@@ -286,7 +257,7 @@ def transform_loss(theta: torch.Tensor, segments: torch.Tensor, masks: torch.Ten
 
 @register_task("sims-transform")
 class TransformTask(_TaskBase):
-    def dataset(self, cfg: dict):
+    def dataset(self, cfg: dict, out: Path | None = None):
         j = cfg.get("jitter", {})
         ds = JitteredSegments(_base_dataset(cfg, self.space), self.space, draws=cfg.get("data", {}).get("draws", 2),
                               seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
@@ -453,7 +424,7 @@ class OrderPairs(_Draws):
 
 @register_task("sims-order")
 class OrderTask(_TaskBase):
-    def dataset(self, cfg: dict):
+    def dataset(self, cfg: dict, out: Path | None = None):
         base = _base_dataset(cfg, self.space)
         d = cfg.get("data", {})
         kind = "depth" if d.get("depth") else "disparity"
@@ -536,125 +507,86 @@ class OrderTask(_TaskBase):
 
 
 class SynthesisCanvases(_Draws):
-    """Example = the photo, its layout and the *recipe* of one random canvas; `build_canvases` turns
-    a batch of recipes into canvases on the training device (the per-pixel work is batched there,
-    so data loading stays cheap even at 1024x2048). See the module docstring for the recipe.
+    """Example (i, d) = photo i, its real layout, and the d-th training canvas of it made the
+    original way (`semsynth.sims.canvas.training_canvas`, SPEC B.6.1): every segment pasted
+    from the photo's own pixels where it overlaps the best-IoU segment of its class among
+    `pool` random *other* training images, which come from `bank`, a memory bank of this
+    dataset's images. The retrievals of all draws are computed once, up front
+    (`precompute`), so no search sits on a training step's critical path.
 
-    Keys: "image", "label_gt" (the real layout), "segments" (H, W) int16: 0 or the 1-based paste
-    slot (back to front) of each segment of more than `min_area` px, "retrieved" / "corrupt"
-    (S, 2, 3) thetas making the mismatched "retrieved" shape and the corrupted layout shape,
-    "recolour" (S,) bool and "ct_matrix" (S, 3, 3), "ct_src_mean", "ct_ref_mean" (S, 3): MKL colour
-    transfer per segment, "noise_seed" () int64 for the elision noise."""
+    Keys: "image" (3, H, W) float, "label_gt" (H, W) the real layout, "label" the corrupted
+    layout, "canvas" (3, H, W) float in [0, 1], "support" (1, H, W) float."""
 
-    def __init__(self, base, space, draws=5, seed=0, min_area=REFERENCE_MIN_AREA, colour_transfer=0.2,
-                 mismatch=(0.9, 1.1, 5.0, 0.0625), corrupt_rotation_deg=2.5, slots=128):
+    def __init__(self, base, space, bank, draws=5, seed=0, pool=100, min_area=REFERENCE_MIN_AREA,
+                 colour_transfer=0.2, corrupt_rotation_deg=2.5, elision_band=0.05, elision_ratio=0.5,
+                 progress=True):
+        from .retrieval import Retriever
+
         super().__init__(base, space, draws, seed)
-        self.min_area, self.p_ct = float(min_area), float(colour_transfer)
-        self.mismatch = tuple(float(v) for v in mismatch)
-        self.corrupt = math.radians(corrupt_rotation_deg)
-        self.slots = int(slots)
-        self.order = coarse_order(space)
-        self.rank = np.empty(space.num_classes, dtype=np.int64)
-        self.rank[self.order] = np.arange(len(self.order))
+        self.bank, self.pool, self.min_area = bank, int(pool), float(min_area)
+        self.p_ct, self.corrupt = float(colour_transfer), float(corrupt_rotation_deg)
+        self.elision = (float(elision_band) * 512, float(elision_ratio))
+        # bank image id -> dataset index (the bank was built from this dataset, by name)
+        names = {n: k for k, n in enumerate(bank.image_names)}
+        self.bank_of = np.array([names.get(self._name(i), -1) for i in range(self.num_images)], np.int64)
+        self.image_of = {int(b): i for i, b in enumerate(self.bank_of) if b >= 0}
+        self.retriever = Retriever(bank)
+        self._ret: dict[int, object] = {}      # image -> Retrieval of draw 0 (query segments)
+        self._ids: dict[tuple[int, int], np.ndarray] = {}
+        self.precompute(progress)
+
+    def _name(self, i: int) -> str:
+        items = getattr(self.base, "items", None)
+        return items[i].name if items is not None else str(self.base[i]["name"])
+
+    def precompute(self, progress: bool = True) -> None:
+        """Top-1 retrieval of every segment of every image for every draw, each draw against
+        `pool` random other images of the bank (seeded by (seed, i, d))."""
+        from tqdm import tqdm
+
+        n_img = self.bank.num_images
+        todo = [(i, d) for d in range(self.draws) for i in range(self.num_images)]
+        for i, d in tqdm(todo, desc="training-canvas retrieval", disable=not progress, unit="canvas"):
+            own = self.bank_of[i]
+            pool = np.delete(np.arange(n_img), own) if own >= 0 else np.arange(n_img)
+            rng = np.random.default_rng([self.seed, i, d, 0x5E1])
+            allowed = rng.choice(pool, size=min(self.pool, len(pool)), replace=False)
+            ids, _ = self.arrays(i)
+            r = self.retriever.search(ids, k=1, allowed_images=allowed, min_area=self.min_area)
+            self._ret.setdefault(i, r)
+            self._ids[i, d] = np.where(r.searched, r.ids[:, 0], -1)
+
+    def _photo(self, bank_image: int) -> np.ndarray:
+        return self.arrays(self.image_of[bank_image])[1]
 
     def __getitem__(self, idx):
+        import dataclasses
+
+        from .canvas import training_canvas
+
         i, d = idx % self.num_images, idx // self.num_images
         ids, rgb = self.arrays(i)
-        H, W = ids.shape
-        rng = self.rng(i, d)
-        segs = self.segments(i, ids)
-        big = np.flatnonzero(segs.area > scaled_area(self.min_area, (H, W)))  # smaller ones: dropped
-        big = big[np.argsort(self.rank[segs.cls[big]], kind="stable")][: self.slots]  # back to front
-        n, S = len(big), self.slots
-        comp = np.zeros((H, W), dtype=np.int16)
-        for j, s in enumerate(big):
-            y0, x0, y1, x1 = segs.bbox[s]
-            comp[y0:y1, x0:x1][segs.masks[s]] = j + 1
-        ident = torch.eye(2, 3).repeat(S, 1, 1)
-        retrieved, corrupt = ident.clone(), ident.clone()
-        recolour = torch.zeros(S, dtype=torch.bool)
-        ct_m, ct_a, ct_b = torch.eye(3).repeat(S, 1, 1), torch.zeros(S, 3), torch.zeros(S, 3)
-        t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-        if n:
-            box = segs.bbox[big].astype(np.float64)
-            centre = np.stack([(box[:, 1] + box[:, 3]) / 2, (box[:, 0] + box[:, 2]) / 2], 1)
-            size = np.stack([box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]], 1)
-            # The "retrieved" shape: the segment under a random scale, rotation about its centre and
-            # shift (standing in for the best-IoU segment of another image).
-            lo, hi, deg, sh = self.mismatch
-            u = rng.random((n, 4))
-            retrieved[:n] = jitter_theta(t(centre), t(lo + (hi - lo) * u[:, 0]),
-                                         t((2 * u[:, 1] - 1) * math.radians(deg)),
-                                         t((u[:, 2:] - 0.5) * 2 * sh * size), H, W).float()
-            # Layout corruption (train_generate_synthesis.m:186-218): rotation U(+-2.5 deg) about the
-            # image centre and a shift within the slack of MATLAB's 'loose' rotated frame.
-            a = (2 * rng.random(n) - 1) * self.corrupt
-            slack = np.stack([np.abs(np.cos(a)) * W + np.abs(np.sin(a)) * H - W,
-                              np.abs(np.sin(a)) * W + np.abs(np.cos(a)) * H - H], 1) / 2
-            shift = (2 * rng.random((n, 2)) - 1) * slack
-            corrupt[:n] = jitter_theta(t(np.tile([[W / 2, H / 2]], (n, 1))), t(np.ones(n)), t(a), t(shift),
-                                       H, W).float()
-            # MKL colour transfer towards the same box of another photo, probability p_ct.
-            for j in np.flatnonzero(rng.random(n) < self.p_ct):
-                if self.num_images < 2:
-                    break
-                other = int(rng.integers(self.num_images - 1))
-                other += other >= i
-                y0, x0, y1, x1 = segs.bbox[big[j]]
-                src = np.asarray(rgb[y0:y1, x0:x1], np.float64).reshape(-1, 3) / 255
-                ref = np.asarray(self.arrays(other)[1][y0:y1, x0:x1], np.float64).reshape(-1, 3) / 255
-                recolour[j] = True
-                ct_m[j], ct_a[j], ct_b[j] = mkl_params(src, ref)
+        r = self._ret[i]
+        r = dataclasses.replace(r, ids=self._ids[i, d][:, None], searched=self._ids[i, d] >= 0)
+        cv = training_canvas(self.bank, r, rgb, ref_image=self._photo, rng=self.rng(i, d),
+                             recolor_p=self.p_ct, elision=self.elision[0], elision_ratio=self.elision[1],
+                             corrupt_deg=self.corrupt, order=coarse_order(self.space))
+        rgb_t, sup = cv.tensors()
         return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
-                "label_gt": torch.from_numpy(ids), "segments": torch.from_numpy(comp),
-                "retrieved": retrieved, "corrupt": corrupt, "recolour": recolour, "ct_matrix": ct_m,
-                "ct_src_mean": ct_a, "ct_ref_mean": ct_b,
-                "noise_seed": torch.tensor(int(rng.integers(2 ** 62)), dtype=torch.int64)}
+                "label_gt": torch.from_numpy(ids), "label": torch.from_numpy(cv.label),
+                "canvas": rgb_t, "support": sup}
 
 
-@torch.no_grad()
-def build_canvases(batch: dict, void: int, elision_band: float = 0.05, elision_ratio: float = 0.5):
-    """Canvases and corrupted layouts from a batch of `SynthesisCanvases` recipes, on the batch's
-    device: -> (canvas (B,3,H,W) in [0,1], corrupted label (B,H,W)).
+def training_bank(base, space: LabelSpace, folder: Path, size, progress: bool = True):
+    """The memory bank of the training images that training canvases retrieve from, built once
+    into `folder` (resumable, like any bank) at the training size."""
+    from .bank import Bank, build_bank
 
-    Per segment q (paste order, back to front) with retrieved shape r: the pasted support is
-    q & r; a band of square(floor(elision_band * H)) around its outline (inside and outside) has
-    `elision_ratio` of its pixels set to white; the last segment covering a pixel wins; recoloured
-    segments show the MKL-transferred photo. The layout is void outside q where the corrupted
-    shape or r reach (train_generate_synthesis.m:209-217)."""
-    image, comp = batch["image"], batch["segments"].long()
-    B, _, H, W = image.shape
-    dev = image.device
-    canvas = torch.zeros_like(image)
-    label = batch["label_gt"].clone()
-    k = max(1, int(math.floor(elision_band * H)))
-    for b in range(B):
-        n = int(comp[b].max())
-        if n == 0:
-            continue
-        slot = torch.arange(1, n + 1, device=dev).view(n, 1, 1, 1)
-        q = comp[b][None, None] == slot                                  # (n, 1, H, W)
-        r = warp(q.float(), batch["retrieved"][b, :n].to(image.dtype), mode="nearest") > 0.5
-        paste = q & r
-        cor = warp(q.float(), batch["corrupt"][b, :n].to(image.dtype), mode="nearest") > 0.5
-        label[b][((~q) & (cor | r)).any(0)[0]] = void
-        gen = torch.Generator(device=dev).manual_seed(int(batch["noise_seed"][b]))
-        noise = torch.rand((n, 1, H, W), generator=gen, device=dev) < elision_ratio
-        white = dilate(boundary(paste), k) & noise
-        win = ((paste | white) * slot).amax(0)[0]                        # (H, W); 0 = nothing
-        w = (win - 1).clamp_min(0)
-        w_white = white[:, 0].gather(0, w[None])[0] & (win > 0)
-        w_paste = paste[:, 0].gather(0, w[None])[0] & (win > 0)
-        content = image[b]
-        rec = batch["recolour"][b, :n]
-        if bool(rec.any()):
-            m, a, c = batch["ct_matrix"][b, :n][w], batch["ct_src_mean"][b, :n][w], batch["ct_ref_mean"][b, :n][w]
-            px = image[b].permute(1, 2, 0)                                 # (H, W, 3)
-            moved = (torch.einsum("hwi,hwij->hwj", px - a, m) + c).clamp(0, 1).permute(2, 0, 1)
-            content = torch.where(rec[w] & w_paste, moved, content)
-        canvas[b] = torch.where(w_white, torch.ones((), device=dev),
-                                torch.where(w_paste, content, torch.zeros((), device=dev)))
-    return canvas, label
+    if (folder / "bank.json").is_file():
+        bank = Bank.open(folder)
+        if len(bank.image_names) >= len(base):
+            return bank
+    return build_bank(base, folder, space=space, size=tuple(size), rgb_scale=1, progress=progress)
 
 
 @register_task("sims-synthesis")
@@ -663,20 +595,27 @@ class SynthesisTask(_TaskBase):
         from ..losses import build_loss
 
         super().__init__(cfg, space, device)
-        c = cfg.get("canvas", {})
-        self.elision = (float(c.get("elision_band", 0.05)), float(c.get("elision_ratio", 0.5)))
         loss_cfg = dict(cfg.get("loss", {}))
         self.ce_weight = float(loss_cfg.pop("ce_weight", 10.0))
         self.loss_fn = build_loss(loss_cfg).to(device)  # {preset, backbone_path, pretrained, ...}
 
-    def dataset(self, cfg: dict):
+    def dataset(self, cfg: dict, out: Path | None = None):
         d, c = cfg.get("data", {}), cfg.get("canvas", {})
-        ds = SynthesisCanvases(_base_dataset(cfg, self.space), self.space, draws=d.get("draws", 5),
-                               seed=int(cfg.get("seed", 0)),
+        base = _base_dataset(cfg, self.space)
+        size = tuple(d["size"]) if d.get("size") else tuple(base[0]["label"].shape[-2:])
+        if c.get("bank"):
+            folder = Path(c["bank"])
+        else:  # the run folder keeps it (a resumed run reuses it); without one, a temporary folder
+            import tempfile
+            folder = Path(out) / "train-bank" if out else Path(tempfile.mkdtemp(prefix="semsynth-train-bank-"))
+        bank = training_bank(base, self.space, folder, size)
+        ds = SynthesisCanvases(base, self.space, bank, draws=d.get("draws", 5), seed=int(cfg.get("seed", 0)),
+                               pool=int(c.get("pool", 100)),
                                min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
                                colour_transfer=float(c.get("colour_transfer", 0.2)),
-                               mismatch=tuple(c.get("mismatch", (0.9, 1.1, 5.0, 0.0625))),
-                               corrupt_rotation_deg=float(c.get("corrupt_rotation_deg", 2.5)))
+                               corrupt_rotation_deg=float(c.get("corrupt_rotation_deg", 2.5)),
+                               elision_band=float(c.get("elision_band", 0.05)),
+                               elision_ratio=float(c.get("elision_ratio", 0.5)))
         self.images = ds.num_images
         _steps_from_epochs(cfg, ds.num_images)
         return ds
@@ -700,16 +639,9 @@ class SynthesisTask(_TaskBase):
                 logs["layer/input"] = l1.detach()
         return loss, logs
 
-    def inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(canvas, corrupted layout) of a batch: built once, kept in the batch dict."""
-        if "canvas" not in batch:
-            with torch.autocast(device_type=batch["image"].device.type, enabled=False):
-                batch["canvas"], batch["label"] = build_canvases(batch, self.space.void, *self.elision)
-        return batch["canvas"], batch["label"]
-
     def loss(self, model, batch):
-        canvas, corrupted = self.inputs(batch)
-        rgb, logits = model(one_hot(corrupted, self.space.num_classes), canvas)
+        canvas, corrupted = batch["canvas"], batch["label"]
+        rgb, logits = model(one_hot(corrupted, self.space.num_classes), canvas, batch["support"])
         p, logs = self.perceptual(rgb, batch["image"], getattr(model, "module", model).config.stages)
         gt = batch["label_gt"]
         if logits.shape[-2:] != gt.shape[-2:]:  # the 1024 variant's semantic head is at half size
@@ -721,8 +653,8 @@ class SynthesisTask(_TaskBase):
     @torch.no_grad()
     def samples(self, model, batch):
         """One row per example: corrupted layout | canvas | output | photo."""
-        canvas, corrupted = self.inputs(batch)
-        rgb, _ = model(one_hot(corrupted, self.space.num_classes), canvas)
+        canvas, corrupted = batch["canvas"], batch["label"]
+        rgb, _ = model(one_hot(corrupted, self.space.num_classes), canvas, batch["support"])
         rows = []
         for b in range(rgb.shape[0]):
             lay = self._layout_rgb(corrupted[b]).to(rgb.device)
