@@ -124,6 +124,31 @@ def test_synthesis_shapes_and_channels():
         m(torch.zeros(1, 20, 40, 128), torch.rand(1, 3, 40, 128))
 
 
+@pytest.mark.parametrize("stages", [0, 1, 2])
+def test_canvas_skip_starts_as_the_canvas_and_learns_a_correction(stages):
+    """canvas_skip (not in SIMS): output = canvas + correction where the canvas holds photo pixels;
+    the correction starts at zero, so known pixels pass through and the rest start grey."""
+    torch.manual_seed(0)
+    m = build_model({"arch": "sims-synthesis", "stages": stages, "levels": 2, "width_mult": 1 / 16,
+                     "canvas_skip": True})
+    H, W = 32 * 2 ** stages, 64 * 2 ** stages
+    canvas = torch.rand(1, 3, H, W)
+    canvas[..., : H // 4, :] = 1.0                                        # elision white: not "known"
+    canvas[..., H // 4: H // 2, :] = 0.0                                  # a hole
+    support = (canvas.sum(1, keepdim=True) > 0).float()
+    label = F.one_hot(torch.randint(0, 20, (1, H, W)), 20).permute(0, 3, 1, 2).float()
+    out, _ = m(label, canvas, support)
+    known = (support > 0) & ~(canvas == 1).all(1, keepdim=True)
+    assert torch.equal(out[known.expand_as(out)], canvas[known.expand_as(canvas)])
+    assert torch.allclose(out[~known.expand_as(out)], torch.tensor(0.5))
+    out.mean().backward()                                                 # the head learns from step 1
+    head = m.rgb_256 if stages == 0 else m.rgb_512 if stages == 1 else m.rgb_1024
+    assert head.weight.grad.abs().sum() > 0
+    plain = build_model({"arch": "sims-synthesis", "stages": stages, "levels": 2, "width_mult": 1 / 16})
+    assert not torch.allclose(plain(label, canvas, support)[0][known.expand_as(out)],
+                              canvas[known.expand_as(canvas)], atol=0.05)  # off: the original net
+
+
 def test_progressive_stages_share_parameter_names():
     shapes = {s: {k: v.shape for k, v in build_model(
         {"arch": "sims-synthesis", "stages": s, "levels": 3, "width_mult": 1 / 16}).state_dict().items()}

@@ -162,6 +162,11 @@ class SynthesisConfig:
     width_mult: float = 1.0
     grad_checkpoint: bool = False
     native: tuple[int, int] | None = None  # output size it is trained for; default 256x512 * 2**stages
+    # Not in SIMS (off in the sims-256p/512p/1024p presets): the RGB head predicts a correction
+    # added to the canvas where the canvas holds photo pixels (support minus the white elision
+    # pixels), its last conv starting at zero, so the output starts as the canvas itself. A short
+    # CPU run then spends its steps on filling and harmonising instead of learning to copy.
+    canvas_skip: bool = False
 
 
     @property
@@ -363,6 +368,10 @@ class SIMSSynthesis(nn.Module):
             if config.stages == 2:
                 self.rgb_1024 = nn.Conv2d(cx + 3, 3, 1)
         _glorot(self)
+        if config.canvas_skip:
+            last = self.rgb_256 if config.stages == 0 else self.rgb_512 if config.stages == 1 else self.rgb_1024
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def _run(self, block, x):
         if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -395,13 +404,18 @@ class SIMSSynthesis(nn.Module):
             d = self._run(block, torch.cat(parts, 1))
         d = self._run(self.final, torch.cat([xb, _resize(d, xb.shape[-2:])], 1))
         if cfg.stages == 0:
-            return (self.rgb_256(d) + 1) / 2, self.sem_256(d)
-        x512 = _resize(x, (H * 2 // s, W * 2 // s))
-        d = self._run(self.fine_512, torch.cat([x512, _resize(d, x512.shape[-2:])], 1))
-        rgb, sem = self.rgb_512(d), self.sem_512(d)
-        if cfg.stages == 2:
-            rgb = self.rgb_1024(torch.cat([x, _resize(rgb, (H, W))], 1))
-        return (rgb + 1) / 2, sem
+            rgb, sem = self.rgb_256(d), self.sem_256(d)
+        else:
+            x512 = _resize(x, (H * 2 // s, W * 2 // s))
+            d = self._run(self.fine_512, torch.cat([x512, _resize(d, x512.shape[-2:])], 1))
+            rgb, sem = self.rgb_512(d), self.sem_512(d)
+            if cfg.stages == 2:
+                rgb = self.rgb_1024(torch.cat([x, _resize(rgb, (H, W))], 1))
+        out = (rgb + 1) / 2
+        if cfg.canvas_skip:
+            known = (support > 0) & ~(canvas == 1).all(1, keepdim=True)   # photo pixels, not elision white
+            out = out + known.to(out.dtype) * (canvas.to(out.dtype) - 0.5)
+        return out, sem
 
 
 # ----------------------------------------------------------------------------- registry
