@@ -420,3 +420,19 @@ def test_canvas_from_a_real_bank(tmp_path):
     j = int(np.flatnonzero(res.searched)[0])
     rgb, m = render_segment(bank, res.ids[j, 0], (256, 512))
     assert m.sum() == 4 * bank.area[res.ids[j, 0]] and (rgb[~m] == 0).all() and (rgb[m] > 0).any()
+
+
+def test_clip_to_query_keeps_the_layout_and_pastes_inside_each_query(toy):
+    from dataclasses import replace
+
+    from semsynth.sims.segments import extract_segments
+    bank, r = toy
+    res = r.search(_query(car_x=40), k=1)
+    free = compose_canvas(bank, res, config=PLAIN)
+    clip = compose_canvas(bank, res, config=replace(PLAIN, clip_to_query=True, context_fill=False))
+    up = lambda m: np.repeat(np.repeat(m, 2, 0), 2, 1)  # noqa: E731  (bank frame -> canvas frame)
+    assert (clip.label == up(_query(car_x=40))).all()            # the layout as given
+    q = extract_segments(_query(car_x=40), 19, bank.thin)
+    for j in np.flatnonzero(clip.bank_ids >= 0):
+        assert not (clip.owner == j)[~up(q.full_mask(j))].any()  # nothing outside its query segment
+    assert (clip.support <= free.support).all() and (free.label != clip.label).any()

@@ -81,6 +81,10 @@ class CanvasConfig:
     vegetation_trim: bool = True
     outer_elision: bool = True
     context_fill: bool = True
+    # Not in SIMS (off by default): paste each retrieved segment only inside its query segment and
+    # keep the given layout, instead of letting the retrieved shape overwrite its neighbours (the
+    # released canvas follows the retrieved shapes, so e.g. a retrieved tree can cover the sky).
+    clip_to_query: bool = False
     white: int = 255
 
     def px(self, value: float, height: int) -> int:
@@ -392,6 +396,8 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
             lab_r[region & ~keep_front[owner[box[0]:box[2], box[1]:box[3]]]] = C
         y0, x0, y1, x1 = sbox
         t = m & ~keep_front[owner[y0:y1, x0:x1]]
+        if cfg.clip_to_query:
+            t &= _in_box(qcrop, qbox, sbox)
         # d: paint the class on the support; record the writer
         label[y0:y1, x0:x1][t] = c
         owner[y0:y1, x0:x1][t] = j
@@ -415,6 +421,8 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
         ctx[list(roles.context)] = True
         refill = (label == C) & ctx[base]
         label[refill] = base[refill]
+    if cfg.clip_to_query:  # the layout as given: every pasted pixel already agrees with it
+        label = base.copy()
     # 4: outer elision around object components
     if cfg.outer_elision:
         _outer_elision(canvas, support, label, roles, C, cfg, size)
@@ -433,6 +441,17 @@ def _thetas(theta, Q: int) -> dict[int, np.ndarray]:
     if arr.shape != (Q, 2, 3):
         raise ValueError(f"theta must be ({Q}, 2, 3) for {Q} query segments, got {arr.shape}")
     return {j: arr[j] for j in range(Q)}
+
+
+def _in_box(mask, box, target) -> np.ndarray:
+    """A crop `mask` at `box`, re-cut to the frame of `target` (zeros where it does not reach)."""
+    out = np.zeros((target[2] - target[0], target[3] - target[1]), bool)
+    y0, x0 = max(box[0], target[0]), max(box[1], target[1])
+    y1, x1 = min(box[2], target[2]), min(box[3], target[3])
+    if y1 > y0 and x1 > x0:
+        out[y0 - target[0]:y1 - target[0], x0 - target[1]:x1 - target[1]] = \
+            mask[y0 - box[0]:y1 - box[0], x0 - box[1]:x1 - box[1]]
+    return out
 
 
 def _overlap(m, box, qm, qbox) -> int:
