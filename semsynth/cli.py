@@ -425,8 +425,38 @@ def _cmd_demo(sub):
     p.set_defaults(func=run)
 
 
+def _cmd_serve(sub):
+    p = sub.add_parser("serve", help="paint a layout in the browser and see photographs (local web app)",
+                       description="Serves a page to paint layouts and an API (see README) on HOST:PORT. "
+                       "Only the models named here can be used; nothing leaves this machine.")
+    p.add_argument("--model", action="append", metavar="NAME|PATH", help="bundled model name or "
+                   "checkpoint; repeat for several (default: every bundled model)")
+    p.add_argument("--bank", help="SIMS memory bank (needed to serve SIMS models)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (0: any free one)")
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 where the device computes it natively, else fp32")
+    p.add_argument("--queue", type=int, default=4, help="requests waiting or running per model (429 beyond)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (503 beyond)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (413 beyond)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 2048, help="uploaded layout limit (413 beyond)")
+
+    def run(args):
+        from .serve import Limits, load_models, run as serve
+
+        if min(args.timeout, args.max_body_mb, args.max_pixels) <= 0:
+            raise ValueError("--timeout, --max-body-mb and --max-pixels must be positive")
+        slots = load_models(args.model, bank=args.bank, device=args.device, precision=args.precision,
+                            queue=args.queue)
+        serve(slots, Limits(int(args.max_body_mb * 2**20), args.max_pixels, args.queue, args.timeout),
+            host=args.host, port=args.port)
+
+    p.set_defaults(func=run)
+
+
 COMMANDS = [_cmd_info, _cmd_bench, _cmd_train, _cmd_synthesize, _cmd_convert, _cmd_layouts, _cmd_evaluate, _cmd_sims,
-            _cmd_demo]
+            _cmd_demo, _cmd_serve]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,6 +119,18 @@ class LabelSpace:
                 return enc
         return self.default_encoding
 
+    def file_ids(self, encoding: str | None = None) -> np.ndarray:
+        """The inverse of an id encoding (default: the space's own): for class index 0..C (void
+        last) the smallest raw value that decodes to it, -1 where none does (a user space without
+        void ids). A grey map of `file_ids()[ids]` is read back by `read` as exactly `ids`."""
+        enc = encoding or self.default_encoding
+        lut = self.index_lut() if enc == "index" else self.encodings[enc]
+        raw = np.flatnonzero(lut >= 0)
+        out = np.full(self.num_classes + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(out, lut[raw], raw)
+        out[out == np.iinfo(np.int64).max] = -1
+        return out
+
     def decode_ids(self, raw: np.ndarray, encoding: str, source: str = "<array>") -> np.ndarray:
         """Map a 2-D array of raw ids through `encoding`; errors name `source`."""
         lut = self.index_lut() if encoding == "index" else self.encodings[encoding]

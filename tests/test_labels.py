@@ -307,3 +307,22 @@ def test_colorize_uses_palette_and_black_void():
     s = get_space("camvid")
     out = colorize(torch.tensor([[3, 11]]), s)
     assert out.dtype == np.uint8 and out.tolist() == [[[128, 64, 128], [0, 0, 0]]]
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "camvid", "cocostuff", "ade20k"])
+def test_file_ids_write_grey_maps_that_read_back_exactly(name, tmp_path):
+    s = get_space(name)
+    fid = s.file_ids()
+    assert fid.shape == (s.channels,) and (fid >= 0).all()
+    ids = np.arange(s.channels).repeat(3).reshape(-1, 1).repeat(2, axis=1)  # every class and void
+    Image.fromarray(fid[ids].astype(np.uint8)).save(tmp_path / "layout.png")
+    assert np.array_equal(s.read(tmp_path / "layout.png"), ids)
+
+
+def test_file_ids_pick_the_smallest_value_and_mark_what_has_none(tmp_path):
+    cs = get_space("cityscapes")
+    assert cs.file_ids()[[0, 1, 5, cs.void]].tolist() == [7, 8, 17, 0]  # road, sidewalk, pole; void = unlabeled
+    assert cs.file_ids("trainId")[[0, cs.void]].tolist() == [0, 255]
+    f = tmp_path / "s.yaml"
+    f.write_text("classes: [{name: a, id: 3, color: [1, 2, 3]}, {name: b, id: 9, color: [4, 5, 6]}]\n")
+    assert LabelSpace.from_file(f).file_ids().tolist() == [3, 9, -1]  # no void id in this space
