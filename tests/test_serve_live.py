@@ -31,20 +31,24 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--no-first-run"]
 CS = get_space("cityscapes")
 REPO = Path(__file__).resolve().parents[1]
+WAIT_MS = 300_000  # for one answer; generous for a CPU shared with other work (a second when idle)
 
 
 @contextmanager
-def server(*args: str, start_timeout: float = 180):
-    """`semsynth serve --port 0 ARGS` in a child process; yields (base URL, process)."""
+def server(*args: str, start_timeout: float = 600):
+    """`semsynth serve --port 0 ARGS` in a child process, as a user starts it; yields (URL, process)."""
     proc = subprocess.Popen([sys.executable, "-m", "semsynth.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
-        try:  # the first line names the URL, once the models are loaded and the port is bound
-            line = lines.get(timeout=start_timeout)
-        except queue.Empty:
-            line = ""
+        line, deadline = "", time.monotonic() + start_timeout
+        while not line and time.monotonic() < deadline:  # the URL comes once the models are loaded
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    line = "exited: " + "".join(lines.queue)
         m = re.search(r"open (http://\S+/)", line)
         assert m, f"no URL from semsynth serve within {start_timeout} s: {line!r}"
         yield m.group(1).rstrip("/"), proc
@@ -54,6 +58,27 @@ def server(*args: str, start_timeout: float = 180):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def server_thread(*models: str):
+    """The same server in a thread of this process (no second torch start-up); yields the URL."""
+    from semsynth.serve.app import Limits, load_models, make_server
+
+    slots = load_models(list(models), device="cpu", precision="fp32")
+    srv, sock, url = make_server(slots, Limits(timeout=WAIT_MS / 1000), port=0)
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    try:
+        while not srv.started:
+            assert t.is_alive(), "the server thread ended"
+            time.sleep(0.05)
+        yield url.rstrip("/")
+    finally:
+        srv.should_exit = True
+        t.join(30)
+        for s in slots.values():
+            s.close()
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -73,6 +98,15 @@ def decode_data_url(url: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------- browser
 
 
+def until(page, expression: str, timeout_ms: int = WAIT_MS) -> None:
+    """Poll a JavaScript expression from here: `wait_for_function` evaluates strings inside the page,
+    which the page's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout_ms / 1000:g} s: {expression}"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):
@@ -84,18 +118,19 @@ def browser():
         b.close()
 
 
-def test_paint_synthesize_upload_in_a_browser(browser, data, tmp_path):
+def test_browser_paints_synthesizes_and_reads_a_cityscapes_map(browser, data, tmp_path):
     t0 = time.perf_counter()
     upload = data / "cityscapes/gtFine/val/frankfurt/frankfurt_000000_000576_gtFine_labelIds.png"
-    with server("--model", "default") as (url, _):
+    with server_thread("default") as url:
         page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+        page.set_default_timeout(WAIT_MS)
         problems = []
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
                 and problems.append(m.text))  # refusals the test provokes are logged as failed loads
         page.goto(url + "/")
         page.wait_for_selector("body[data-ready='1']")
-        page.wait_for_function("window.semsynth.result() !== null", timeout=60000)  # live preview of the start layout
+        until(page, "window.semsynth.result() !== null")  # the live preview of the start layout
         assert page.locator("canvas#layout").count() == 1
         W, H = 256, 128
         layout = lambda: np.array(page.evaluate("window.semsynth.layout().ids")).reshape(H, W)  # noqa: E731
@@ -107,6 +142,7 @@ def test_paint_synthesize_upload_in_a_browser(browser, data, tmp_path):
             page.fill("#filter", name)
             page.locator("#palette li:not([hidden]) button", has_text=name).first.click()
             page.fill("#filter", "")
+            page.locator("#filter").blur()  # tool keys go to the page, not the filter box
 
         def drag(points):
             page.mouse.move(*at(*points[0]))
@@ -116,7 +152,7 @@ def test_paint_synthesize_upload_in_a_browser(browser, data, tmp_path):
             page.mouse.up()
 
         def synthesized(before_seq):
-            page.wait_for_function(f"(window.semsynth.result() || {{seq: 0}}).seq > {before_seq}", timeout=60000)
+            until(page, f"(window.semsynth.result() || {{seq: 0}}).seq > {before_seq}")
             return page.evaluate("window.semsynth.result()")
 
         # a sky background by fill, then strokes of two classes
@@ -173,10 +209,10 @@ def test_paint_synthesize_upload_in_a_browser(browser, data, tmp_path):
         assert photo.shape == (H, W, 3)
         road, veg = (photo[lay == idx[c]].mean(0) for c in ("road", "vegetation"))
         assert np.abs(road - veg).sum() > 40, (road, veg)
-        # exactly what the model makes of the painted ids (thread counts may move a level or two)
+        # exactly what the model makes of the painted ids
         want = CRNPipeline.from_pretrained("default", device="cpu")(lay)[0]
         for got, w in zip(res["images"], want):
-            assert np.abs(decode_data_url(got).astype(int) - w).max() <= 2
+            assert np.array_equal(decode_data_url(got), w)
         # downloads: the id PNG reads back as the painted ids; the settings name the command
         with page.expect_download() as d:
             page.click("#dl-layout")
@@ -201,12 +237,13 @@ def test_paint_synthesize_upload_in_a_browser(browser, data, tmp_path):
         # a real Cityscapes label map, decoded by the server; live preview follows
         seq = page.evaluate("window.semsynth.result().seq")
         page.set_input_files("#upload", str(upload))
-        page.wait_for_function("document.getElementById('status').textContent.includes('2048×1024')")
+        until(page, "document.getElementById('status').textContent.includes('2048×1024')")
         assert np.array_equal(layout(), resize_label(CS.read(upload), (H, W)))
         assert page.is_hidden("#error")
         synthesized(seq)
-        page.wait_for_function("document.getElementById('status').textContent.includes('image(s)')")
+        until(page, "document.getElementById('status').textContent.includes('image(s)')")
         page.click("#gallery img:nth-child(1)")
+        page.keyboard.press("b")
         shot = page.screenshot(path=str(tmp_path / "serve.png"))
         if os.environ.get("SEMSYNTH_UPDATE_DOCS"):
             (REPO / "docs/images/serve.png").write_bytes(shot)
@@ -226,14 +263,14 @@ def test_load_only_200_or_429_and_the_server_survives():
     buf = io.BytesIO()
     Image.fromarray(CS.file_ids()[ids].astype(np.uint8)).save(buf, format="PNG")
     layout = buf.getvalue()
-    with server() as (url, proc):
+    with server("--timeout", "600") as (url, proc):  # refusals here come from the queue, not the clock
         models = [m["name"] for m in httpx.get(url + "/api/models").json()["models"]]
         results: list[tuple[str, int, float]] = []
         lock = threading.Lock()
-        deadline = time.monotonic() + 240  # bounded in time as well as in count
+        deadline = time.monotonic() + 600  # bounded in time as well as in count
 
         def client(i):
-            with httpx.Client(base_url=url, timeout=90) as c:
+            with httpx.Client(base_url=url, timeout=600) as c:
                 for n in range(per_client):
                     if time.monotonic() > deadline:
                         return
@@ -256,7 +293,7 @@ def test_load_only_200_or_429_and_the_server_survives():
         wall = time.perf_counter() - t0
         assert proc.poll() is None, "the server died"
         assert httpx.get(url + "/api/health").json()["status"] == "ok"
-        final = httpx.post(url + "/api/synthesize", files={"label": ("l.png", layout)}, timeout=90)
+        final = httpx.post(url + "/api/synthesize", files={"label": ("l.png", layout)}, timeout=600)
         assert final.status_code == 200 and len(final.json()["images"]) == 3
         stats = {m["name"]: m for m in httpx.get(url + "/api/models").json()["models"]}
         peak = peak_rss_mb(proc.pid)

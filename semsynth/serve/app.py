@@ -523,9 +523,10 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
     return Guard(app, limits.max_body, local_only)
 
 
-def run(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1", port: int = 7860,
-        say=print) -> None:
-    """Serve until Ctrl+C. The socket is bound here so a taken port is one clear error."""
+def make_server(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1",
+                port: int = 7860):
+    """(uvicorn server, its bound socket, the URL to open). The socket is bound here, so a taken
+    port is one clear error; port 0 takes any free one."""
     import uvicorn
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -537,13 +538,20 @@ def run(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127
     local = _is_loopback(host)
     shown = host if local else "127.0.0.1"
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{sock.getsockname()[1]}/"
-    say(f"semsynth serve: open {url}  (models: {', '.join(slots)}; Ctrl+C stops)", flush=True)
-    if not local:
-        say(f"semsynth serve: listening on {host}: anyone who can reach this machine can use it", flush=True)
     config = uvicorn.Config(create_app(slots, limits, local_only=local), log_level="warning",
                             timeout_keep_alive=5, timeout_graceful_shutdown=2)
+    return uvicorn.Server(config), sock, url
+
+
+def run(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1", port: int = 7860,
+        say=print) -> None:
+    """Serve until Ctrl+C."""
+    server, sock, url = make_server(slots, limits, host, port)
+    say(f"semsynth serve: open {url}  (models: {', '.join(slots)}; Ctrl+C stops)", flush=True)
+    if not _is_loopback(host):
+        say(f"semsynth serve: listening on {host}: anyone who can reach this machine can use it", flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         for s in slots.values():
             s.close()

@@ -510,6 +510,13 @@ $("upload").addEventListener("change", async () => {
   if (f) await upload(f);
 });
 $("filter").addEventListener("input", filterPalette);
+$("filter").addEventListener("keydown", (e) => { // Enter picks the first class shown, Escape leaves
+  if (e.key === "Enter") {
+    const b = $("palette").querySelector("li:not([hidden]) button");
+    if (b) b.click();
+  }
+  if (e.key === "Enter" || e.key === "Escape") $("filter").blur();
+});
 $("synth").addEventListener("click", synthesize);
 for (const id of ["k", "seed"]) $(id).addEventListener("change", changed);
 $("live").addEventListener("change", changed);
