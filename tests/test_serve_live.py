@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semsynth.cli import main
 from semsynth.data import resize_label
 from semsynth.labels import get_space
 from semsynth.layouts import street_layout
@@ -118,7 +120,7 @@ def browser():
         b.close()
 
 
-def test_browser_paints_synthesizes_and_reads_a_cityscapes_map(browser, data, tmp_path):
+def test_browser_paints_synthesizes_and_reads_a_cityscapes_map(browser, data, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     upload = data / "cityscapes/gtFine/val/frankfurt/frankfurt_000000_000576_gtFine_labelIds.png"
     with server_thread("default") as url:
@@ -224,6 +226,10 @@ def test_browser_paints_synthesizes_and_reads_a_cityscapes_map(browser, data, tm
         settings = json.loads(Path(d.value.path()).read_text())
         assert settings["command"] == f"semsynth synthesize default {saved.name} -o out/ --k 3"
         assert (settings["k"], settings["model"], settings["label_space"]) == (3, "default", "cityscapes")
+        monkeypatch.chdir(tmp_path)  # the command, run where the layout was saved, writes the same images
+        assert main(shlex.split(settings["command"])[1:] + ["--device", "cpu"]) == 0
+        for out, got in zip(settings["outputs"], res["images"]):
+            assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), decode_data_url(got))
         with page.expect_download() as d:
             page.click("#gallery img:nth-child(2)")
             page.click("#dl-photo")
