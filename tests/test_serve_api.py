@@ -401,12 +401,22 @@ def test_sims_model_served_with_a_bank(tmp_path):
     slots = load_models([str(tmp_path / "sims")], bank=str(tmp_path / "bank"), device="cpu", precision="fp32")
     c = client(slots)
     info = c.get("/api/models").json()["models"][0]
-    assert (info["kind"], info["k"], info["bank"], info["width"]) == ("sims", 4, str(tmp_path / "bank"), 128)
+    assert (info["kind"], info["k"], info["default_k"], info["bank"], info["width"]) == \
+        ("sims", 4, 1, str(tmp_path / "bank"), 128)
     lay = layout_file(CS.read(next((cs / "gtFine").rglob("*_labelIds.png"))))
     j = c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "2", "seed": "4"}).json()
     assert (j["width"], j["height"], len(j["images"])) == (128, 64, 2)
     again = c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "2", "seed": "4"}).json()
     assert again["images"] == j["images"]  # seeds make SIMS canvases reproducible
+    # seed 0 is what `semsynth synthesize ... --k 2` writes
+    (tmp_path / "a.png").write_bytes(lay)
+    from semsynth.pipelines import load_pipeline
+    load_pipeline(str(tmp_path / "sims"), device="cpu", bank=str(tmp_path / "bank")).synthesize_files(
+        [tmp_path / "a.png"], tmp_path / "out", k=2, progress=False)
+    j = c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "2"}).json()
+    for i, url in enumerate(j["images"]):
+        assert np.array_equal(image_of(url), np.asarray(Image.open(tmp_path / "out" / f"a_k{i}.png")))
+    assert len(c.post("/api/synthesize", files={"label": ("a.png", lay)}).json()["images"]) == 1  # default k
     refused(c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "5"}), 422, "1..4")
     slots["sims"].close()
 

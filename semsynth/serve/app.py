@@ -60,7 +60,7 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
 # The page needs nothing from elsewhere; the policy makes the browser refuse anything that would.
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
-# SIMS makes one image per pass; its k variants are passes with seeds seed, seed+1, ...
+# SIMS makes one image per pass (retrieval is shared); at most this many variants per request
 SIMS_VARIANTS = 4
 MAX_SEED = 2**31 - 1
 
@@ -122,6 +122,7 @@ class ModelSlot:
         self.space = pipe.space
         self.size = tuple(int(v) for v in pipe.size)
         self.k = pipe.k if self.kind == "crn" else SIMS_VARIANTS
+        self.default_k = self.k if self.kind == "crn" else 1  # a SIMS variant costs a whole pass
         self.device = torch.device(pipe.device)
         self.precision = precision
         self.queue = int(queue)
@@ -137,7 +138,8 @@ class ModelSlot:
             pending = self._pending
         return {"name": self.name, "kind": self.kind, "source": self.source, "bank": self.bank,
                 "label_space": self.space.name, "classes": self.space.num_classes,
-                "height": self.size[0], "width": self.size[1], "k": self.k, "precision": self.precision,
+                "height": self.size[0], "width": self.size[1], "k": self.k, "default_k": self.default_k,
+                "precision": self.precision,
                 "device": str(self.device), "procedural": self.procedural, "queue": self.queue,
                 "pending": pending, **self.stats}
 
@@ -176,7 +178,10 @@ class ModelSlot:
                                                     enabled=self.precision == "bf16"):
             if self.kind == "crn":  # CRN is deterministic: its k outputs are the variants, seed unused
                 return list(self.pipe(ids, k=k)[0])
-            return [self.pipe.run(ids, rng=seed + i).image for i in range(k)]
+            # SIMS: variant v pastes other retrieved candidates, drawn with the pipeline's seed (which
+            # also seeds the canvas); one worker per slot, so no other request sees this seed
+            self.pipe.seed = seed
+            return [r.image for r in self.pipe.run_variants(ids, k)]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -508,7 +513,7 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
     @app.post("/api/synthesize")
     async def synthesize(request: Request):
         form, slot, data, name = await label_form(request)
-        k = int_field(form, "k", slot.k, 1, slot.k)
+        k = int_field(form, "k", slot.default_k, 1, slot.k)
         seed = int_field(form, "seed", 0, 0, MAX_SEED)
         images = await run(request, slot, _job_synthesize, data, name, k, seed)
         if images is None:

@@ -267,6 +267,11 @@ class SIMSPipeline:
         return SIMSResult(image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front,
                           choice=choice)
 
+    def run_variants(self, layout, k: int, rng=None) -> list[SIMSResult]:
+        """Variants 0 .. k-1 of one layout (see `choice`), retrieving once."""
+        first = self.run(layout, rng=rng)
+        return [first] + [self.run(layout, rng=rng, variant=v, retrieval=first.retrieval) for v in range(1, k)]
+
     def __call__(self, layouts, rng=None) -> list[np.ndarray]:
         """Layouts (class-index arrays, tensors or label-map paths) -> list of (H, W, 3) uint8."""
         single = (isinstance(layouts, (np.ndarray, torch.Tensor)) and layouts.ndim == 2) \
@@ -352,8 +357,8 @@ class SIMSPipeline:
 
         written = []
         for f, stem in it:
-            first = self.run(f)
-            images = [first.image] + [self.run(f, variant=v, retrieval=first.retrieval).image for v in range(1, k)]
+            results = self.run_variants(f, k)
+            first, images = results[0], [r.image for r in results]
             for name, img in zip(output_names(stem, k), images):
                 write(name, img)
             if grid:

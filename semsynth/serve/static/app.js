@@ -74,7 +74,7 @@ async function selectModel(name) {
   buildPalette();
   const k = $("k");
   k.max = m.k;
-  k.value = m.k;
+  k.value = m.default_k;
   $("procedural").disabled = !m.procedural;
   $("procedural").title = m.procedural ? "a new procedural street layout per click"
     : `procedural layouts are Cityscapes street scenes; ${m.name} uses ${m.label_space}`;
@@ -458,7 +458,7 @@ function settingsJSON(r) {
     k: r.images.length, seed: r.seed, precision: m.precision, width: r.width, height: r.height,
     layout: n.layout, command: cmd, outputs,
     note: m.kind === "crn" ? "CRN is deterministic: the command writes these images again (seed unused)"
-      : "SIMS variant i uses seed + i for its canvas; the command reproduces seed 0",
+      : "SIMS draws its canvases and variants with the seed; the command reproduces seed 0",
   };
 }
 
