@@ -173,16 +173,24 @@ def _cmd_layouts(sub):
 def _cmd_evaluate(sub):
     p = sub.add_parser(
         "evaluate", help="score synthesized images: segmentation consistency, FID/KID, diversity",
-        description="IMAGES is a folder of synthesized images named after their layouts (<stem>.png, or "
-        "<stem>_k<i>.png for k variants), or of real photos to score alone. Writes REPORT_DIR/report.json, "
-        "report.md and report.html (tables with the real photos' scores side by side, thumbnails).")
-    p.add_argument("images", metavar="IMAGES", help="synthesized images (or photos) folder")
+        description="IMAGES are folders of synthesized images named after their layouts (<stem>.png, or "
+        "<stem>_k<i>.png for k variants), one per model (NAME=FOLDER names its column), or one folder of "
+        "real photos to score alone. Writes REPORT_DIR/report.json, report.md and report.html: a column "
+        "per model and the real photos' ceiling, intervals over layouts, paired comparisons of the "
+        "models on the same layouts, FD/KID at matched sample sizes, thumbnails.")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image folder(s), or NAME=FOLDER; the first is the baseline of the comparisons")
     p.add_argument("--labels", required=True, help="folder of the layouts (label maps)")
     p.add_argument("--real", help="folder of the real photos of the same layouts (the ceiling column)")
     p.add_argument("--segmenter", help="registered segmenter (espnet-cityscapes, espnet-camvid) or "
                    "module:attribute of a plug-in; default: the label space's")
+    p.add_argument("--segmenter-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resolution the segmenter runs at (default: its own, 512 1024 for ESPNet Cityscapes)")
     p.add_argument("--label-space", help="label space of the layouts (default: the segmenter's)")
     p.add_argument("--label-encoding", help="id encoding of grey label maps (default: by file name)")
+    p.add_argument("--polegroup", choices=["pole", "ignore"], default="pole",
+                   help="Cityscapes polegroup (labelId 18): scored as pole, as the generators read it "
+                   "(default), or ignored, as the official Cityscapes evaluation does")
     p.add_argument("--inception", metavar="PATH", help="pt_inception-2015-12-05-6726825d.pth for the "
                    "standard FID (default: looked up in the weight folders, never downloaded)")
     p.add_argument("--fid-method", default="auto", choices=["auto", "sqrtm", "eigh", "lowrank"],
@@ -190,26 +198,39 @@ def _cmd_evaluate(sub):
                    "least 2048 images per set, else the exact low-rank formula (fast)")
     p.add_argument("--fd-network", default="auto", choices=["auto", "squeezenet1_1", "espnet", "none"],
                    help="network of the non-standard Fréchet distance")
+    p.add_argument("--draws", "--kid-subsets", dest="draws", type=int, default=50,
+                   help="random splits of the layouts into equal halves for FD/KID (default 50; "
+                   "all of them when there are fewer)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="KID on at most this many images per set and split")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the layouts (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resamples and splits (default 0)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device")
     p.add_argument("--thumbnails", type=int, default=4, help="layouts shown as thumbnails")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("-o", "--out", required=True, metavar="REPORT_DIR")
+    p.add_argument("--json", action="store_true",
+                   help="print the JSON report (docs/evaluate-report.md) instead of the summary")
+    p.add_argument("-o", "--out", metavar="REPORT_DIR", help="report folder (optional with --json)")
 
     def run(args):
-        from .evaluate import evaluate, write_report
+        from .evaluate import evaluate
 
+        if args.out is None and not args.json:
+            p.error("give -o REPORT_DIR (or --json to print the report)")
         report = evaluate(args.images, args.labels, args.real, segmenter=args.segmenter,
+                          segmenter_size=tuple(args.segmenter_size) if args.segmenter_size else None,
                           label_space=args.label_space, label_encoding=args.label_encoding,
-                          inception=args.inception, fid_method=args.fid_method,
-                          fd_network=args.fd_network, device=args.device,
-                          batch_size=args.batch_size, kid_subsets=args.kid_subsets,
-                          kid_subset_size=args.kid_subset_size, thumbnails=args.thumbnails,
+                          polegroup=args.polegroup, inception=args.inception, fid_method=args.fid_method,
+                          fd_network=args.fd_network, device=args.device, batch_size=args.batch_size,
+                          draws=args.draws, kid_subset_size=args.kid_subset_size, bootstrap=args.bootstrap,
+                          seed=args.seed, thumbnails=args.thumbnails if args.out else 0,
                           progress=lambda s: print(s, file=sys.stderr))
-        paths = write_report(report, args.out)
-        print(open(paths["md"], encoding="utf-8").read().split("## Per-class IoU")[0].rstrip())
-        print(f"\nwrote {paths['json']}, {paths['md']}, {paths['html']}")
+        paths = report.write(args.out) if args.out else None
+        if args.json:
+            print(report.to_json())
+        else:
+            print(report.summary_markdown())
+            print(f"\nwrote {paths['json']}, {paths['md']}, {paths['html']}")
 
     p.set_defaults(func=run)
 

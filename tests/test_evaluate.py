@@ -4,7 +4,9 @@ tiny folder (a palette "segmenter" plug-in judges colour-coded images exactly)."
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,23 @@ from semsynth.models.inception import (
 )
 
 CS = get_space("cityscapes")
+DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluate-report.md"
+
+
+def assert_documented(rep: dict) -> None:
+    """Every key of the report's fixed structure is named in docs/evaluate-report.md."""
+    documented = set(re.findall(r"`([a-z_0-9]+)`", DOC.read_text()))
+    some = lambda d: next(iter(d.values())) if d else {}  # noqa: E731  (one column's entry)
+    levels = [rep, rep["protocol"], rep["inputs"], some(rep["segmentation"]),
+              some(rep["segmentation"])["intervals"]]
+    if rep["comparisons"]:
+        levels += [rep["comparisons"][0], rep["comparisons"][0]["miou"]]
+    for d in rep["distribution"]:
+        levels += [d] + ([d["real_split_half"], some(d["models"])] if d["real_split_half"] else [])
+    if rep["diversity"]:
+        levels += [rep["diversity"], some(rep["diversity"]["models"])]
+    missing = {k for level in levels for k in level if k not in documented}
+    assert not missing, f"keys not documented in {DOC.name}: {sorted(missing)}"
 
 
 # ----------------------------------------------------------------------------- segmentation metrics
@@ -216,25 +235,38 @@ def test_pairing_variants_and_errors(tiny):
 
 def test_evaluate_end_to_end(tiny, tmp_path):
     report = evaluate(tiny / "fake", tiny / "labels", tiny / "real", segmenter=PaletteSegmenter(),
-                      device="cpu", kid_subsets=5, thumbnails=2)
+                      device="cpu", draws=5, thumbnails=2)
     seg = report["segmentation"]
     assert seg["synthesized"]["miou"] == 1.0 and seg["synthesized"]["pixel_accuracy"] == 1.0
+    assert seg["synthesized"]["intervals"]["miou"] == [1.0, 1.0] and seg["synthesized"]["layouts"] == 5
     assert seg["real"]["pixel_accuracy"] == 1.0
-    assert report["inputs"]["images_evaluated"] == 10 and report["inputs"]["real_evaluated"] == 5
+    assert report["inputs"]["models"]["synthesized"]["images"] == 10 and report["inputs"]["real_photos"] == 5
+    assert [c["name"] for c in report["columns"]] == ["synthesized", "real"]
     assert any("standard FID not computed" in w for w in report["warnings"])
+    assert report["protocol"]["label_decoding"]["polegroup"] == "pole"
     div = report["diversity"]
     if div is not None:  # needs SqueezeNet or ESPNet weights from ../shared
-        assert div["layouts"] == 5 and 0 < div["mean"] < div["between_layouts"]["synthesized"]
+        d = div["models"]["synthesized"]
+        assert d["layouts"] == 5 and 0 < d["mean"] < div["between_layouts"]["synthesized"]
     for d in report["distribution"]:
         assert not d["standard"] and "non-standard" in d["name"]
-        assert d["fd"] >= 0 and "real_split_half" in d and d["n"] == [10, 5]
+        # 5 layouts -> halves of 2 (one left out), C(5,2)*C(3,2) = 30 ordered splits, 5 drawn
+        assert d["layouts"] == 5 and d["n_per_set"] == 2 and d["draws"] == 5 and d["distinct_splits"] == 30
+        assert d["models"]["synthesized"]["n"] == [2, 2] and d["real_split_half"]["n"] == [2, 2]
+        assert d["models"]["synthesized"]["n_unmatched"] == [10, 5] and not d["fd_reliable"] and d["note"]
     paths = write_report(report, tmp_path / "rep")
     data = json.loads(paths["json"].read_text())
-    assert data["columns"] == {"images": "synthesized", "real": "real"}
+    assert_documented(data)
+    assert data["semsynth_evaluate"] == 2 and data["columns"][0] == {"name": "synthesized", "kind": "images"}
     md = paths["md"].read_text()
-    assert "| metric | synthesized | real (ceiling) |" in md and "| sky | 100.0 | 100.0 |" in md
-    assert "<table>" in paths["html"].read_text() and 'src="thumbs/s0.png"' in paths["html"].read_text()
-    assert sorted(p.name for p in (tmp_path / "rep" / "thumbs").iterdir()) == ["s0.png", "s1.png"]
+    assert "| metric | synthesized | real (ceiling) |" in md
+    assert "| sky | 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] |" in md
+    assert "synthesized: mIoU 100.0 [100.0, 100.0]" in md
+    page = paths["html"].read_text()
+    assert "<table>" in page and 'src="thumbs/s0/synthesized.png"' in page and 'src="thumbs/s1/real.png"' in page
+    assert sorted(p.name for p in (tmp_path / "rep" / "thumbs").iterdir()) == ["s0", "s1"]
+    assert sorted(p.name for p in (tmp_path / "rep" / "thumbs" / "s0").iterdir()) == [
+        "layout.png", "real.png", "synthesized.png"]
 
 
 def test_evaluate_with_user_inception_file(tiny, tmp_path):
@@ -244,10 +276,10 @@ def test_evaluate_with_user_inception_file(tiny, tmp_path):
     torch.save(FIDInceptionV3().state_dict(), tmp_path / "inception.pth")
     report = evaluate(tiny / "fake", tiny / "labels", tiny / "real", segmenter=PaletteSegmenter(),
                       inception=tmp_path / "inception.pth", fd_network="none", device="cpu",
-                      kid_subsets=3, thumbnails=0)
+                      draws=3, thumbnails=0)
     (fid,) = report["distribution"]
-    assert fid["standard"] and fid["dims"] == 2048 and np.isfinite(fid["fd"])
-    assert fid["fd_method"] == "lowrank"  # 5 images < 2048 dimensions
+    assert fid["standard"] and fid["dims"] == 2048 and np.isfinite(fid["models"]["synthesized"]["fd"])
+    assert fid["fd_method"] == "lowrank"  # 2 images per set < 2048 dimensions
     assert not any("standard FID" in w for w in report["warnings"])
 
 
@@ -266,7 +298,7 @@ def test_cli_plugin_module_and_errors(tiny, tmp_path, monkeypatch, capsys):
               "--segmenter", "my_palette_seg:PaletteSegmenter", "-o", str(out), "--thumbnails", "1"])
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
-    assert rep["columns"] == {"images": "images"} and rep["segmentation"]["images"]["miou"] == 1.0
+    assert rep["columns"] == [{"name": "images", "kind": "images"}] and rep["segmentation"]["images"]["miou"] == 1.0
     assert "| metric | images |" in capsys.readouterr().out
     rc = cli(["evaluate", str(tiny / "real"), "--labels", str(tmp_path / "nowhere"), "-o", str(out),
               "--segmenter", "my_palette_seg:PaletteSegmenter"])
@@ -288,5 +320,116 @@ def test_builtin_espnet_on_two_camvid_photos(data, tmp_path, lab, flags):
               "-o", str(tmp_path / "rep"), "--thumbnails", "0"])
     assert rc == 0
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert rep["segmentation"]["segmenter"]["name"] == "espnet-camvid"
+    assert rep["protocol"]["segmenter"]["name"] == "espnet-camvid"
     assert rep["segmentation"]["images"]["pixel_accuracy"] > 0.9
+
+
+# ----------------------------------------------------------------------------- side by side, protocol
+
+
+def test_cli_side_by_side_models(tiny, tmp_path, monkeypatch, capsys):
+    """Two named folders + real photos: one report, a column per model and the ceiling, the paired
+    comparison, per-class deltas, a thumbnail row per layout with a cell per column; --json prints
+    the same document to stdout."""
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "my_palette_seg2.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(plug))
+    rng = np.random.default_rng(5)
+    for p in sorted((tiny / "fake").glob("*.png")):  # "worse": a quarter of each image is grey
+        arr = np.asarray(Image.open(p)).astype(np.float64)
+        arr[:, : arr.shape[1] // 4] = 128 + rng.normal(0, 1, arr[:, : arr.shape[1] // 4].shape)
+        _save_rgb(tiny / "worse" / p.name, arr)
+    out = tmp_path / "rep"
+    args = ["evaluate", f"good={tiny / 'fake'}", f"worse={tiny / 'worse'}", "--labels", str(tiny / "labels"),
+            "--real", str(tiny / "real"), "--segmenter", "my_palette_seg2:PaletteSegmenter",
+            "--fd-network", "none", "--thumbnails", "2", "--bootstrap", "200"]
+    assert cli(args + ["-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert_documented(rep)
+    assert [c["name"] for c in rep["columns"]] == ["good", "worse", "real"]
+    comp = {(c["model"], c["baseline"]): c for c in rep["comparisons"]}
+    assert set(comp) == {("worse", "good"), ("good", "real"), ("worse", "real")}
+    d = comp[("worse", "good")]["miou"]
+    assert d["diff"] < 0 and d["interval"][1] < 0            # clearly worse on the same layouts
+    assert comp[("good", "real")]["miou"]["ratio"] == 1.0
+    assert "| metric | good | worse | real (ceiling) |" in printed and "## Paired comparisons" in printed
+    assert "worse − good" in printed and "good higher mIoU" in printed
+    md = (out / "report.md").read_text()
+    assert "| class IoU % | good | worse | real | worse − good |" in md
+    page = (out / "report.html").read_text()
+    assert all(f'src="thumbs/s0/{c}.png"' in page for c in ("layout", "good", "worse", "real"))
+    assert "<th>good</th><th>worse</th><th>real</th>" in page
+    assert cli(args + ["--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["comparisons"] == rep["comparisons"] and doc["segmentation"]["good"] == rep["segmentation"]["good"]
+
+
+def test_unnamed_folders_and_name_errors(tiny, tmp_path):
+    shutil.copytree(tiny / "fake", tmp_path / "b" / "fake")
+    rep = evaluate([tiny / "fake", tmp_path / "b" / "fake"], tiny / "labels", segmenter=PaletteSegmenter(),
+                   fd_network="none", thumbnails=0, bootstrap=50)
+    names = [c["name"] for c in rep["columns"]]
+    assert len(names) == 2 and names[0] != names[1] and all(n.endswith("fake") for n in names)
+    (c,) = rep["comparisons"]
+    assert c["miou"]["diff"] == 0 and c["miou"]["interval"] == [0.0, 0.0]   # a model against itself
+    with pytest.raises(EvaluationError, match="both named 'x'"):
+        evaluate(["x=" + str(tiny / "fake"), "x=" + str(tiny / "real")], tiny / "labels",
+                 segmenter=PaletteSegmenter())
+    with pytest.raises(EvaluationError, match="'real' names"):
+        evaluate({"real": tiny / "fake"}, tiny / "labels", tiny / "real", segmenter=PaletteSegmenter())
+
+
+def test_models_are_scored_on_shared_layouts(tiny):
+    (tiny / "fewer").mkdir()
+    for p in sorted((tiny / "fake").glob("s[0-2]_k*.png")):
+        shutil.copy(p, tiny / "fewer" / p.name)
+    rep = evaluate({"all": tiny / "fake", "fewer": tiny / "fewer"}, tiny / "labels", tiny / "real",
+                   segmenter=PaletteSegmenter(), fd_network="none", thumbnails=0, bootstrap=50)
+    assert rep["segmentation"]["all"]["layouts"] == 3 and rep["segmentation"]["real"]["layouts"] == 3
+    assert any("all: 2 layout(s)" in w for w in rep["warnings"])
+
+
+def test_polegroup_decoding(tmp_path):
+    """labelId 18 (polegroup) is pole by default and void with polegroup="ignore"."""
+    from semsynth.evaluate import evaluation_space
+
+    lab = CS.encodings["labelId"]
+    assert lab[18] == CS.names.index("pole") and evaluation_space(CS, "ignore").encodings["labelId"][18] == CS.void
+    assert evaluation_space(CS, "ignore").encodings["instanceId"][18] == CS.void
+    assert evaluation_space(CS, "ignore").encodings["labelId"][17] == CS.names.index("pole")
+    assert evaluation_space(CS, "pole") is CS and evaluation_space(get_space("camvid"), "ignore").name == "camvid"
+    raw = np.full((16, 32), 7, dtype=np.uint8)      # road
+    raw[:8] = 23                                    # sky
+    raw[8:, :4] = 18                                # polegroup: 32 pixels
+    Image.fromarray(raw).save(_mk(tmp_path / "labels") / "a_gtFine_labelIds.png")
+    ids = CS.decode_ids(raw, "labelId")
+    _save_rgb(tmp_path / "img" / "a.png", colorize(ids, CS))
+    kw = dict(segmenter=PaletteSegmenter(), thumbnails=0, bootstrap=10)
+    pole = evaluate(tmp_path / "img", tmp_path / "labels", **kw)["segmentation"]["images"]
+    ign = evaluate(tmp_path / "img", tmp_path / "labels", polegroup="ignore", **kw)
+    assert pole["labelled_pixels"] == 512 and pole["per_class_iou"]["pole"] == 1.0
+    s = ign["segmentation"]["images"]
+    assert s["labelled_pixels"] == 512 - 32 and s["per_class_iou"]["pole"] is None  # void pixels: not scored
+    assert ign["protocol"]["label_decoding"]["polegroup"] == "ignore"
+    assert "void" in ign["protocol"]["label_decoding"]["polegroup_note"]
+
+
+def _mk(p):
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_segmenter_input_size():
+    register_segmenter("palette-fixed", lambda device=None: PaletteSegmenter(device))
+    with pytest.raises(EvaluationError, match="does not take an input size"):
+        build_segmenter("palette-fixed", input_size=(64, 128))
+    register_segmenter("palette-sized", lambda device=None, input_size=None: _Sized(input_size))
+    assert build_segmenter("palette-sized", input_size=(16, 32)).input_size == (16, 32)
+
+
+class _Sized(PaletteSegmenter):
+    def __init__(self, input_size):
+        super().__init__()
+        self.input_size = input_size
