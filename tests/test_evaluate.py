@@ -361,7 +361,8 @@ def test_cli_side_by_side_models(tiny, tmp_path, monkeypatch, capsys):
     page = (out / "report.html").read_text()
     assert all(f'src="thumbs/s0/{c}.png"' in page for c in ("layout", "good", "worse", "real"))
     assert "<th>good</th><th>worse</th><th>real</th>" in page
-    assert cli(args + ["--json"]) == 0
+    # the issue's form: options first, then the folders; no -o with --json
+    assert cli(["evaluate", "--json", *args[3:], args[1], args[2]]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["comparisons"] == rep["comparisons"] and doc["segmentation"]["good"] == rep["segmentation"]["good"]
 
