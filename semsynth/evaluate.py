@@ -68,6 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .labels import LabelSpace, colorize, get_space
 from .utils import atomic_path, pick_device
 
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Inputs that cannot be evaluated (missing pairs, empty folders, mismatched spaces)."""
 
 
