@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 
 def _cmd_info(sub):
@@ -56,28 +58,43 @@ def _add_train_options(p) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--save-every", type=int, help="steps between checkpoints (config key save_every)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: best available)")
+    _add_label_options(p, space_help="label space of the training data (config key label_space)")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override any config entry, e.g. data.size=[128,256] loss.preset=squeezenet")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override any config entry, e.g. data.size=[128,256] loss.preset=squeezenet; "
+                   "repeatable, later values win")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _add_label_options(p, space_help: str = "label space of the layouts (default: the model's)") -> None:
+    """--label-space / --label-encoding: the same two options on every command that reads layouts."""
+    p.add_argument("--label-space", help=space_help + "; a built-in name (cityscapes, camvid, cocostuff, "
+                   "ade20k) or a label-space YAML file")
+    p.add_argument("--label-encoding", help="id encoding of grey label maps, e.g. labelId or trainId for "
+                   "Cityscapes (default: by file name, else the space's default)")
 
 
 def _train_from_args(args, preset: str, extra: dict, task: str | None = None):
     import yaml
 
-    from .train import load_config, parse_overrides, train
+    from .errors import ConfigError
+
+    from .config import load_config, parse_overrides
+    from .train import train
 
     o = parse_overrides(args.set)
     flags = {"data.path": args.data, "steps": args.steps, "epochs": args.epochs,
              "optim.batch_size": args.batch_size, "optim.lr": args.lr, "seed": args.seed,
-             "device": args.device, **extra}
+             "save_every": args.save_every, "device": args.device, "label_space": args.label_space,
+             "data.label_encoding": args.label_encoding, **extra}
     o.update({k: v for k, v in flags.items() if v is not None})
     if args.epochs is not None and args.steps is None:
         o["steps"] = None  # --epochs replaces a preset's step count
     cfg = load_config(preset, o)
     if task and cfg.get("task") != task:
-        raise ValueError(f"{preset}: task is {cfg.get('task')!r}, not {task!r}")
+        raise ConfigError(f"{preset}: task is {cfg.get('task')!r}, not {task!r}")
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False))
         return
@@ -109,21 +126,30 @@ def _cmd_synthesize(sub):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--skip-existing", action="store_true", help="leave out layouts whose outputs all exist "
+                   "(finishes an interrupted run)")
+    _add_label_options(p)
     p.add_argument("--bank", help="SIMS memory bank (SIMS checkpoints only)")
     p.add_argument("--save-intermediates", action="store_true", help="SIMS: also write canvases and chosen segments")
     p.add_argument("--transform", help="SIMS: transformation-network checkpoint (default: identity placement)")
     p.add_argument("--order", help="SIMS: ordering-network checkpoint (default: class-order prior)")
 
     def run(args):
-        from .pipelines import load_pipeline
+        from .pipelines import check_count, load_pipeline
+        from .utils import check_writable_dir
 
+        check_count(args.k, "--k")
+        check_count(args.batch_size, "--batch-size")
+        check_writable_dir(args.out)  # before loading anything
         kwargs = {k: v for k, v in (("bank", args.bank), ("transform", args.transform),
                                     ("order", args.order)) if v}
         pipe = load_pipeline(args.checkpoint, device=args.device, **kwargs)
         extra = {"save_intermediates": True} if args.save_intermediates else {}
         written = pipe.synthesize_files(args.inputs, args.out, k=args.k, grid=args.grid,
                                         overwrite=args.overwrite, batch_size=args.batch_size,
-                                        size=tuple(args.size) if args.size else None, **extra)
+                                        size=tuple(args.size) if args.size else None,
+                                        skip_existing=args.skip_existing, label_space=args.label_space,
+                                        label_encoding=args.label_encoding, **extra)
         print(f"wrote {len(written)} image(s) to {args.out}")
 
     p.set_defaults(func=run)
@@ -143,10 +169,46 @@ def _cmd_convert(sub):
 
     def run(args):
         from .convert import convert_official_crn
+        from .utils import check_writable_dir
 
+        check_writable_dir(args.out)
         target = convert_official_crn(args.prefix, args.out, preset=args.preset,
                                       label_space=args.label_space, verify=not args.no_verify)
         print(f"wrote {target} ({args.preset or 'structure inferred from the index'})")
+
+    p.set_defaults(func=run)
+
+
+def _cmd_export(sub):
+    p = sub.add_parser("export", help="export a CRN model or SIMS synthesis network to ONNX or TorchScript",
+                       description="MODEL is a run folder, step folder, .safetensors file or bundled model "
+                       "name. The format follows -o's suffix (.onnx, or .pt for TorchScript). The graph has a "
+                       "dynamic batch axis at a fixed size (--size, default native); after writing, the file "
+                       "is run on a random layout and compared with PyTorch.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--out", required=True, help="output file (.onnx or .pt)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], help="default: by the suffix of -o")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the model's)")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    def run(args):
+        from .errors import OutputExistsError
+        from .export import export_model
+        from .utils import check_writable_dir
+
+        out = Path(args.out)
+        if out.exists() and not args.overwrite:
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_writable_dir(out.parent)
+        r = export_model(args.model, out, fmt=args.format, size=args.size, verify=not args.no_verify)
+        print(f"wrote {r['path']} ({r['format']}, {r['task']}, {r['size'][0]}x{r['size'][1]}, "
+              f"inputs {', '.join(r['inputs'])} -> {', '.join(r['outputs'])}, {r['bytes'] / 1e6:.1f} MB)")
+        if r.get("verified"):
+            print(f"{r['runner']} vs PyTorch, batch {r['batch']}: max abs diff {r['max_abs_diff']:.2e}, "
+                  f"mean {r['mean_abs_diff']:.2e}")
+        elif "why" in r:
+            print(f"not verified: {r['why']}")
 
     p.set_defaults(func=run)
 
@@ -160,11 +222,13 @@ def _cmd_layouts(sub):
     p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--color", action="store_true", help="also write colour previews")
+    p.add_argument("--overwrite", action="store_true", help="replace layout files that already exist")
 
     def run(args):
         from .layouts import write_layouts
 
-        written = write_layouts(args.out, n=args.n, seed=args.seed, size=tuple(args.size), color=args.color)
+        written = write_layouts(args.out, n=args.n, seed=args.seed, size=tuple(args.size), color=args.color,
+                                overwrite=args.overwrite)
         print(f"wrote {len(written)} file(s) to {args.out}")
 
     p.set_defaults(func=run)
@@ -214,9 +278,12 @@ def _cmd_evaluate(sub):
 
     def run(args):
         from .evaluate import evaluate
+        from .utils import check_writable_dir
 
         if args.out is None and not args.json:
             p.error("give -o REPORT_DIR (or --json to print the report)")
+        if args.out is not None:
+            check_writable_dir(args.out, "report folder")  # before minutes of computing
         report = evaluate(args.images, args.labels, args.real, segmenter=args.segmenter,
                           segmenter_size=tuple(args.segmenter_size) if args.segmenter_size else None,
                           label_space=args.label_space, label_encoding=args.label_encoding,
@@ -253,7 +320,8 @@ def _sims_build_bank(ssub):
     p.add_argument("--label-space", help="label space (default: the dataset's own)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="segment resolution (new banks: 256 512, as the original)")
-    p.add_argument("--rgb-scale", type=int, help="photos kept at this multiple of --size (new banks: 2)")
+    p.add_argument("--rgb-scale", type=int, help="photos kept at this multiple of --size (new banks: 2, "
+                   "photos at 512x1024; sims-1024p needs 4, full 1024x2048 photos)")
     p.add_argument("--shard-images", type=int, default=64, help="source images per shard")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
     p.add_argument("--limit", type=int, help="add at most this many new images")
@@ -265,7 +333,9 @@ def _sims_build_bank(ssub):
         import time
 
         from .sims.bank import build_bank_from_paths
+        from .utils import check_writable_dir
 
+        check_writable_dir(args.out, "bank folder")
         t0 = time.perf_counter()
         bank = build_bank_from_paths(
             args.data, args.out, space=args.label_space, split=args.split, size=args.size,
@@ -288,30 +358,34 @@ def _sims_canvas(ssub):
     p.add_argument("--mode", choices=("iou", "context"), default="iou",
                    help="retrieval score: mask IoU (released) or IoU + context IoU (paper)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="canvas size (default: the bank's RGB size)")
-    p.add_argument("--label-encoding", help="id encoding of grey label maps (default: by file name)")
+    _add_label_options(p, "label space of the layouts (default: the bank's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random elision")
+    p.add_argument("--overwrite", action="store_true", help="replace canvases that already exist")
     p.add_argument("--prior", help="class-order prior .json (from `sims order-prior`); default: the original")
     p.add_argument("--no-outer-elision", action="store_true")
 
     def run(args):
-        from pathlib import Path
-
-        from .data import list_label_files, save_image
-        from .labels import save_label
+        from .data import check_size, save_image
+        from .labels import layout_reader, save_label
+        from .pipelines import plan_outputs
         from .sims.bank import Bank
         from .sims.canvas import CanvasConfig, compose_canvas
         from .sims.order import coarse_order
         from .sims.retrieval import Retriever
 
+        size = check_size(args.size, "--size")
         bank = Bank.open(args.bank)
+        read = layout_reader(bank.space, args.label_space, args.label_encoding)
+        plan = plan_outputs(args.labels, args.out, lambda s: [f"{s}_{x}.png" for x in ("canvas", "support", "layout")],
+                            overwrite=args.overwrite)
         retriever = Retriever(bank)
         order = coarse_order(bank.space, prior=args.prior) if args.prior else None
         cfg = CanvasConfig(outer_elision=not args.no_outer_elision)
         out = Path(args.out)
-        for i, f in enumerate(list_label_files(args.labels)):
-            lab = bank.space.read(f, args.label_encoding)
+        for i, (f, _) in enumerate(plan):
+            lab = read(f)
             res = retriever.search(lab, mode=args.mode)
-            cv = compose_canvas(bank, res, size=args.size, order=order, config=cfg, rng=args.seed + i)
+            cv = compose_canvas(bank, res, size=size, order=order, config=cfg, rng=args.seed + i)
             save_image(out / f"{f.stem}_canvas.png", cv.rgb)
             save_image(out / f"{f.stem}_support.png", (cv.support * 255).astype("uint8"))
             save_label(out / f"{f.stem}_layout.png", cv.label, bank.space)
@@ -341,7 +415,10 @@ def _sims_order_prior(ssub):
         from .data import open_dataset
         from .labels import get_space
         from .sims.order import back_ratio, load_order_frequency, occlusion_counts, order_from_counts, save_prior
+        from .utils import check_writable_dir
 
+        if args.out:
+            check_writable_dir(Path(args.out).parent)
         if args.data:
             counts, space = None, None
             for d in args.data:
@@ -370,17 +447,20 @@ def _sims_bench_retrieval(ssub):
     p.add_argument("--segments", type=int, default=100_000)
     p.add_argument("--layouts", nargs="*", help="query label maps/folders (default: 16 of the bank's own layouts)")
     p.add_argument("--k", type=int, default=10)
+    _add_label_options(p, "label space of the layouts (default: the bank's)")
 
     def run(args):
         import json
 
         from .data import list_label_files
+        from .labels import layout_reader
         from .sims.bank import Bank
         from .sims.retrieval import benchmark_retrieval
 
         bank = Bank.open(args.bank)
         if args.layouts:
-            lays = [bank.space.read(f) for f in list_label_files(args.layouts)]
+            read = layout_reader(bank.space, args.label_space, args.label_encoding)
+            lays = [read(f) for f in list_label_files(args.layouts)]
         else:
             lays = [bank.source_label(i) for i in range(min(16, bank.num_images))]
         print(json.dumps(benchmark_retrieval(bank, lays, n_segments=args.segments, k=args.k), indent=1))
@@ -434,13 +514,15 @@ def _cmd_demo(sub):
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files of the same names")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_label_options(p)
 
     def run(args):
         from .demo import run_demo
 
         index = run_demo(args.out, inputs=args.labels or None, n=args.n, seed=args.seed, k=args.k,
                          model=args.model, device=args.device, progress=not args.quiet,
-                         overwrite=args.overwrite, bank=args.bank, sims_model=args.sims_model)
+                         overwrite=args.overwrite, bank=args.bank, sims_model=args.sims_model,
+                         label_space=args.label_space, label_encoding=args.label_encoding)
         print(f"open {index}  ({index.resolve().as_uri()})")
 
     p.set_defaults(func=run)
@@ -464,10 +546,11 @@ def _cmd_serve(sub):
     p.add_argument("--max-pixels", type=int, default=4096 * 2048, help="uploaded layout limit (413 beyond)")
 
     def run(args):
+        from .errors import InputError
         from .serve import Limits, load_models, run as serve
 
         if min(args.timeout, args.max_body_mb, args.max_pixels) <= 0:
-            raise ValueError("--timeout, --max-body-mb and --max-pixels must be positive")
+            raise InputError("--timeout, --max-body-mb and --max-pixels must be positive")
         slots = load_models(args.model, bank=args.bank, device=args.device, precision=args.precision,
                             queue=args.queue)
         serve(slots, Limits(int(args.max_body_mb * 2**20), args.max_pixels, args.queue, args.timeout),
@@ -476,24 +559,55 @@ def _cmd_serve(sub):
     p.set_defaults(func=run)
 
 
-COMMANDS = [_cmd_info, _cmd_bench, _cmd_train, _cmd_synthesize, _cmd_convert, _cmd_layouts, _cmd_evaluate, _cmd_sims,
-            _cmd_demo, _cmd_serve]
+COMMANDS = [_cmd_info, _cmd_bench, _cmd_train, _cmd_synthesize, _cmd_convert, _cmd_export, _cmd_layouts,
+            _cmd_evaluate, _cmd_sims, _cmd_demo, _cmd_serve]
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """semsynth's own warnings (label maps probably misread, ...) as one line each."""
+    from .labels import LabelWarning
+
+    if issubclass(category, LabelWarning):
+        from tqdm import tqdm
+
+        tqdm.write(f"semsynth: warning: {message}", file=sys.stderr)  # on its own line, above any bar
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Expected failures (`SemsynthError`, and the OS refusing a file operation) print one line
+    naming the file, key or value and return 2; anything else is a bug and keeps its traceback.
+    `--debug` shows the traceback in both cases."""
     parser = argparse.ArgumentParser(prog="semsynth", description="Photographs from semantic layouts.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected errors too "
+                        "(accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
+    warnings.showwarning = _show_warning
+    from .errors import SemsynthError
+
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-        # User errors (bad input files, unknown presets, ...) get one clear line, not a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except (SemsynthError, OSError) as e:
+        if args.debug:
+            raise
+        if isinstance(e, SemsynthError):
+            msg = str(e)
+        else:  # the OS refused: name the file, say what it said
+            where = ": ".join(str(f) for f in (e.filename, e.filename2) if f)
+            msg = f"{where}: {e.strerror or e}" if where else str(e)
         print(f"semsynth {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,8 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
+from .errors import CheckpointError, MissingFileError, UnknownNameError
+
 __all__ = [
     "TFCheckpointError", "TensorEntry", "BundleEntry", "read_tf_index", "read_tf_entries", "read_tf_header",
     "read_tf_checkpoint",
@@ -41,7 +43,7 @@ FOOTER_SIZE = 48
 _MASK_DELTA = 0xA282EAD8
 
 
-class TFCheckpointError(ValueError):
+class TFCheckpointError(CheckpointError):
     """A TensorFlow checkpoint that cannot be read (or does not fit the requested model)."""
 
 
@@ -321,7 +323,7 @@ def _index_path(path: "str | Path") -> Path:
     if p.suffix != ".index" and not p.is_file():
         p = p.with_name(p.name + ".index")
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: TensorFlow checkpoint index not found")
+        raise MissingFileError(f"{p}: TensorFlow checkpoint index not found")
     return p
 
 
@@ -381,7 +383,7 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
         wanted = list(names)
         missing = [n for n in wanted if n not in index]
         if missing:
-            raise KeyError(f"{prefix}: checkpoint has no variable(s) {missing[:5]}"
+            raise UnknownNameError(f"{prefix}: checkpoint has no variable(s) {missing[:5]}"
                            f"{' ...' if len(missing) > 5 else ''}")
     if skip_optimizer:
         wanted = [n for n in wanted if not is_optimizer_variable(n)]
@@ -399,7 +401,7 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
             if e.shard_id not in files:
                 data = prefix.with_name(f"{prefix.name}.data-{e.shard_id:05d}-of-{header['num_shards']:05d}")
                 if not data.is_file():
-                    raise FileNotFoundError(
+                    raise MissingFileError(
                         f"{data}: checkpoint data file not found (only the index is present?); the "
                         f"released CRN models need the .data file from the authors' 'result_*' folder")
                 files[e.shard_id] = open(data, "rb")

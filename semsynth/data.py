@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from .labels import LabelError, LabelSpace, get_space
 from .utils import atomic_path
+from .errors import InputError
 
 __all__ = [
     "DatasetError", "LayoutDataset", "open_dataset", "list_label_files", "load_image", "save_image",
@@ -56,15 +57,19 @@ class Item:
 # --------------------------------------------------------------------------- image helpers
 
 
-def _check_size(size) -> tuple[int, int] | None:
+MAX_SIDE = 8192  # 4x the largest preset side; 8192x8192 is 64 megapixels
+
+
+def check_size(size, what: str = "size") -> tuple[int, int] | None:
+    """(H, W) as ints in 1..MAX_SIDE, or None; InputError naming `what` otherwise."""
     if size is None:
         return None
     try:
         h, w = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be (height, width), got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {size!r}")
+        raise InputError(f"{what} must be (height, width), got {size!r}") from None
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise InputError(f"{what} must be two sides of 1..{MAX_SIDE} pixels, got {h} {w}")
     return h, w
 
 
@@ -82,7 +87,7 @@ def _read_rgb(path: str | Path) -> np.ndarray:
 
 def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 -> (h, w, 3) uint8 with antialiased bicubic (box-widened when shrinking)."""
-    h, w = _check_size(size)
+    h, w = check_size(size)
     if rgb.shape[:2] == (h, w):
         return rgb
     return np.array(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC))
@@ -91,7 +96,7 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_label(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W) integer class map -> (h, w) by nearest neighbour at pixel centres (no new classes,
     no half-pixel shift). Done on class indices, after decoding, so colour maps and id maps agree."""
-    h, w = _check_size(size)
+    h, w = check_size(size)
     if ids.shape == (h, w):
         return ids
     small = ids.max(initial=0) <= 255 and ids.min(initial=0) >= 0
@@ -116,7 +121,7 @@ def save_image(path: str | Path, img) -> Path:
         if t.ndim == 4 and t.shape[0] == 1:
             t = t[0]
         if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"save_image expects a (3, H, W) tensor, got shape {tuple(img.shape)}")
+            raise InputError(f"save_image expects a (3, H, W) tensor, got shape {tuple(img.shape)}")
         arr = t.permute(1, 2, 0).numpy()
     else:
         arr = np.asarray(img)
@@ -124,11 +129,11 @@ def save_image(path: str | Path, img) -> Path:
         arr = arr[..., 0]
     if arr.dtype != np.uint8:
         if arr.dtype.kind != "f":
-            raise ValueError(f"save_image expects float [0, 1] or uint8 pixels, got {arr.dtype}")
+            raise InputError(f"save_image expects float [0, 1] or uint8 pixels, got {arr.dtype}")
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"{path}: unknown image extension {path.suffix!r}")
+        raise InputError(f"{path}: unknown image extension {path.suffix!r}")
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return path
@@ -343,21 +348,23 @@ class LayoutDataset(Dataset):
     cache: True (in this process's memory; each DataLoader worker fills its own), "disk" (one .npy
     per array under `cache_root()`, memory-mapped, shared by workers and later runs; keyed by file
     path, mtime and size, the label space, encoding and target size, so edits invalidate it), or
-    False. flip: random horizontal flip of label and photo together, from torch's RNG."""
+    False. flip: random horizontal flip of label and photo together, from torch's RNG. vivid: the
+    original CRN's tone mapping of the photos (`semsynth.vivid`, after resizing; cached)."""
 
     def __init__(self, items: Sequence[Item], space: LabelSpace | str, *, size=None, flip: bool = False,
                  cache: bool | str = True, label_encoding: str | None = None, layout: str = "custom",
-                 root: str | Path | None = None, cache_dir: str | Path | None = None):
+                 root: str | Path | None = None, cache_dir: str | Path | None = None, vivid: bool = False):
         if cache not in (True, False, "disk", "memory"):
-            raise ValueError(f"cache must be True, False or 'disk', got {cache!r}")
+            raise InputError(f"cache must be True, False or 'disk', got {cache!r}")
         if not items:
             raise DatasetError(f"{root or 'dataset'}: no samples")
         self.items = list(items)
         self.space = get_space(space)
         if label_encoding not in (None, "auto"):
             self.space.encoding_for(None, label_encoding)  # fail now on an unknown encoding
-        self.size = _check_size(size)
+        self.size = check_size(size)
         self.flip = bool(flip)
+        self.vivid = bool(vivid)
         self.cache = "memory" if cache is True else cache
         self.label_encoding = None if label_encoding == "auto" else label_encoding
         self.layout = layout
@@ -396,11 +403,15 @@ class LayoutDataset(Dataset):
         if self.size is not None:
             ids = resize_label(ids, self.size)
             rgb = resize_image(rgb, self.size) if rgb is not None else None
+        if self.vivid and rgb is not None:  # after resizing, as the original (SPEC A.1.2)
+            from .vivid import vivid
+
+            rgb = vivid(rgb)
         return ids.astype(self._label_dtype), rgb
 
     def _disk_paths(self, it: Item) -> tuple[Path, Path]:
         key = json.dumps([_CACHE_VERSION, _stat_key(it.label), _stat_key(it.image), self._space_key,
-                          self.label_encoding, self.size])
+                          self.label_encoding, self.size] + (["vivid"] if self.vivid else []))
         h = hashlib.sha1(key.encode()).hexdigest()
         base = self.cache_dir / h[:2] / h
         return base.with_name(h + "-label.npy"), base.with_name(h + "-image.npy")
@@ -471,13 +482,15 @@ class LayoutDataset(Dataset):
 def open_dataset(path: "str | Path | Sequence[str | Path]", space: "str | LabelSpace | None" = None,
                  split: str = "train", size=None, flip: bool = False, require_images: bool = True,
                  cache: bool | str = True, label_encoding: str | None = None,
-                 exclude: "Iterable[str] | None" = None, cache_dir: str | Path | None = None) -> LayoutDataset:
+                 exclude: "Iterable[str] | None" = None, cache_dir: str | Path | None = None,
+                 vivid: bool = False) -> LayoutDataset:
     """Open a dataset folder, detecting its layout (see the module docstring), or a list of label
     files (label-only; needs require_images=False).
 
     space: a LabelSpace or its name; None takes the layout's own (camvid, cocostuff, ade20k,
     else cityscapes). require_images=False gives label maps alone, e.g. Cityscapes splits without
-    photos. size: (H, W) to resize to. exclude: sample names or glob patterns to leave out."""
+    photos. size: (H, W) to resize to. exclude: sample names or glob patterns to leave out.
+    vivid: tone-map the photos as the original 512p/1024p recipe did (SPEC A.1.2)."""
     if isinstance(path, (list, tuple)):
         if require_images:
             raise DatasetError("a list of label files has no photos; pass require_images=False")
@@ -502,4 +515,4 @@ def open_dataset(path: "str | Path | Sequence[str | Path]", space: "str | LabelS
             raise DatasetError(f"{root or 'the given files'}: every sample is excluded by {pats}")
     return LayoutDataset(items, space if space is not None else natural, size=size, flip=flip,
                          cache=cache, label_encoding=label_encoding, layout=layout, root=root,
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, vivid=vivid)

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .utils import atomic_path
+from .errors import InputError, OutputExistsError
 
 __all__ = ["run_demo", "DEFAULT_OUT", "fresh_folder"]
 
@@ -41,9 +42,9 @@ def fresh_folder(base: str | Path) -> Path:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose another output folder with -o")
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another output folder with -o")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; choose another folder with -o, "
+        raise OutputExistsError(f"{out} already exists and is not empty; choose another folder with -o, "
                               "or pass --overwrite (overwrite=True) to replace the demo files in it")
 
 
@@ -67,19 +68,21 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _layouts(inputs, n: int, seed: int, space, size) -> list[tuple[str, str, np.ndarray]]:
+def _layouts(inputs, n: int, seed: int, space, size, read=None) -> list[tuple[str, str, np.ndarray]]:
     """(name, caption, class-index map at `size`) for each layout; everything is decoded before
-    anything is written, so a bad label map stops the demo with nothing half done."""
+    anything is written, so a bad label map stops the demo with nothing half done. `read` decodes
+    a file (default `space.read`; see `labels.layout_reader`)."""
     if inputs:
         from .data import list_label_files, resize_label
 
         files = list_label_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
         names = _unique([f.stem for f in files])
-        return [(nm, f.name, resize_label(space.read(f), size)) for nm, f in zip(names, files)]
+        read = read or space.read
+        return [(nm, f.name, resize_label(read(f), size)) for nm, f in zip(names, files)]
     if n < 1:
-        raise ValueError(f"the demo needs at least one layout (n={n})")
+        raise InputError(f"the demo needs at least one layout (n={n})")
     if space.name != "cityscapes" or space.num_classes != 19:
-        raise ValueError(f"procedural layouts are Cityscapes street scenes, but this model uses the "
+        raise InputError(f"procedural layouts are Cityscapes street scenes, but this model uses the "
                          f"{space.name!r} label space; pass label maps of that space to the demo")
     from .layouts import street_layout
 
@@ -90,7 +93,8 @@ def _layouts(inputs, n: int, seed: int, space, size) -> list[tuple[str, str, np.
 def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int = 0, k: int | None = None,
              model: str | Path = "default", device: str | None = None, progress: bool = True,
              overwrite: bool = False, bank: str | Path | None = None,
-             sims_model: str | Path = "sims-cityscapes") -> Path:
+             sims_model: str | Path = "sims-cityscapes", label_space=None,
+             label_encoding: str | None = None) -> Path:
     """Synthesize k photos for each of a few layouts with `model` and write a browsable page.
 
     out: output folder; None means `./semsynth-demo`, or `semsynth-demo-2`, ... when that one is
@@ -102,24 +106,27 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     model: a bundled model name ("default") or any checkpoint path (CRN).
     bank: a SIMS memory bank (`semsynth sims build-bank`); with it each row also shows the canvas
     and the output of `sims_model` (bundled name or checkpoint) beside the CRN outputs.
+    label_space / label_encoding: how `inputs` are decoded (`labels.layout_reader`).
     Returns the path of the written index.html."""
     import torch
 
     from . import __version__
     from .checkpoint import read_metadata
     from .data import save_image
-    from .labels import save_label
+    from .labels import layout_reader, save_label
     from .pipelines import BUNDLED, CRNPipeline, output_names, resolve_checkpoint
+    from .utils import check_writable_dir
 
     t0 = time.perf_counter()
     out = fresh_folder(DEFAULT_OUT) if out is None else Path(out)
     _check_out(out, overwrite)
+    check_writable_dir(out)
     if k is not None and k < 1:
-        raise ValueError(f"k must be at least 1 (got {k})")
+        raise InputError(f"k must be at least 1 (got {k})")
 
     meta = read_metadata(resolve_checkpoint(model))
     if meta["task"].startswith("sims"):
-        raise ValueError(f"{model}: is a SIMS checkpoint; the demo runs CRN models "
+        raise InputError(f"{model}: is a SIMS checkpoint; the demo runs CRN models "
                          "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`)")
     pipe = CRNPipeline.from_pretrained(model, device=device)
     sims = None
@@ -131,7 +138,7 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     space, size = pipe.space, tuple(pipe.size)
     k = min(k or pipe.k, pipe.k)
 
-    rows = _layouts(inputs, n, seed, space, size)
+    rows = _layouts(inputs, n, seed, space, size, layout_reader(space, label_space, label_encoding))
     out.mkdir(parents=True, exist_ok=True)
     written: list[tuple[str, str, str, list[str]]] = []
     it = rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import InputError
+
 __all__ = [
-    "LabelError", "LabelSpace", "get_space", "register_space", "available_spaces",
+    "LabelError", "LabelWarning", "LabelSpace", "get_space", "layout_reader", "register_space", "available_spaces",
     "one_hot", "pyramid", "colorize",
 ]
 
 
-class LabelError(ValueError):
+class LabelError(InputError):
     """A label map that cannot be decoded in the requested label space."""
+
+
+class LabelWarning(UserWarning):
+    """A label map that decoded, but probably not as meant (JPEG artefacts, a likely wrong
+    encoding); the CLI prints these as one line each."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,7 @@ class LabelSpace:
         try:
             with Image.open(path) as im:
                 im.load()
-                mode = im.mode
+                mode, fmt = im.mode, im.format
                 if mode == "P" and explicit_ids:
                     arr = np.asarray(im)  # palette indices are the ids
                 elif mode in ("L", "1", "I", "F") or mode.startswith("I;16"):
@@ -228,11 +236,42 @@ class LabelSpace:
             if explicit_ids:
                 raise LabelError(f"{path}: is a colour image ({mode}) but encoding {encoding!r} was "
                                  f"requested; colour maps are decoded with encoding 'color'")
-            return self.decode_colors(arr, source=str(path))
-        enc = self.encoding_for(path, encoding)
-        if enc == "color":
-            raise LabelError(f"{path}: encoding 'color' requested but the file is single-channel ({mode})")
-        return self.decode_ids(arr, enc, source=str(path))
+            out = self.decode_colors(arr, source=str(path))
+        else:
+            enc = self.encoding_for(path, encoding)
+            if enc == "color":
+                raise LabelError(f"{path}: encoding 'color' requested but the file is single-channel ({mode})")
+            out = self.decode_ids(arr, enc, source=str(path))
+            if enc == self.default_encoding and encoding in (None, "auto") and \
+                    not any(re.search(pat, path.name) for pat, _ in self.filename_encodings):
+                self._warn_if_misread(arr, out, enc, path)
+        if fmt == "JPEG":
+            warnings.warn(LabelWarning(
+                f"{path}: is a JPEG; lossy compression changes label values along edges, so some pixels "
+                f"may have silently changed class. Save label maps as PNG"), stacklevel=2)
+        return out
+
+    def _warn_if_misread(self, raw: np.ndarray, decoded: np.ndarray, enc: str, path: Path) -> None:
+        """The default encoding was assumed (nothing in the file name): if most pixels came out void
+        while another encoding reads every pixel with far fewer void ones (a trainIds map read as
+        labelIds), say so."""
+        void = float((decoded == self.void).mean()) if decoded.size else 0.0
+        if void <= 0.5 or raw.dtype.kind not in "ui":
+            return
+        r = raw.astype(np.int64, copy=False)
+        for alt, lut in self.encodings.items():
+            if alt == enc or r.min() < 0 or r.max() >= len(lut):
+                continue
+            mapped = lut[r]
+            if (mapped < 0).any():
+                continue
+            alt_void = float((mapped == self.void).mean())
+            if alt_void < void / 2:
+                warnings.warn(LabelWarning(
+                    f"{path}: read as {self.name} {enc}s (the default when the file name does not say), "
+                    f"{void:.1%} of pixels are void; as {alt}s only {alt_void:.1%} would be. If it holds "
+                    f"{alt}s, pass --label-encoding {alt}"), stacklevel=3)
+                return
 
     def to_dict(self) -> dict:
         """JSON-able description; `LabelSpace.from_dict` restores it (checkpoints embed this)."""
@@ -284,7 +323,7 @@ class LabelSpace:
                 colors.append(_parse_color(c["color"]))
                 ids.append(int(c.get("id", i)))
                 if not 0 <= ids[-1] <= _MAX_FILE_ID:
-                    raise ValueError(f"id {ids[-1]} outside 0..{_MAX_FILE_ID}")
+                    raise InputError(f"id {ids[-1]} outside 0..{_MAX_FILE_ID}")
             except KeyError as e:
                 raise LabelError(f"{path}: class entry {i} ({c!r}) lacks {e}") from e
             except (TypeError, ValueError, AttributeError) as e:
@@ -331,7 +370,7 @@ _MAX_FILE_ID = 65535  # 16-bit PNGs are the widest id maps in use
 def _parse_color(c) -> list[int]:
     col = [int(v) for v in c]
     if len(col) != 3 or not all(0 <= v <= 255 for v in col):
-        raise ValueError(f"bad colour {c!r}: need [r, g, b] with values 0..255")
+        raise InputError(f"bad colour {c!r}: need [r, g, b] with values 0..255")
     return col
 
 
@@ -587,6 +626,24 @@ def register_space(space: LabelSpace) -> None:
 
 def available_spaces() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
+
+
+def layout_reader(space: LabelSpace, label_space: "str | Path | LabelSpace | None" = None,
+                  encoding: str | None = None):
+    """path -> (H, W) class indices of `space` (a model's). Files are decoded in `label_space`
+    (default: `space` itself) with `encoding`; another space's classes are mapped to `space`'s by
+    name (case-insensitive), so e.g. a user YAML with its own colours for the Cityscapes classes
+    works with a Cityscapes model; its classes that `space` lacks are refused."""
+    src = space if label_space is None else get_space(label_space)
+    if list(src.names) == list(space.names):
+        return lambda path: src.read(path, encoding)
+    index = {n.lower(): i for i, n in enumerate(space.names)}
+    missing = [n for n in src.names if n.lower() not in index]
+    if missing:
+        raise LabelError(f"label space {src.name!r} has class(es) {missing[:5]} that the model's space "
+                         f"{space.name!r} does not know; its classes: {', '.join(space.names)}")
+    lut = np.array([index[n.lower()] for n in src.names] + [space.void], dtype=np.int64)
+    return lambda path: lut[src.read(path, encoding)]
 
 
 def get_space(name: "str | Path | LabelSpace | dict") -> LabelSpace:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import get_space, save_label
+from .errors import InputError, OutputExistsError
 
 __all__ = ["street_layout", "street_layouts", "write_layouts", "CLASSES"]
 
@@ -320,7 +321,7 @@ def street_layout(seed: int, size: tuple[int, int] = (256, 512)) -> np.ndarray:
     Deterministic per seed; the scene (not the pixels) is independent of `size`."""
     H, W = int(size[0]), int(size[1])
     if H < 8 or W < 8:
-        raise ValueError(f"layout size {H}x{W} is too small (at least 8x8)")
+        raise InputError(f"layout size {H}x{W} is too small (at least 8x8)")
     rng = np.random.default_rng(seed)
     # camera
     f = W * _uniform(rng, 1.0, 1.2)
@@ -435,23 +436,30 @@ def street_layouts(n: int, seed: int = 0, size: tuple[int, int] = (256, 512)) ->
 
 
 def write_layouts(out: "str | Path", n: int = 4, seed: int = 0, size: tuple[int, int] = (256, 512),
-                  color: bool = False) -> list[Path]:
+                  color: bool = False, overwrite: bool = False) -> list[Path]:
     """Write layouts as grey trainId maps `layout_<seed>_trainIds.png` (255 = void; read back
     with `get_space("cityscapes").read(p)` or encoding "index"), plus `layout_<seed>_color.png`
-    previews when `color`. Returns the written paths."""
+    previews when `color`. Existing files are refused (before anything is written) unless
+    `overwrite`. Returns the written paths."""
+    from .data import check_size
+    from .utils import check_writable_dir
+
     if n < 1:
-        raise ValueError(f"-n must be at least 1 (got {n})")
+        raise InputError(f"-n must be at least 1 (got {n})")
+    size = check_size(size, "--size")
     space = get_space("cityscapes")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for s in range(seed, seed + n):
-        ids = street_layout(s, size)
-        path = out / f"layout_{s:05d}_trainIds.png"
-        save_label(path, ids, space, color=False)
+    kinds = [("trainIds", False)] + ([("color", True)] if color else [])
+    plan = [(s, out / f"layout_{s:05d}_{kind}.png", c) for s in range(seed, seed + n) for kind, c in kinds]
+    existing = [p for _, p, _ in plan if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{len(existing)} layout file(s) already exist, e.g. {existing[0]}; "
+                                "pass --overwrite to replace them")
+    check_writable_dir(out)
+    written, ids = [], None
+    for s, path, c in plan:
+        if not c:  # the trainIds file comes first for each seed; its colour preview reuses the map
+            ids = street_layout(s, size)
+        save_label(path, ids, space, color=c)
         written.append(path)
-        if color:
-            path = out / f"layout_{s:05d}_color.png"
-            save_label(path, ids, space, color=True)
-            written.append(path)
     return written

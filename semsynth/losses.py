@@ -35,6 +35,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .labels import area_resize
 from .models.backbones import Backbone, build_backbone
+from .errors import InputError, UnknownNameError
 
 __all__ = ["PerceptualLoss", "AdversarialLoss", "PatchDiscriminator", "LOSS_PRESETS", "build_loss",
            "build_adversarial", "calibrate_layer_weights", "MODES"]
@@ -92,15 +93,15 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.layers = [(str(n), float(w)) for n, w in layers]
         if not self.layers:
-            raise ValueError("PerceptualLoss needs at least one (layer, weight)")
+            raise InputError("PerceptualLoss needs at least one (layer, weight)")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(backbone, str):
             backbone = build_backbone(backbone, path=backbone_path, layers=[n for n, _ in self.layers])
         if isinstance(backbone, Backbone):
             missing = [n for n, _ in self.layers if n not in backbone.requested]
             if missing:
-                raise ValueError(f"the backbone does not return {missing} (it returns {backbone.requested}); "
+                raise InputError(f"the backbone does not return {missing} (it returns {backbone.requested}); "
                                  f"build it with build_backbone(..., layers=[...]) including them")
         self.backbone = backbone
         self.mode = mode
@@ -114,11 +115,11 @@ class PerceptualLoss(nn.Module):
         if fake.dim() == 4:
             fake = fake.unsqueeze(1)
         if fake.dim() != 5 or real.dim() != 4 or fake.shape[0] != real.shape[0] or fake.shape[2:] != real.shape[1:]:
-            raise ValueError(f"expected fake (B,k,3,H,W) and real (B,3,H,W); got {tuple(fake.shape)} "
+            raise InputError(f"expected fake (B,k,3,H,W) and real (B,3,H,W); got {tuple(fake.shape)} "
                              f"and {tuple(real.shape)}")
         B, k = fake.shape[:2]
         if label is not None and (label.dim() != 4 or label.shape[0] != B or label.shape[-2:] != fake.shape[-2:]):
-            raise ValueError(f"label must be (B, C+1, H, W) = ({B}, C+1, {fake.shape[-2]}, {fake.shape[-1]}), "
+            raise InputError(f"label must be (B, C+1, H, W) = ({B}, C+1, {fake.shape[-2]}, {fake.shape[-1]}), "
                              f"got {tuple(label.shape)}")
         real = real.to(fake.dtype)
         if real.requires_grad:
@@ -179,12 +180,12 @@ def build_loss(preset_or_dict: str | dict | tuple, backbone_path=None, **overrid
     if "preset" in cfg and cfg["preset"] is not None:
         name = cfg.pop("preset")
         if name not in LOSS_PRESETS:
-            raise KeyError(f"unknown loss preset {name!r}; presets: {sorted(LOSS_PRESETS)}")
+            raise UnknownNameError(f"unknown loss preset {name!r}; presets: {sorted(LOSS_PRESETS)}")
         bb, layers, mode = LOSS_PRESETS[name]
         cfg = {"backbone": bb, "layers": layers, "mode": mode, **cfg}
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if "backbone" not in cfg or "layers" not in cfg:
-        raise ValueError(f"a loss config needs 'backbone' and 'layers' (or 'preset'); got {sorted(cfg)}")
+        raise InputError(f"a loss config needs 'backbone' and 'layers' (or 'preset'); got {sorted(cfg)}")
     path = backbone_path if backbone_path is not None else cfg.get("backbone_path")
     layers = [(str(n), float(w)) for n, w in cfg["layers"]]
     backbone = build_backbone(cfg["backbone"], path=path, layers=[n for n, _ in layers],
@@ -336,7 +337,7 @@ def build_adversarial(cfg: dict | None, label_channels: int) -> AdversarialLoss 
     known = {"weight", "feature_matching", "width", "layers", "scales", "lr", "betas"}
     unknown = set(cfg) - known
     if unknown:
-        raise ValueError(f"unknown loss.adversarial options {sorted(unknown)}; known: {sorted(known)}")
+        raise InputError(f"unknown loss.adversarial options {sorted(unknown)}; known: {sorted(known)}")
     if not cfg.get("weight", 1.0) and not cfg.get("feature_matching", 10.0):
         return None
     return AdversarialLoss(label_channels, **cfg)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,11 +28,12 @@ import yaml
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
+from .config import load_config, parse_overrides, validate  # noqa: F401  (load_config: public here too)
+from .errors import ConfigError, TrainingError
 from .labels import LabelSpace, colorize, get_space, one_hot
 from .models import build_model, model_config
-from .utils import atomic_path, pick_device, seed_everything
+from .utils import atomic_path, check_writable_dir, pick_device, seed_everything
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 TASKS: dict[str, type] = {}
 
 
@@ -41,39 +43,6 @@ def register_task(name: str):
         cls.name = name
         return cls
     return deco
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def load_config(preset_or_path: str | Path, overrides: dict | None = None) -> dict:
-    """A preset name (semsynth/configs/<name>.yaml) or a YAML path, with dotted-key overrides."""
-    p = Path(preset_or_path)
-    if not p.suffix:
-        p = CONFIG_DIR / f"{preset_or_path}.yaml"
-    if not p.is_file():
-        names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no training preset or config file {preset_or_path!r}; presets: {names}")
-    cfg = yaml.safe_load(p.read_text())
-    for key, value in (overrides or {}).items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-    cfg.setdefault("preset", p.stem)
-    return cfg
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """["optim.lr=1e-3", "data.size=[128,256]"] -> {"optim.lr": 0.001, ...} (values parsed as YAML)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"override {pair!r} must look like key=value")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
 
 
 # --------------------------------------------------------------------------- tasks
@@ -118,7 +87,7 @@ class CRNTask:
     def load_state_dict(self, state: dict) -> None:
         if self.adversarial is not None:
             if "adversarial" not in state:
-                raise ValueError("this run has loss.adversarial but its checkpoint holds no discriminator; "
+                raise ConfigError("this run has loss.adversarial but its checkpoint holds no discriminator; "
                                  "start a new run folder (init_from the old one) instead of resuming")
             self.adversarial.load_state_dict(state["adversarial"])
 
@@ -202,30 +171,28 @@ def _data_path(p: str) -> Path:
 def open_training_data(cfg: dict, space: LabelSpace):
     """The `data` section as one dataset: `data.path` is a folder, `shared:<folder>` or a list of
     them (their samples joined, each folder's layout detected on its own), with `split`, `size`,
-    `cache`, `label_encoding` and `exclude` (names or globs) applied to all."""
+    `cache`, `label_encoding`, `exclude` (names or globs) and `vivid` applied to all."""
     from .data import LayoutDataset, open_dataset
 
     d = cfg.get("data", {})
     if not d.get("path"):
-        raise ValueError("no training data: pass --data PATH (or set data.path in the config)")
+        raise ConfigError("no training data: pass --data PATH (or set data.path in the config)")
     paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
     parts = [open_dataset(_data_path(p), space=space, split=d.get("split", "train"),
                           size=tuple(d["size"]) if d.get("size") else None,
                           cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
-                          exclude=d.get("exclude")) for p in paths]
+                          exclude=d.get("exclude"), vivid=d.get("vivid", False)) for p in paths]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
     return LayoutDataset([it for p in parts for it in p.items], space, size=first.size, cache=d.get("cache", True),
-                         label_encoding=d.get("label_encoding"), layout="joined")
+                         label_encoding=d.get("label_encoding"), layout="joined", vivid=first.vivid)
 
 
 def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
     """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
     name and shape match; new modules and a changed head keep their fresh init, as in the original."""
-    from safetensors.torch import load_file
-
-    src = load_file(str(ckpt.resolve(path)))
+    src, _ = ckpt.load_state(path)  # content hash checked
     own = model.state_dict()
     taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(taken, strict=False)
@@ -289,14 +256,21 @@ class TrainStep:
 def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True) -> Path:
     """Train according to `cfg` into run folder `out`; returns the final checkpoint folder."""
     out = Path(out)
+    cfg = validate(cfg)  # API callers pass dicts too; unknown keys and bad values stop here
     rank, world, dev = _setup_distributed()
     device = dev or pick_device(cfg.get("device"))
+    if rank == 0:
+        check_writable_dir(out, "run folder")
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
 
     space = get_space(cfg.get("label_space", "cityscapes"))
     if str(cfg.get("task", "crn")).startswith("sims-"):
         from .sims import tasks as _sims_tasks  # noqa: F401  (registers the sims-* tasks)
+    if cfg["task"] not in TASKS:
+        raise ConfigError(f"config key task: unknown task {cfg['task']!r}; known: {', '.join(sorted(TASKS))}")
+    state = ckpt.latest_train_state(out, report=_warn if rank == 0 else _quiet, repair=rank == 0) if resume else None
+    _check_previous_stage(cfg, state)
     task = TASKS[cfg.get("task", "crn")](cfg, space, device)
     model = task.model.to(device)
     if hasattr(model, "config") and cfg.get("grad_checkpoint") and device.type == "cuda":
@@ -310,7 +284,6 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
 
     step = 0
     gen = torch.Generator().manual_seed(seed)
-    state = ckpt.latest_train_state(out) if resume else None
     if state is None and cfg.get("init_from"):
         fresh = _load_partial(model, cfg["init_from"])
         if rank == 0 and fresh:
@@ -324,9 +297,8 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     train_step = TrainStep(task, cfg, device, net=net, verbose=rank == 0)
     optimizer = train_step.optimizer
     if state is not None:
-        folder, st = state
-        from safetensors.torch import load_file
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        folder, st, weights = state
+        model.load_state_dict(weights, strict=True)
         optimizer.load_state_dict(st["optimizer"])
         step = st["step"]
         gen.set_state(st["gen"])
@@ -346,8 +318,8 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     writer = _writer(out) if rank == 0 else None
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         _truncate_metrics(metrics_path, step)
     log_every, sample_every = int(cfg.get("log_every", 50)), int(cfg.get("sample_every", 1000))
     save_every = int(cfg.get("save_every", 1000))
@@ -369,13 +341,20 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     model.train()
     t0, interval = time.time(), {}  # every logged value, averaged over the logging interval
     folder = None
+    # The first step whose loss was not finite, tracked on the device (no host sync per step) and
+    # checked before anything is logged, drawn or saved, so NaN weights never reach a checkpoint.
+    guard = _FiniteGuard(device, step, world)
+    last_good = state[0] if state is not None else None
     while step < total:
         batch = next(it)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         if d.get("flip"):
             batch = _flip_batch(batch, gen)
         loss, logs = train_step(batch, step)
+        guard.record(loss)
         step += 1
+        if step % log_every == 0 or step % sample_every == 0 or step % save_every == 0 or step == total:
+            guard.check(last_good)
         if rank == 0:
             # kept as tensors until the log line: one host sync per step (the bar), not per value
             for k, v in {"loss": loss, **logs}.items():
@@ -401,7 +380,7 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
                 if writer:
                     writer.add_image("samples", grid, step)
             if step % save_every == 0 or step == total:
-                folder = save(step)
+                folder = last_good = save(step)
     if bar:
         bar.close()
     if writer:
@@ -410,6 +389,54 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         dist.barrier()
         dist.destroy_process_group()
     return folder or Path(out)
+
+
+class _FiniteGuard:
+    """Remembers, on the device, the first step with a non-finite loss; `check` (at log, sample
+    and save points, on every rank) raises TrainingError naming it and the last good checkpoint."""
+
+    def __init__(self, device: torch.device, step: int, world: int):
+        self.world = world
+        self.step = torch.full((), step, dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def record(self, loss: torch.Tensor) -> None:
+        self.step += 1
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
+
+    def check(self, last_good: Path | None) -> None:
+        first = self.first_bad.clone()
+        if self.world > 1:  # every rank stops together, or the others would wait forever
+            dist.all_reduce(first, op=dist.ReduceOp.MAX)
+        first = int(first)
+        if first >= 0:
+            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+            raise TrainingError(
+                f"step {first}: the loss is not finite (nan or inf); training stopped and nothing from "
+                f"that step on was saved ({where}). Lower optim.lr, check the data, or set amp: null")
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _warn(msg: str) -> None:
+    print(f"semsynth: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_previous_stage(cfg: dict, state) -> None:
+    """A progressive stage (crn-512p fine-tunes crn-256p, ...) without its previous stage would
+    silently train from scratch, or train top modules on random frozen lower ones: refuse."""
+    prev = cfg.get("previous_stage")
+    if not prev or state is not None or cfg.get("init_from"):
+        return
+    name = cfg.get("preset", "this preset")
+    raise ConfigError(
+        f"{name} fine-tunes {prev}: pass --init-from with a {prev} run, e.g. first "
+        f"`semsynth train {prev} --data DATA --out runs/{prev}`, then "
+        f"`semsynth train {name} --data DATA --out runs/{name} --init-from runs/{prev}` "
+        f"(or --set previous_stage=null to train from scratch on purpose)")
 
 
 def _writer(out: Path):
@@ -421,10 +448,18 @@ def _writer(out: Path):
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines past the resumed step so the curve has no duplicates."""
+    """On resume, drop log lines past the resumed step so the curve has no duplicates, and a line
+    torn by a kill mid-write."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+
+    def step_of(line: str) -> float:
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf
+
+    keep = [ln for ln in path.read_text().splitlines() if ln and step_of(ln) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(ln + "\n" for ln in keep))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .utils import shared_dir
+from .errors import InputError, MissingFileError
 
 __all__ = ["WeightFile", "WEIGHTS", "resolve", "verify", "search_dirs", "sha256", "offline"]
 
@@ -128,7 +129,7 @@ def verify(path: str | os.PathLike) -> Path:
             msg = (f"{path}: sha256 {got[:16]}… does not start with the expected {want}; the file is "
                    f"corrupt, truncated or a different version. Delete it and fetch it again.")
             if certain:
-                raise ValueError(msg)
+                raise InputError(msg)
             warnings.warn(msg + " (The expected hash was read from the file name.)", stacklevel=2)
     return path
 
@@ -165,7 +166,7 @@ def resolve(name: str, download: bool = True) -> Path:
     p = Path(name).expanduser()
     if p.is_absolute() or (len(p.parts) > 1 and p.exists()):
         if not p.is_file():
-            raise FileNotFoundError(f"weight file {p} does not exist")
+            raise MissingFileError(f"weight file {p} does not exist")
         return verify(p)
     entry = _entry(name)
     for d in search_dirs():
@@ -173,14 +174,14 @@ def resolve(name: str, download: bool = True) -> Path:
         if cand.is_file():
             return verify(cand)
     if not entry.url:
-        raise FileNotFoundError(_missing_message(entry, "it has no public download URL"))
+        raise MissingFileError(_missing_message(entry, "it has no public download URL"))
     if not download or offline():
         why = "SEMSYNTH_OFFLINE is set" if offline() else "downloading was not allowed"
-        raise FileNotFoundError(_missing_message(entry, why))
+        raise MissingFileError(_missing_message(entry, why))
     dst = hub_checkpoints() / entry.filename
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(entry.url, str(dst), hash_prefix=entry.sha256, progress=True)
     except Exception as e:  # no network, HTTP error, hash mismatch (the temp file is removed)
-        raise FileNotFoundError(_missing_message(entry, f"downloading failed ({e})")) from e
+        raise MissingFileError(_missing_message(entry, f"downloading failed ({e})")) from e
     return verify(dst)

@@ -42,3 +42,23 @@ def write_png(path: Path, arr, mode: str | None = None) -> Path:
 def png():
     """`png(path, array, mode=None)`: write_png as a fixture, so tests need no conftest import."""
     return write_png
+
+
+@pytest.fixture
+def tiny_data(shared, tmp_path):
+    """4 real Cityscapes-sequence pairs copied into a paired folder (images/ + labels/)."""
+    src = shared / "data" / "cityscapes_sequences"
+    stems = sorted(p.stem for p in (src / "labels").glob("*.png"))[:4]
+    for sub, ext in (("images", ".jpg"), ("labels", ".png")):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        for s in stems:
+            (tmp_path / "data" / sub / f"{s}{ext}").write_bytes((src / sub / f"{s}{ext}").read_bytes())
+    return tmp_path / "data"
+
+
+def tiny_cfg(data, **over):
+    """crn-tiny at 32x64 with the pixel loss: a training config that runs in a second."""
+    from semsynth.config import load_config
+
+    return load_config("crn-tiny", {"data.path": str(data), "data.size": [32, 64], "loss.preset": "pixel",
+                                    "log_every": 1, "sample_every": 1000, "save_every": 1000, **over})

@@ -29,7 +29,7 @@ def bank(tmp_path_factory):
 
     root = make_cityscapes(tmp_path_factory.mktemp("bundled_cs"), n=3, size=(64, 128), disparity=False)
     return build_bank(open_dataset(root, space="cityscapes"), tmp_path_factory.mktemp("bundled_bank") / "bank",
-                      size=(64, 128), rgb_scale=1, progress=False)
+                      size=(64, 128), rgb_scale=2, progress=False)  # photos at the model size
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from semsynth.errors import CheckpointError
 from semsynth.cli import main as cli
 from semsynth.evaluate import (
     EvaluationError, available_segmenters, build_segmenter, confusion_matrix, evaluate,
@@ -145,7 +146,7 @@ def test_fid_inception_matches_pt_inception_layout(tmp_path):
     bad = dict(sd)
     bad.pop("fc.bias")
     torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="fc.bias"):
+    with pytest.raises(CheckpointError, match="bad.pth: not the FID Inception weights.*fc.bias"):
         load_fid_inception(tmp_path / "bad.pth")
 
 

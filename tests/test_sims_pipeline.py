@@ -38,8 +38,8 @@ def world(tmp_path_factory):
         cfg = model_config(preset, num_classes=SPACE.num_classes, **extra)
         model = build_model(cfg)
         if name == "transform":  # a transformation net that moves every segment by (+2, -1) px
-            with torch.no_grad():
-                model.fc.bias.copy_(torch.tensor([1.0, 0, 2 * 2 / 128, 0, 1, -1 * 2 / 64]))
+            with torch.no_grad():  # (the preset's theta is in the original's pixel units)
+                model.fc.bias.copy_(torch.tensor([1.0, 0, 2.0, 0, 1, -1.0]))
         if name == "order":      # an order net sure that cars are in front
             with torch.no_grad():
                 model.fc2.bias[SPACE.names.index("car")] = 20.0

@@ -18,25 +18,10 @@ from semsynth import checkpoint as ckpt
 from semsynth.cli import main as cli
 from semsynth.labels import get_space
 from semsynth.pipelines import CRNPipeline
-from semsynth.train import load_config, train
+from semsynth.train import train
 
 
-@pytest.fixture
-def tiny_data(shared, tmp_path):
-    """4 real Cityscapes-sequence pairs copied into a paired folder (images/ + labels/)."""
-    src = shared / "data" / "cityscapes_sequences"
-    stems = sorted(p.stem for p in (src / "labels").glob("*.png"))[:4]
-    for sub, ext in (("images", ".jpg"), ("labels", ".png")):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-        for s in stems:
-            (tmp_path / "data" / sub / f"{s}{ext}").write_bytes((src / sub / f"{s}{ext}").read_bytes())
-    return tmp_path / "data"
-
-
-def tiny_cfg(data, **over):
-    cfg = load_config("crn-tiny", {"data.path": str(data), "data.size": [32, 64], "loss.preset": "pixel",
-                                   "log_every": 1, "sample_every": 1000, "save_every": 1000, **over})
-    return cfg
+from conftest import tiny_cfg  # noqa: E402  (tiny_data, the fixture, comes from conftest too)
 
 
 def test_overfits_a_few_images(tiny_data, tmp_path):

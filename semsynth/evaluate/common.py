@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 
-class EvaluationError(ValueError):
+
+class EvaluationError(InputError):
     """Inputs that cannot be evaluated (missing pairs, empty folders, mismatched spaces)."""
 
 

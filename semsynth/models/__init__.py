@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..utils import config_from_dict
 from .crn import CRN, CRNConfig
+from ..errors import UnknownNameError
 
 # name -> (architecture, config). Official totals (released TF checkpoints) in comments.
 PRESETS: dict[str, dict] = {
@@ -34,7 +35,7 @@ def model_config(name_or_config: "str | dict", **overrides) -> dict:
     """Resolve a preset name or config dict (plus overrides) to a full {"arch", ...} dict."""
     if isinstance(name_or_config, str):
         if name_or_config not in PRESETS:
-            raise KeyError(f"unknown model {name_or_config!r}; presets: {sorted(PRESETS)}")
+            raise UnknownNameError(f"unknown model {name_or_config!r}; presets: {sorted(PRESETS)}")
         cfg = dict(PRESETS[name_or_config])
     else:
         cfg = dict(name_or_config)
@@ -47,7 +48,7 @@ def build_model(name_or_config: "str | dict", **overrides) -> nn.Module:
     cfg = model_config(name_or_config, **overrides)
     arch = cfg.pop("arch")
     if arch not in ARCHS:
-        raise KeyError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+        raise UnknownNameError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
     return ARCHS[arch](cfg)
 
 

@@ -44,6 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError, MissingFileError, UnknownNameError
+
 __all__ = [
     "Backbone", "VGG19Features", "SqueezeNet11", "build_backbone", "BACKBONES",
     "load_torchvision_vgg19", "load_matconvnet_vgg19", "load_normalised_vgg", "load_squeezenet_h5",
@@ -90,7 +92,7 @@ class Backbone(nn.Module):
             requested = list(dict.fromkeys(layers))
             unknown = [l for l in requested if l not in all_layers]
             if unknown:
-                raise ValueError(f"{type(self).__name__} has no layer(s) {unknown}; "
+                raise InputError(f"{type(self).__name__} has no layer(s) {unknown}; "
                                  f"available: {all_layers}")
         deepest = max((all_layers.index(l) for l in requested), default=0)
         self.layers: list[str] = all_layers[: deepest + 1]
@@ -105,7 +107,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected RGB images (N, 3, H, W) in [0, 1], got {tuple(x.shape)}")
+            raise InputError(f"expected RGB images (N, 3, H, W) in [0, 1], got {tuple(x.shape)}")
         z = self.prepare(x)
         wanted = set(self.requested)
         out = {"input": z}
@@ -136,7 +138,7 @@ def _set_conv(conv: nn.Conv2d, w: torch.Tensor, b: torch.Tensor, name: str) -> N
     w = torch.as_tensor(w, dtype=torch.float32)
     b = torch.as_tensor(b, dtype=torch.float32).reshape(-1)
     if tuple(w.shape) != tuple(conv.weight.shape) or b.numel() != conv.out_channels:
-        raise ValueError(f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do not match the "
+        raise InputError(f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do not match the "
                          f"expected {tuple(conv.weight.shape)} / ({conv.out_channels},)")
     with torch.no_grad():
         conv.weight.copy_(w)
@@ -158,14 +160,14 @@ class VGG19Features(Backbone):
     def __init__(self, layers=None, weights: Weights | None = None, input_mode: str = "matconvnet",
                  pool: str = "avg", padding: str = "zeros", max_conv: str = "conv5_4"):
         if max_conv not in _VGG_CONV_NAMES:
-            raise ValueError(f"max_conv {max_conv!r} is not a VGG-19 conv")
+            raise InputError(f"max_conv {max_conv!r} is not a VGG-19 conv")
         super().__init__(layers, ["input"] + _VGG_CONV_NAMES[: _VGG_CONV_NAMES.index(max_conv) + 1])
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise InputError(f"pool must be 'avg' or 'max', got {pool!r}")
         if padding not in ("zeros", "reflect"):
-            raise ValueError(f"padding must be 'zeros' or 'reflect', got {padding!r}")
+            raise InputError(f"padding must be 'zeros' or 'reflect', got {padding!r}")
         if input_mode not in ("matconvnet", "torchvision", "conv1x1"):
-            raise ValueError(f"unknown input_mode {input_mode!r}")
+            raise InputError(f"unknown input_mode {input_mode!r}")
         self.pool, self.padding, self.input_mode = pool, padding, input_mode
         if input_mode == "matconvnet":
             self.register_buffer("mean", torch.tensor(MATCONVNET_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
@@ -190,11 +192,11 @@ class VGG19Features(Backbone):
     def load_weights(self, weights: Weights) -> None:
         if self.input_mode == "conv1x1":
             if "prep" not in weights:
-                raise ValueError("the weights have no 1x1 input conv ('prep')")
+                raise InputError("the weights have no 1x1 input conv ('prep')")
             _set_conv(self.prep, *weights["prep"], name="prep")
         for name, conv in self.convs.items():
             if name not in weights:
-                raise ValueError(f"the weights have no {name} (they reach {sorted(weights)}); "
+                raise InputError(f"the weights have no {name} (they reach {sorted(weights)}); "
                                  f"request shallower layers")
             _set_conv(conv, *weights[name], name=name)
 
@@ -264,7 +266,7 @@ class SqueezeNet11(Backbone):
         for key, conv in self.convs.items():
             src = key if key == "conv1" else key.replace("_", "/", 1)
             if src not in weights:
-                raise ValueError(f"the SqueezeNet weights have no {src}")
+                raise InputError(f"the SqueezeNet weights have no {src}")
             _set_conv(conv, *weights[src], name=src)
 
     def prepare(self, x):
@@ -299,7 +301,7 @@ def _torch_load(path) -> dict:
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(sd).__name__}")
+        raise InputError(f"{path}: expected a state dict, found {type(sd).__name__}")
     return sd
 
 
@@ -312,10 +314,10 @@ def load_torchvision_vgg19(path) -> Weights:
         if w is None or b is None:
             if out:
                 break  # a truncated file: keep what it has
-            raise ValueError(f"{path}: no 'features.{idx}.weight' — not a torchvision VGG-19 state dict "
+            raise InputError(f"{path}: no 'features.{idx}.weight' — not a torchvision VGG-19 state dict "
                              f"(keys start {list(sd)[:4]})")
         if tuple(w.shape) != _VGG_SHAPES[name]:
-            raise ValueError(f"{path}: features.{idx}.weight has shape {tuple(w.shape)}, VGG-19 {name} "
+            raise InputError(f"{path}: features.{idx}.weight has shape {tuple(w.shape)}, VGG-19 {name} "
                              f"needs {_VGG_SHAPES[name]} (a VGG-16 or other network?)")
         out[name] = (w.float(), b.float())
     return out
@@ -325,7 +327,7 @@ def load_normalised_vgg(path) -> Weights:
     """The normalised-VGG `nn.Sequential` state dict (0.* 1x1 conv, then 2, 5, 9, 12, 16, …)."""
     sd = _torch_load(path)
     if "0.weight" not in sd or tuple(sd["0.weight"].shape) != (3, 3, 1, 1):
-        raise ValueError(f"{path}: expected the normalised-VGG layout with a (3,3,1,1) '0.weight'")
+        raise InputError(f"{path}: expected the normalised-VGG layout with a (3,3,1,1) '0.weight'")
     out = {"prep": (sd["0.weight"].float(), sd["0.bias"].float())}
     # Sequential positions: pad+conv+relu per conv, plus a pool after conv1_2, conv2_2, conv3_4, conv4_4
     pos = 1
@@ -338,7 +340,7 @@ def load_normalised_vgg(path) -> Weights:
         if key not in sd:
             break
         if tuple(sd[key].shape) != _VGG_SHAPES[name]:
-            raise ValueError(f"{path}: {key} has shape {tuple(sd[key].shape)}, {name} needs {_VGG_SHAPES[name]}")
+            raise InputError(f"{path}: {key} has shape {tuple(sd[key].shape)}, {name} needs {_VGG_SHAPES[name]}")
         out[name] = (sd[key].float(), sd[f"{pos + 1}.bias"].float())
         pos += 3
     return out
@@ -431,7 +433,7 @@ def load_matconvnet_vgg19(path) -> Weights:
         if not found:
             found = dict(zip(_VGG_CONV_NAMES, unnamed))
     else:
-        raise ValueError(f"{path}: no 'layers' variable; not a MatConvNet network "
+        raise InputError(f"{path}: no 'layers' variable; not a MatConvNet network "
                          f"(variables: {[k for k in data if not k.startswith('__')]})")
 
     out = {}
@@ -441,11 +443,11 @@ def load_matconvnet_vgg19(path) -> Weights:
         f, b = found[name]
         w = _hwio(f)
         if tuple(w.shape) != _VGG_SHAPES[name]:
-            raise ValueError(f"{path}: {name} filters have shape {tuple(np.shape(f))} (HWIO), expected "
+            raise InputError(f"{path}: {name} filters have shape {tuple(np.shape(f))} (HWIO), expected "
                              f"{tuple(_VGG_SHAPES[name][i] for i in (2, 3, 1, 0))}")
         out[name] = (w, torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1).copy()))
     if not out:
-        raise ValueError(f"{path}: found no VGG-19 conv filters in the MatConvNet layers")
+        raise InputError(f"{path}: found no VGG-19 conv filters in the MatConvNet layers")
     return out
 
 
@@ -459,18 +461,18 @@ def load_squeezenet_h5(path) -> Weights:
         root = f["model_weights"] if "model_weights" in f else f
         for key, (o, i, kh, kw) in shapes.items():
             if key not in root:
-                raise ValueError(f"{path}: no HDF5 group {key!r}; not the Keras SqueezeNet v1.1 weights")
+                raise InputError(f"{path}: no HDF5 group {key!r}; not the Keras SqueezeNet v1.1 weights")
             arrays = []
             root[key].visititems(lambda n, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
             kern = [a for a in arrays if a.ndim == 4 and a.shape == (kh, kw, i, o)]
             bias = [a for a in arrays if a.ndim == 1 and a.shape == (o,)]
             if len(kern) != 1 or len(bias) != 1:
-                raise ValueError(f"{path}: group {key!r} should hold one ({kh},{kw},{i},{o}) kernel and "
+                raise InputError(f"{path}: group {key!r} should hold one ({kh},{kw},{i},{o}) kernel and "
                                  f"one ({o},) bias; found shapes {[a.shape for a in arrays]}")
             out[key] = (_hwio(kern[0]), torch.from_numpy(np.asarray(bias[0], dtype=np.float32)))
     n = sum(w.numel() + b.numel() for w, b in out.values())
     if n != SqueezeNet11.NUM_PARAMETERS:
-        raise ValueError(f"{path}: {n:,} parameters, SqueezeNet v1.1 has {SqueezeNet11.NUM_PARAMETERS:,}")
+        raise InputError(f"{path}: {n:,} parameters, SqueezeNet v1.1 has {SqueezeNet11.NUM_PARAMETERS:,}")
     return out
 
 
@@ -516,7 +518,7 @@ def build_backbone(name: str, path: str | os.PathLike | None = None, layers: Ite
     pretrained=False: seeded random weights, for smoke tests without weight files."""
     key = _ALIASES.get(name, name)
     if key not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)} (aliases {sorted(_ALIASES)})")
+        raise UnknownNameError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)} (aliases {sorted(_ALIASES)})")
     spec = BACKBONES[key]
     opts = {**spec["options"], **options}
     layers = list(layers) if layers is not None else None
@@ -534,7 +536,7 @@ def build_backbone(name: str, path: str | os.PathLike | None = None, layers: Ite
 
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"weight file {path} for backbone {key!r} does not exist")
+            raise MissingFileError(f"weight file {path} for backbone {key!r} does not exist")
         file = W.verify(Path(path))
     else:
         file = W.resolve(spec["weights"])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..labels import area_resize
+from ..errors import InputError, UnknownNameError
 
 # Widths of the released models by module index from the 4x8 base: 1024 below 128 px height,
 # 512 at 128 and 256, then 128 at 512 and 32 at 1024 (demo_512p/1024p overrides).
@@ -39,7 +40,7 @@ class CRNConfig:
     def module_widths(self) -> list[int]:
         w = list(self.widths) if self.widths else list(OFFICIAL_WIDTHS[: self.levels])
         if len(w) != self.levels:
-            raise ValueError(f"widths has {len(w)} entries for {self.levels} levels")
+            raise InputError(f"widths has {len(w)} entries for {self.levels} levels")
         return [max(4, int(round(x * self.width_mult))) for x in w]
 
     @property
@@ -98,7 +99,7 @@ class CRN(nn.Module):
         H, W = label.shape[-2:]
         f = 2 ** (n - 1)
         if H % f or W % f:
-            raise ValueError(f"label size {H}x{W} is not divisible by {f} (= 2^(levels-1)); "
+            raise InputError(f"label size {H}x{W} is not divisible by {f} (= 2^(levels-1)); "
                              f"native size is {self.config.size[0]}x{self.config.size[1]}")
         labels = [label]
         for _ in range(n - 1):  # each level is the area-downsampling of the next finer one
@@ -138,7 +139,7 @@ class CRN(nn.Module):
         sd = {}
         for key, tf_name in self.official_names().items():
             if tf_name not in variables:
-                raise KeyError(f"checkpoint has no variable {tf_name!r} (needed for {key})")
+                raise UnknownNameError(f"checkpoint has no variable {tf_name!r} (needed for {key})")
             v = torch.as_tensor(np.asarray(variables[tf_name]))
             if v.ndim == 4:
                 v = v.permute(3, 2, 0, 1)  # HWIO -> OIHW

@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError, UnknownNameError
+
 __all__ = [
     "ESPNetEncoder", "ESPNet", "ESPNET_PRESETS", "build_espnet", "load_espnet", "espnet_preprocess",
 ]
@@ -182,7 +184,7 @@ class ESPNet(nn.Module):
     def __init__(self, classes: int = 20, p: int = 2, q: int = 8, skip: str = "level1"):
         super().__init__()
         if skip not in ("level1", "b1"):
-            raise ValueError(f"skip must be 'level1' or 'b1', got {skip!r}")
+            raise InputError(f"skip must be 'level1' or 'b1', got {skip!r}")
         self.skip = skip
         self.encoder = ESPNetEncoder(classes, p, q)
         self.level3_C = C(128 + 3, classes, 1)
@@ -196,7 +198,7 @@ class ESPNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h % 8 or w % 8:
-            raise ValueError(f"ESPNet needs H and W divisible by 8, got {h}x{w}")
+            raise InputError(f"ESPNet needs H and W divisible by 8, got {h}x{w}")
         f = self.encoder.forward_features(x)
         l3 = self.up_l3(self.br(self.encoder.classifier(f["b3"])))
         l2 = self.up_l2(self.combine_l2_l3(torch.cat([self.level3_C(f["b2"]), l3], 1)))
@@ -228,7 +230,7 @@ def espnet_preprocess(images: torch.Tensor, mean, std) -> torch.Tensor:
 def build_espnet(name: str) -> ESPNet:
     """The architecture of a preset, randomly initialised (no weights)."""
     if name not in ESPNET_PRESETS:
-        raise KeyError(f"unknown ESPNet preset {name!r}; known: {sorted(ESPNET_PRESETS)}")
+        raise UnknownNameError(f"unknown ESPNet preset {name!r}; known: {sorted(ESPNET_PRESETS)}")
     cfg = ESPNET_PRESETS[name]
     return ESPNet(cfg["classes"], p=2, q=8, skip=cfg["skip"])
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import CheckpointError, InputError, MissingFileError
+
 __all__ = [
     "FIDInceptionV3", "load_fid_inception", "FID_WEIGHTS_FILE", "FID_WEIGHTS_URL",
     "frechet_distance", "frechet_distance_features", "feature_statistics", "kernel_inception_distance",
@@ -213,14 +215,19 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"FID Inception weights not found at {p}; get {FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL}")
     W.verify(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
     net = FIDInceptionV3()
-    net.load_state_dict(state, strict=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        net.load_state_dict(state, strict=True)
+    except Exception as e:  # torch.load raises many types on a wrong file (even IndexError)
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"{p}: not the FID Inception weights {FID_WEIGHTS_FILE} "
+                              f"({type(e).__name__}: {why})") from None
     return net.requires_grad_(False).eval()
 
 
@@ -231,7 +238,7 @@ def feature_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of (N, D) features, in float64."""
     f = np.asarray(feats, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors (N, D), got shape {f.shape}")
+        raise InputError(f"need at least 2 feature vectors (N, D), got shape {f.shape}")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -248,7 +255,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
+        raise InputError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {s1.shape} vs {s2.shape}")
     diff = mu1 - mu2
     if method == "eigh":
@@ -268,11 +275,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
         if np.iscomplexobj(covmean):
             imag = np.abs(np.diagonal(covmean).imag).max()
             if imag > 1e-3 * max(1.0, np.abs(np.diagonal(covmean).real).max()):
-                raise ValueError(f"Fréchet distance: matrix square root has a large imaginary part ({imag:.3g})")
+                raise InputError(f"Fréchet distance: matrix square root has a large imaginary part ({imag:.3g})")
             covmean = covmean.real
         tr_covmean = float(np.trace(covmean))
     else:
-        raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+        raise InputError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
@@ -287,10 +294,10 @@ def frechet_distance_features(x: np.ndarray, y: np.ndarray, method: str = "auto"
     covariance route."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) with the same D, got {x.shape} and {y.shape}")
+        raise InputError(f"feature sets must be (N, D) with the same D, got {x.shape} and {y.shape}")
     n1, n2, d = len(x), len(y), x.shape[1]
     if n1 < 2 or n2 < 2:
-        raise ValueError(f"need at least 2 feature vectors per set, got {n1} and {n2}")
+        raise InputError(f"need at least 2 feature vectors per set, got {n1} and {n2}")
     if method == "auto":
         method = "sqrtm" if min(n1, n2) >= d else "lowrank"
     if method != "lowrank":
@@ -309,7 +316,7 @@ def polynomial_mmd(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float |
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n = len(x), len(y)
     if m < 2 or n < 2:
-        raise ValueError("MMD needs at least 2 samples per set")
+        raise InputError("MMD needs at least 2 samples per set")
     g = 1.0 / x.shape[1] if gamma is None else gamma
     kxx = (g * x @ x.T + coef0) ** degree
     kyy = (g * y @ y.T + coef0) ** degree
@@ -327,7 +334,7 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray, num_subsets: int = 1
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m = min(subset_size, len(x), len(y))
     if m < 2:
-        raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+        raise InputError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
     rng = np.random.default_rng(seed)
     vals = np.array([
         polynomial_mmd(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])

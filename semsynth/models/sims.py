@@ -7,7 +7,8 @@ real pixels), every resize is bilinear with align_corners=True, as in the origin
 
 * `SIMSTransform` (SPEC B.3): per retrieved segment, [segment RGB, target mask, layout one-hot]
   (3 + 1 + C+1 = 24 ch) resized to 256x512 -> 5-stage encoder -> global mean -> a zero-initialised
-  linear layer with identity bias -> an affine theta (2x3). **Deliberate difference:** theta acts on
+  linear layer with identity bias -> an affine theta (2x3), learnt in the original's pixel units
+  (`TransformConfig.theta_units`, the presets) and returned normalised. **Deliberate difference:** theta acts on
   PyTorch's normalised coordinates (`F.affine_grid`, align_corners=False: the image spans [-1, 1],
   pixel centres at (2i+1)/W - 1, the centre is exactly the image centre), instead of the original's
   pixel offsets from floor(W/2) with zero-valued last row/column (SPEC B.8.7). Translations are thus
@@ -41,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import config_from_dict
+from ..errors import InputError
 
 __all__ = [
     "TransformConfig", "OrderConfig", "SynthesisConfig", "SIMSTransform", "SIMSOrder", "SIMSSynthesis",
@@ -141,6 +143,12 @@ class TransformConfig:
     num_classes: int = 19
     work_size: tuple[int, int] = (256, 512)  # the net runs on its inputs resized to this
     width_mult: float = 1.0
+    # What the regressor's 6 outputs mean: "pixels" = the original's theta (translations in pixels
+    # of the input frame, linear part on pixel offsets from the centre), converted to normalised
+    # theta in forward, so Adam at the original's lr 1e-5 moves theta as it did there; "normalised"
+    # = affine_grid's theta directly (one unit = W/2 pixels: 1e-5 then moves a 1024-px frame's
+    # segments ~500x faster). The presets use "pixels"; the default keeps older checkpoints' meaning.
+    theta_units: str = "normalised"
 
 
 
@@ -187,6 +195,8 @@ class SIMSTransform(nn.Module):
         super().__init__()
         self.config = config
         widths = _scale(ENCODER5, config.width_mult)
+        if config.theta_units not in ("pixels", "normalised"):
+            raise InputError(f"theta_units must be 'pixels' or 'normalised', got {config.theta_units!r}")
         self.encoder = Encoder5(3 + 1 + config.num_classes + 1, widths)
         self.fc = nn.Linear(self.encoder.out_channels, 6)
         _glorot(self)
@@ -205,7 +215,12 @@ class SIMSTransform(nn.Module):
         # theta in float32 even under autocast: bf16 would round the identity's 1.0 to +-0.4 %,
         # i.e. several pixels of scale error at 1024 px.
         with torch.autocast(device_type=f.device.type, enabled=False):
-            return self.fc(f.float()).view(-1, 2, 3)
+            theta = self.fc(f.float()).view(-1, 2, 3)
+            if self.config.theta_units == "pixels":
+                # x_px = x_norm * W/2, y_px = y_norm * H/2 (offsets from the centre of the H x W frame)
+                H, W = segment.shape[-2:]
+                theta = theta * theta.new_tensor([[1.0, H / W, 2.0 / W], [W / H, 1.0, 2.0 / H]])
+            return theta
 
 
 def warp(image: torch.Tensor, theta: torch.Tensor, size=None, mode: str = "bilinear") -> torch.Tensor:
@@ -337,9 +352,9 @@ class SIMSSynthesis(nn.Module):
         super().__init__()
         self.config = config
         if not 1 <= config.levels <= 6:
-            raise ValueError(f"levels must be 1..6, got {config.levels}")
+            raise InputError(f"levels must be 1..6, got {config.levels}")
         if config.stages not in (0, 1, 2):
-            raise ValueError(f"stages must be 0, 1 or 2, got {config.stages}")
+            raise InputError(f"stages must be 0, 1 or 2, got {config.stages}")
         m = config.width_mult
         cx = config.num_classes + 1 + 3 + 1
         enc = _scale(ENCODER6[: config.levels], m)
@@ -387,7 +402,7 @@ class SIMSSynthesis(nn.Module):
         H, W = x.shape[-2:]
         f = 2 ** (cfg.stages + cfg.levels)
         if H % f or W % f:
-            raise ValueError(f"input size {H}x{W} is not divisible by {f} (= 2^(stages+levels)); "
+            raise InputError(f"input size {H}x{W} is not divisible by {f} (= 2^(stages+levels)); "
                              f"native size is {cfg.size[0]}x{cfg.size[1]}")
         s = 2 ** cfg.stages
         xb = _resize(x, (H // s, W // s))
@@ -426,11 +441,12 @@ SIMS_PRESETS: dict[str, dict] = {
     "sims-synthesis-256p": {"arch": "sims-synthesis", "stages": 0},    # 55,671,319 (spec: ~55.7M)
     "sims-synthesis-512p": {"arch": "sims-synthesis", "stages": 1},    # 56,138,903 (spec: ~56.1M)
     "sims-synthesis-1024p": {"arch": "sims-synthesis", "stages": 2},   # 56,138,987 (+ the 27->3 1x1 conv)
-    "sims-transform": {"arch": "sims-transform"},                      # 14,734,086
+    "sims-transform": {"arch": "sims-transform", "theta_units": "pixels"},  # 14,734,086
     "sims-order": {"arch": "sims-order"},                              # 15,267,476
     # Smoke tests at 32x64: 1/16 widths; synthesis has the 512-style fine block over a 3-level backbone.
     "sims-tiny": {"arch": "sims-synthesis", "stages": 1, "levels": 3, "width_mult": 1 / 16, "native": [32, 64]},
-    "sims-transform-tiny": {"arch": "sims-transform", "work_size": [32, 64], "width_mult": 1 / 16},
+    "sims-transform-tiny": {"arch": "sims-transform", "work_size": [32, 64], "width_mult": 1 / 16,
+                            "theta_units": "pixels"},
     "sims-order-tiny": {"arch": "sims-order", "work_size": [32, 64], "width_mult": 1 / 16},
 }
 

@@ -50,6 +50,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..errors import InputError
 from ..labels import LabelError, get_space
 
 log = logging.getLogger("semsynth.serve")
@@ -99,7 +100,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"--precision {precision!r}: choose auto, fp32 or bf16")
+        raise InputError(f"--precision {precision!r}: choose auto, fp32 or bf16")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
@@ -205,7 +206,7 @@ def load_models(specs: list[str] | None = None, bank: str | None = None, device:
     from ..utils import pick_device
 
     if queue < 1:
-        raise ValueError(f"--queue must be at least 1 (got {queue})")
+        raise InputError(f"--queue must be at least 1 (got {queue})")
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
     explicit = bool(specs)
@@ -215,7 +216,7 @@ def load_models(specs: list[str] | None = None, bank: str | None = None, device:
         sims = ckpt.read_metadata(resolve_checkpoint(spec))["task"].startswith("sims")
         if sims and not bank:
             if explicit:
-                raise ValueError(f"{spec}: is a SIMS model; serve it with --bank BANK (a memory bank "
+                raise InputError(f"{spec}: is a SIMS model; serve it with --bank BANK (a memory bank "
                                  "built with `semsynth sims build-bank`)")
             say(f"semsynth serve: skipping the SIMS model {spec!r} (no --bank given)")
             continue
@@ -225,7 +226,7 @@ def load_models(specs: list[str] | None = None, bank: str | None = None, device:
             name, n = f"{_model_name(spec)}-{n}", n + 1
         slots[name] = ModelSlot(name, spec, pipe, prec, queue, bank if sims else None)
     if not slots:
-        raise ValueError("no model to serve: name one with --model NAME|PATH")
+        raise InputError("no model to serve: name one with --model NAME|PATH")
     return slots
 
 
@@ -538,7 +539,7 @@ def make_server(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: st
     try:
         sock = socket.create_server((host, port), family=family)
     except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
                          "or --host") from None
     local = _is_loopback(host)
     shown = host if local else "127.0.0.1"

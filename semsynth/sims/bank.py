@@ -60,6 +60,8 @@ from ..utils import atomic_path
 from .segments import (REFERENCE_SIZE, SegmentSet, class_roles, extract_segments, layout_grid,
                        scaled_area)
 
+from ..errors import InputError
+
 __all__ = ["Bank", "BankError", "Segment", "build_bank", "build_bank_from_paths", "open_bank",
            "SEG_DTYPE", "DEFAULT_SIG_GRID", "DEFAULT_CONTEXT_GRID"]
 
@@ -78,7 +80,7 @@ INDEX_DTYPE = np.dtype(SEG_DTYPE.descr + [("shard", "<i4"), ("local", "<i4")])
 IMG_DTYPE = np.dtype([("label_off", "<i8"), ("label_len", "<i8")])
 
 
-class BankError(ValueError):
+class BankError(InputError):
     """A bank folder that cannot be used (missing, incompatible, damaged)."""
 
 
@@ -601,7 +603,7 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
         size = _as_hw(size if size is not None else REFERENCE_SIZE)
         rgb_scale = 2 if rgb_scale is None else rgb_scale
         if int(rgb_scale) < 1:
-            raise ValueError(f"rgb_scale must be >= 1, got {rgb_scale}")
+            raise InputError(f"rgb_scale must be >= 1, got {rgb_scale}")
         roles = class_roles(sp)
         meta = {
             "format": FORMAT, "space": sp.to_dict(), "size": list(size), "rgb_scale": int(rgb_scale),

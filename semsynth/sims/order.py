@@ -42,6 +42,7 @@ from scipy import ndimage
 from ..labels import LabelSpace, get_space
 from ..utils import atomic_path, shared_dir
 from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
+from ..errors import InputError, MissingFileError, UnknownNameError
 
 __all__ = [
     "ORIGINAL_ORDER_IDS", "full_order", "back_ratio", "order_from_counts", "original_order", "coarse_order",
@@ -62,7 +63,7 @@ def back_ratio(counts: np.ndarray) -> np.ndarray:
     MATLAB would give NaN and sort them first)."""
     c = np.asarray(counts, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
-        raise ValueError(f"order counts must be a square (C, C) matrix, got shape {c.shape}")
+        raise InputError(f"order counts must be a square (C, C) matrix, got shape {c.shape}")
     back, front = c.sum(1), c.sum(0)
     tot = back + front
     return np.where(tot > 0, back / np.where(tot > 0, tot, 1), 0.5)
@@ -97,13 +98,13 @@ def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
 
     p = Path(path) if path is not None else shared_dir() / "reference" / "sims_priors" / "order_frequency.mat"
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: SIMS order_frequency.mat not found")
+        raise MissingFileError(f"{p}: SIMS order_frequency.mat not found")
     try:
         m = loadmat(p)
     except Exception as e:  # scipy raises several types for broken files
-        raise ValueError(f"{p}: cannot read .mat file ({e})") from e
+        raise InputError(f"{p}: cannot read .mat file ({e})") from e
     if "frequency" not in m or m["frequency"].shape != (19, 19):
-        raise ValueError(f"{p}: expected a 19x19 variable 'frequency'")
+        raise InputError(f"{p}: expected a 19x19 variable 'frequency'")
     return m["frequency"].astype(np.int64)
 
 
@@ -129,14 +130,14 @@ def coarse_order(space: "LabelSpace | str" = "cityscapes", counts: np.ndarray | 
     if counts is not None:
         counts = np.asarray(counts)
         if counts.shape != (space.num_classes, space.num_classes):
-            raise ValueError(f"order counts are {counts.shape}, label space {space.name!r} has "
+            raise InputError(f"order counts are {counts.shape}, label space {space.name!r} has "
                              f"{space.num_classes} classes")
         return order_from_counts(counts).tolist()
     if prior is not None:
         return load_prior(prior, space)["order"]
     if _is_cityscapes19(space):
         return original_order().tolist()
-    raise KeyError(f"no class-order prior for label space {space.name!r}; compute one from "
+    raise UnknownNameError(f"no class-order prior for label space {space.name!r}; compute one from "
                    f"labelled data with `semsynth sims order-prior --data DATA -o prior.json`")
 
 
@@ -157,11 +158,11 @@ def load_prior(path: str | Path, space: LabelSpace | None = None) -> dict:
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: class-order prior not found") from None
+        raise MissingFileError(f"{path}: class-order prior not found") from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read class-order prior ({e})") from e
+        raise InputError(f"{path}: cannot read class-order prior ({e})") from e
     if space is not None and list(obj.get("classes", [])) != list(space.names):
-        raise ValueError(f"{path}: prior is for classes {obj.get('classes')}, not those of {space.name!r}")
+        raise InputError(f"{path}: prior is for classes {obj.get('classes')}, not those of {space.name!r}")
     return obj
 
 
@@ -206,7 +207,7 @@ def pair_relations(label: np.ndarray, space: LabelSpace, disparity: np.ndarray |
     bands = {i: _dilate(edges[i], band_px) for i in big}
     disp = None if disparity is None else np.asarray(disparity, dtype=np.float64)
     if disp is not None and disp.shape != (H, W):
-        raise ValueError(f"disparity map is {disp.shape[1]}x{disp.shape[0]}, layout is {W}x{H}")
+        raise InputError(f"disparity map is {disp.shape[1]}x{disp.shape[0]}, layout is {W}x{H}")
     out = []
     for x, a in enumerate(big):
         for b in big[x + 1:]:

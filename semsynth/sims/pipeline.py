@@ -33,6 +33,7 @@ from .. import checkpoint as ckpt
 from ..labels import LabelSpace, colorize, one_hot
 from ..models.sims import front_probability, pair_input, snap_theta
 from ..utils import atomic_path, pick_device
+from ..errors import InputError
 
 __all__ = ["SIMSPipeline", "SIMSResult", "PairwiseOrder"]
 
@@ -60,7 +61,7 @@ def _load(path_or_model, want: str, device):
 
     meta = ckpt.read_metadata(resolve_checkpoint(path_or_model))
     if meta["task"] != want:
-        raise ValueError(f"{path_or_model}: is a {meta['task']!r} checkpoint, expected {want!r}")
+        raise InputError(f"{path_or_model}: is a {meta['task']!r} checkpoint, expected {want!r}")
     model, meta = ckpt.load_model(resolve_checkpoint(path_or_model), device)
     return model, meta
 
@@ -119,20 +120,21 @@ class SIMSPipeline:
 
     def __init__(self, synthesis: torch.nn.Module, space: LabelSpace, bank, transform=None, order=None,
                  meta: dict | None = None, device=None, k: int = 10, retrieval_mode: str = "iou",
-                 snap: bool = True, canvas_config=None, seed: int = 0, variety: int = 3):
+                 snap: bool = True, canvas_config=None, seed: int = 0, variety: int = 3,
+                 allow_upsampled_bank: bool = False):
         from .bank import Bank
         from .retrieval import Retriever
         from .order import full_order
 
         if bank is None:
-            raise ValueError("a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
+            raise InputError("a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
                              "built with `semsynth sims build-bank`")
         self.device = device or pick_device()
         self.model = synthesis.to(self.device).eval()
         self.space = space
         self.bank = bank if isinstance(bank, Bank) else Bank.open(bank)
         if list(self.bank.space.names) != list(space.names):
-            raise ValueError(f"the bank's label space ({self.bank.space.name}, {self.bank.space.num_classes} "
+            raise InputError(f"the bank's label space ({self.bank.space.name}, {self.bank.space.num_classes} "
                              f"classes) is not the model's ({space.name}, {space.num_classes} classes)")
         self.transform = transform.to(self.device).eval() if transform is not None else None
         self.order_net = order.to(self.device).eval() if order is not None else None
@@ -141,6 +143,8 @@ class SIMSPipeline:
         self.variety = max(1, min(int(variety), self.k))
         self.canvas_config = canvas_config
         self._size = None
+        self.allow_upsampled_bank = bool(allow_upsampled_bank)
+        self._check_bank_scale()
         self.retriever = Retriever(self.bank)
         self.class_order = full_order(space)
         self.rank = np.empty(space.num_classes, np.int64)
@@ -152,7 +156,7 @@ class SIMSPipeline:
         """checkpoint: a `sims-synthesis` run/checkpoint; bank: a memory-bank folder (or `Bank`);
         transform / order: optional `sims-transform` / `sims-order` checkpoints (or modules)."""
         if bank is None:
-            raise ValueError("a SIMS checkpoint needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
+            raise InputError("a SIMS checkpoint needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
                              "built with `semsynth sims build-bank`")
         dev = pick_device(device)
         model, meta = _load(checkpoint, "sims-synthesis", dev)
@@ -168,6 +172,21 @@ class SIMSPipeline:
     @size.setter
     def size(self, value) -> None:
         self._size = tuple(int(v) for v in value) if value is not None else None
+        self._check_bank_scale()
+
+    def _check_bank_scale(self) -> None:
+        """Canvases are composed from the bank's photos: a bank whose photos are smaller than the
+        synthesis size would be upsampled (the 1024p model on a default 512x1024 bank), which the
+        original never does. Refuse, saying how to build a full-scale bank."""
+        (H, W), (rh, rw) = self.size, self.bank.rgb_size
+        if self.allow_upsampled_bank or (H <= rh and W <= rw):
+            return
+        need = max(-(-H // self.bank.size[0]), -(-W // self.bank.size[1]))
+        raise InputError(
+            f"this model synthesizes {H}x{W} but the bank {self.bank.path} keeps photos at {rh}x{rw} "
+            f"(rgb_scale {self.bank.rgb_scale}): its segments would be upsampled. Build a full-scale bank with "
+            f"`semsynth sims build-bank --data DATA --out BANK --rgb-scale {need}` (or pass "
+            f"allow_upsampled_bank=True)")
 
     # ------------------------------------------------------------------ steps
     def _as_label(self, layout) -> np.ndarray:
@@ -318,37 +337,33 @@ class SIMSPipeline:
 
     def synthesize_files(self, inputs, out_dir: str | Path, save_intermediates: bool = False,
                          overwrite: bool = False, progress: bool = True, size=None, k=None, grid=False,
-                         batch_size=None) -> list[Path]:
+                         batch_size=None, skip_existing: bool = False, label_space=None,
+                         label_encoding: str | None = None) -> list[Path]:
         """Label-map files/folders -> `<stem>.png` (k = 1) or `<stem>_k<i>.png` (variant i, see
         `choice`) in `out_dir`, plus intermediates (of variant 0) and with `grid` a tiled
-        `<stem>_grid.png`. Refuses to overwrite existing outputs unless `overwrite` (checked
-        before anything is written). size: synthesis size (default the model's). batch_size:
-        accepted for the CLI's sake; SIMS composes one layout at a time."""
-        if size is not None:
-            self.size = size
+        `<stem>_grid.png`. Refuses to overwrite existing outputs unless `overwrite`;
+        `skip_existing` leaves out the layouts whose outputs are all there (`pipelines.plan_outputs`:
+        all checked before anything is written). size: synthesis size (default the model's).
+        batch_size: accepted for the CLI's sake; SIMS composes one layout at a time."""
         from PIL import Image
 
-        from ..data import list_label_files
-        from ..pipelines import output_names, tile
+        from ..data import check_size
+        from ..labels import layout_reader
+        from ..pipelines import check_count, output_names, plan_outputs, tile
 
-        k = max(1, int(k or 1))
-        files = list_label_files(inputs)
-        stems = [f.stem for f in files]
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
-        if dupes:
-            raise ValueError(f"several inputs share the output name(s) {dupes[:5]}; synthesize them "
-                             f"into separate folders")
-        out_dir = Path(out_dir)
+        k = check_count(k, "k") or 1
+        check_count(batch_size, "batch size")
+        if size is not None:
+            self.size = check_size(size, "--size")
+        read = layout_reader(self.space, label_space, label_encoding)
         extra = ("_canvas.png", "_layout.png", "_segments.png", "_segments.json") if save_intermediates else ()
-        names = lambda s: output_names(s, k) + [s + e for e in extra] + ([f"{s}_grid.png"] if grid else [])  # noqa: E731
-        existing = [out_dir / n for s in stems for n in names(s) if (out_dir / n).exists()]
-        if existing and not overwrite:
-            raise FileExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; "
-                                  f"pass --overwrite to replace them")
-        it = zip(files, stems)
+        plan = plan_outputs(inputs, out_dir, lambda s: output_names(s, k) + [s + e for e in extra]
+                            + ([f"{s}_grid.png"] if grid else []), overwrite=overwrite, skip_existing=skip_existing)
+        out_dir = Path(out_dir)
+        it = [(f, f.stem) for f, _ in plan]
         if progress:
             from tqdm import tqdm
-            it = tqdm(list(it), desc="sims synthesize", unit="img")
+            it = tqdm(it, desc="sims synthesize", unit="img")
 
         def write(name, arr):
             with atomic_path(out_dir / name) as tmp:
@@ -357,7 +372,7 @@ class SIMSPipeline:
 
         written = []
         for f, stem in it:
-            results = self.run_variants(f, k)
+            results = self.run_variants(read(f), k)
             first, images = results[0], [r.image for r in results]
             for name, img in zip(output_names(stem, k), images):
                 write(name, img)

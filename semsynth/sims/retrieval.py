@@ -42,6 +42,8 @@ from .bank import Bank, _unpack
 from .segments import (REFERENCE_MIN_AREA, SegmentSet, extract_segments, grid_index, layout_grid,
                        scaled_area)
 
+from ..errors import InputError
+
 __all__ = ["Retriever", "Retrieval", "retrieve", "benchmark_retrieval"]
 
 
@@ -210,7 +212,7 @@ class Retriever:
         search to / leave out (e.g. the query's own image when building training canvases)."""
         t0 = time.perf_counter()
         if mode not in ("iou", "context"):
-            raise ValueError(f"mode must be 'iou' or 'context', got {mode!r}")
+            raise InputError(f"mode must be 'iou' or 'context', got {mode!r}")
         label = self._as_label(label)
         q = extract_segments(label, self.C, self.thin, sig_grid=self.sig_grid, cells=self._cells_sig)
         Q = len(q)
@@ -290,10 +292,10 @@ class Retriever:
             label = label.cpu().numpy()
         label = np.asarray(label)
         if label.ndim != 2 or label.dtype.kind not in "ui":
-            raise ValueError(f"a query layout is an (H, W) integer map of class indices, got "
+            raise InputError(f"a query layout is an (H, W) integer map of class indices, got "
                              f"{label.dtype} {label.shape}")
         if label.size and (label.min() < 0 or label.max() > self.C):
-            raise ValueError(f"query layout has class indices {label.min()}..{label.max()}, the bank's "
+            raise InputError(f"query layout has class indices {label.min()}..{label.max()}, the bank's "
                              f"label space has 0..{self.C} (void = {self.C})")
         if label.shape != self.size:
             from ..data import resize_label

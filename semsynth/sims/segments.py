@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..labels import LabelSpace
+from ..errors import InputError
 
 __all__ = [
     "REFERENCE_SIZE", "REFERENCE_MIN_AREA", "SegmentSet", "extract_segments", "class_roles",
@@ -176,7 +177,7 @@ def extract_segments(label: np.ndarray, num_classes: int, thin: tuple[int, ...] 
     (None: none)."""
     label = np.asarray(label)
     if label.ndim != 2:
-        raise ValueError(f"extract_segments expects an (H, W) label map, got shape {label.shape}")
+        raise InputError(f"extract_segments expects an (H, W) label map, got shape {label.shape}")
     size = label.shape
     thin_set = np.zeros(num_classes + 2, dtype=bool)
     thin_set[list(thin)] = True

@@ -7,8 +7,8 @@ the original MATLAB data generators (SPEC B.3.1, B.4.2, B.6.1) instead of precom
   random scale U[0.9, 1.1) and rotation U(-r, r) about its box centre and a shift of up to
   +-1/32 of its box size; the network sees the jittered segment, the original mask and the layout,
   and is trained with the original's masked L1 (in 0..255 pixel units) between the warped
-  composite and the photo. **Fixed:** the rotation is applied (B.8.5; r = 2.5 deg by default, the
-  magnitude the original uses for label corruption); the paste-back centring bug is gone.
+  composite and the photo. The rotation the original draws but never applies (B.8.5) is off by
+  default (`jitter.rotation_deg: 0`; e.g. 2.5 applies one); the paste-back centring bug is gone.
 * **sims-order**: pairs of adjacent segments of different classes whose front/back relation is
   read from a disparity (or depth) map in the boundary band (B.4.2). **Fixed:** the planar/object
   override applies in both orientations; up to 10 *random* pairs per step with no stale slots
@@ -47,6 +47,7 @@ from ..models.sims import front_probability, invert_theta, jitter_theta, pair_in
 from ..train import register_task
 from .order import full_order as coarse_order
 from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
+from ..errors import MissingFileError
 
 __all__ = [
     "SynthesisTask", "TransformTask", "OrderTask", "SynthesisCanvases", "JitteredSegments",
@@ -191,7 +192,7 @@ class JitteredSegments(_Draws):
     normalised theta that `warp` uses to make the perturbed segment, "valid" (N,) bool}."""
 
     def __init__(self, base, space, draws=2, seed=0, slots=10, min_area=REFERENCE_MIN_AREA,
-                 scale=(0.9, 1.1), shift=0.125 / 2, rotation_deg=2.5):
+                 scale=(0.9, 1.1), shift=0.125 / 2, rotation_deg=0.0):
         super().__init__(base, space, draws, seed)
         self.slots, self.min_area = int(slots), float(min_area)
         self.scale, self.shift, self.rotation = tuple(scale), float(shift), math.radians(rotation_deg)
@@ -263,7 +264,7 @@ class TransformTask(_TaskBase):
                               seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
                               min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
                               scale=j.get("scale", (0.9, 1.1)), shift=float(j.get("shift", 0.0625)),
-                              rotation_deg=float(j.get("rotation_deg", 2.5)))
+                              rotation_deg=float(j.get("rotation_deg", 0.0)))
         self.images = ds.num_images
         _steps_from_epochs(cfg, ds.num_images)
         return ds
@@ -436,7 +437,7 @@ class OrderTask(_TaskBase):
                 folder = root / "disparity"
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder}: no disparity maps. The order network learns front/back from disparity or "
                 f"depth: use a dataset with Cityscapes' disparity/<split>/<city>/*_disparity.png, or "
                 f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)")
@@ -452,7 +453,7 @@ class OrderTask(_TaskBase):
                 keep.append(k)
                 files.append(hit)
         if not keep:
-            raise FileNotFoundError(f"{folder}: none of the {len(base)} images has a depth/disparity map "
+            raise MissingFileError(f"{folder}: none of the {len(base)} images has a depth/disparity map "
                                     f"(looked for <frame>_disparity.png / <frame>.png / .npy)")
         ds = OrderPairs(_Subset(base, keep), self.space, files, kind=kind, draws=d.get("draws", 1),
                         seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
