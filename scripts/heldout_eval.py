@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from semsynth.checkpoint import read_metadata
 from semsynth.data import load_image, save_image
+from semsynth.pipelines import resolve_checkpoint
 from semsynth.utils import shared_dir
 
 
@@ -47,8 +49,10 @@ def main() -> int:
         path = path or name
         dest = out / name
         cmd = ["semsynth", "synthesize", path, str(labels), "-o", str(dest), "--k", str(a.k), "--overwrite"]
-        if a.bank:
-            cmd += ["--bank", a.bank] if "sims" in name else []
+        if read_metadata(resolve_checkpoint(path))["task"].startswith("sims"):  # SIMS needs the bank
+            if not a.bank:
+                raise SystemExit(f"{spec}: a SIMS model needs --bank")
+            cmd += ["--bank", a.bank]
         print(" ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
         if a.evaluate:

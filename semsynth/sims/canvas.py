@@ -607,9 +607,9 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
         shift = (2 * rng.random((n, 2)) - 1) * slack
         t64 = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
         theta = jitter_theta(t64(np.tile([[W / 2, H / 2]], (n, 1))), t64(np.ones(n)), t64(a), t64(shift), H, W)
-        qm = torch.from_numpy(np.stack(qmasks)[:, None].astype(np.float32))
-        moved = (warp(qm, theta.float(), mode="nearest") > 0.5)[:, 0].numpy()
-        spill |= (moved & ~np.stack(qmasks)).any(0)
+        qs = np.stack(qmasks)
+        moved = (warp(torch.from_numpy(qs[:, None].astype(np.float32)), theta.float(), mode="nearest") > 0.5)
+        spill |= (moved[:, 0].numpy() & ~qs).any(0)
     label[spill] = C
     return Canvas(rgb=canvas, support=support, label=label, owner=owner, order=visit,
                   bank_ids=bank_ids, warped=np.zeros(Q, bool))

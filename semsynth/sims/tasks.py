@@ -527,6 +527,7 @@ class SynthesisCanvases(_Draws):
         self.bank, self.pool, self.min_area = bank, int(pool), float(min_area)
         self.p_ct, self.corrupt = float(colour_transfer), float(corrupt_rotation_deg)
         self.elision = (float(elision_band) * 512, float(elision_ratio))
+        self.order = coarse_order(space)
         # bank image id -> dataset index (the bank was built from this dataset, by name)
         names = {n: k for k, n in enumerate(bank.image_names)}
         self.bank_of = np.array([names.get(self._name(i), -1) for i in range(self.num_images)], np.int64)
@@ -571,7 +572,7 @@ class SynthesisCanvases(_Draws):
         r = dataclasses.replace(r, ids=self._ids[i, d][:, None], searched=self._ids[i, d] >= 0)
         cv = training_canvas(self.bank, r, rgb, ref_image=self._photo, rng=self.rng(i, d),
                              recolor_p=self.p_ct, elision=self.elision[0], elision_ratio=self.elision[1],
-                             corrupt_deg=self.corrupt, order=coarse_order(self.space))
+                             corrupt_deg=self.corrupt, order=self.order)
         rgb_t, sup = cv.tensors()
         return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
                 "label_gt": torch.from_numpy(ids), "label": torch.from_numpy(cv.label),
