@@ -29,7 +29,8 @@ from semsynth.labels import get_space
 from semsynth.layouts import street_layout
 from semsynth.models import build_model, model_config
 from semsynth.serve import Limits, create_app, load_models
-from semsynth.serve.app import ModelSlot, native_bf16, resolve_precision, upload_name
+from semsynth.precision import native_bf16, resolve_precision
+from semsynth.serve.app import ModelSlot, upload_name
 
 CS = get_space("cityscapes")
 SIZE = (32, 64)
@@ -425,7 +426,7 @@ def test_precision(ckpts):
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    with pytest.raises(ValueError, match="--precision"):
+    with pytest.raises(ValueError, match="precision .fp16.: choose one of auto, fp32, bf16"):
         resolve_precision("fp16", cpu)
     ids = street_layout(1, SIZE)
     for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -52,6 +52,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..errors import InputError
 from ..labels import LabelError, get_space
+from ..precision import resolve_precision
 
 log = logging.getLogger("semsynth.serve")
 
@@ -82,28 +83,6 @@ class ApiError(Exception):
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-# --------------------------------------------------------------------------- precision
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 natively (CPUs: AVX512-BF16 or AMX; elsewhere it is emulated
-    and slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return any(getattr(torch.cpu, f, lambda: False)() for f in
-                   ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"--precision {precision!r}: choose auto, fp32 or bf16")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
 
 
 # --------------------------------------------------------------------------- models
