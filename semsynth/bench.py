@@ -1,17 +1,55 @@
-"""Costs of model presets: parameters, multiply-accumulates, seconds and memory per forward pass.
+"""Costs of networks against this machine's limit: parameters, multiply-accumulates, seconds,
+achieved GFLOP/s as a fraction of the 3x3-convolution peak measured in the same run, peak memory.
 
-`semsynth bench crn-256p crn-tiny` prints a table; MACs are counted exactly from the layers that
-actually run (conv and linear, by forward hooks), time is the median of a few timed passes after a
-warm-up, memory is CUDA's peak allocation or, on CPU, the sum of activation bytes produced.
+`semsynth bench crn-tiny crn-256p --precision fp32 bf16` prints a table. MACs are counted exactly
+from the layers that actually run (conv and linear, by forward hooks); seconds are the median of
+`repeats` timed passes after a warm-up; the peak is the best of a few channels_last 3x3
+convolutions (the shapes the networks spend their time in), measured before every model so a
+throttled or shared machine moves both numbers together. Memory is CUDA's peak allocation, or on
+Linux the process's peak resident set during the passes (VmHWM after resetting it).
+
+Networks: any preset of `build_model` (CRN, SIMS synthesis), a bundled model's name (`default`,
+`camvid`, `sims-cityscapes`), and `espnet-cityscapes` / `espnet-camvid` (the evaluation segmenter
+at its input size, 1024x512 for Cityscapes, randomly initialised: time does not depend on weights).
 """
 from __future__ import annotations
 
+import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .models import build_model, count_parameters
+from .precision import autocast, resolve_precision
+
+PEAK_SHAPES = ((512, 32, 64), (256, 64, 128), (128, 128, 256))  # (C, H, W), C -> C 3x3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_peak(precision: str = "fp32", device: str | torch.device = "cpu", rounds: int = 3) -> float:
+    """This machine's 3x3-convolution throughput in GFLOP/s (2 FLOP per MAC) for "fp32" or
+    "bf16": the best over PEAK_SHAPES of channels_last, bias-free C -> C convolutions, batch 1."""
+    device = torch.device(device)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    best = 0.0
+    for C, H, W in PEAK_SHAPES:
+        x = torch.randn(1, C, H, W, device=device, dtype=dt).contiguous(memory_format=torch.channels_last)
+        conv = nn.Conv2d(C, C, 3, padding=1, bias=False).to(device, dt).to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            conv(x), conv(x)
+            for _ in range(rounds):
+                _sync(device)
+                t = time.perf_counter()
+                conv(x), conv(x)
+                _sync(device)
+                best = max(best, 2 * C * C * 9 * H * W / ((time.perf_counter() - t) / 2) / 1e9)
+    return best
 
 
 def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
@@ -23,14 +61,13 @@ def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
         if isinstance(out, torch.Tensor):
             act += out.numel() * out.element_size()
             if isinstance(m, nn.Conv2d):
-                k = m.weight[0].numel()  # in/groups * kh * kw
-                macs += out.numel() * k
+                macs += out.numel() * m.weight[0].numel()  # in/groups * kh * kw per output
             elif isinstance(m, nn.Linear):
                 macs += out.numel() * m.in_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             model(*inputs)
     finally:
         for h in handles:
@@ -38,35 +75,89 @@ def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
     return macs, act
 
 
-def bench_model(name: str, size: tuple[int, int] | None = None, device: str = "cpu",
-                repeats: int = 3, num_classes: int = 19) -> dict:
-    model = build_model(name).to(device).eval()
-    cfg = getattr(model, "config", None)
-    size = size or cfg.size
-    label = torch.zeros(1, num_classes + 1, *size, device=device)
-    label[:, 0] = 1
-    macs, act = count_macs(model, label)
+def time_forward(model: nn.Module, *inputs, repeats: int = 3, precision: str = "fp32"):
+    """(median seconds of `repeats` passes after one warm-up, last output), under inference mode
+    and the precision's autocast."""
+    device = next(model.parameters()).device
     times = []
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad():
-        model(label)  # warm-up
+    with torch.inference_mode(), autocast(device, precision):
+        out = model(*inputs)
         for _ in range(repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            _sync(device)
             t = time.perf_counter()
-            model(label)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            out = model(*inputs)
+            _sync(device)
             times.append(time.perf_counter() - t)
-    mem = torch.cuda.max_memory_allocated() if device.startswith("cuda") else act
-    return {"model": name, "size": f"{size[0]}x{size[1]}", "k": getattr(cfg, "k", 1),
-            "params": count_parameters(model), "gmacs": macs / 1e9,
-            "seconds": sorted(times)[len(times) // 2], "memory_mb": mem / 2 ** 20, "device": device}
+    return statistics.median(times), out
+
+
+def _rss_peak_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _rss_peak() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def network(name: str, size: tuple[int, int] | None = None, num_classes: int | None = None):
+    """(model in eval mode, example inputs, output size) for a preset name."""
+    if name.startswith("espnet-"):
+        from .models.espnet import ESPNET_PRESETS, build_espnet
+
+        model = build_espnet(name).eval()
+        h, w = size or ESPNET_PRESETS[name]["size"]
+        return model, (torch.rand(1, 3, h, w),), (h, w)
+    from .pipelines import BUNDLED, resolve_checkpoint
+
+    if name in BUNDLED:  # a shipped checkpoint: its own architecture (the weights do not change time)
+        from .checkpoint import load_model
+
+        model, _ = load_model(resolve_checkpoint(name))
+    else:
+        model = build_model(name).eval()
+    cfg = model.config
+    h, w = size or tuple(cfg.size)
+    c = (num_classes or cfg.num_classes) + 1
+    label = torch.zeros(1, c, h, w)
+    label[:, 0] = 1
+    if name.startswith("sims-synthesis") or type(model).__name__ == "SIMSSynthesis":
+        return model, (label, torch.rand(1, 3, h, w), torch.ones(1, 1, h, w)), (h, w)
+    return model, (label,), (h, w)
+
+
+def bench_model(name: str, size: tuple[int, int] | None = None, device: str = "cpu", repeats: int = 3,
+                precision: str = "fp32", peak: float | None = None) -> dict:
+    """One row of the table. `peak` (GFLOP/s) is measured now unless given."""
+    dev = torch.device(device)
+    precision = resolve_precision(precision, dev)
+    model, inputs, (h, w) = network(name, size)
+    model = model.to(dev)
+    inputs = tuple(x.to(dev) for x in inputs)
+    macs, act = count_macs(model, *inputs)
+    peak = peak if peak is not None else conv_peak(precision, dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss = _rss_peak_reset()
+    seconds, _ = time_forward(model, *inputs, repeats=repeats, precision=precision)
+    mem = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_peak() if rss else act)
+    gflops = 2 * macs / seconds / 1e9
+    return {"model": name, "size": f"{h}x{w}", "k": getattr(getattr(model, "config", None), "k", 1),
+            "params": count_parameters(model), "gmacs": macs / 1e9, "precision": precision,
+            "seconds": seconds, "gflops": gflops, "peak_gflops": peak, "of_peak": gflops / peak,
+            "memory_mb": mem / 2 ** 20, "device": str(dev)}
 
 
 def format_table(rows: list[dict]) -> str:
-    head = "| model | size | k | parameters | GMACs | s / forward | memory (MB) | device |\n|---|---|---|---|---|---|---|---|"
-    lines = [f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | "
-             f"{r['seconds']:.3f} | {r['memory_mb']:.0f} | {r['device']} |" for r in rows]
+    head = ("| model | size | k | parameters | GMACs | precision | s / forward | GFLOP/s | conv peak | of peak "
+            "| peak memory (MB) | device |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | {r['precision']} | "
+             f"{r['seconds']:.3f} | {r['gflops']:.0f} | {r['peak_gflops']:.0f} | {r['of_peak']:.2f} | "
+             f"{r['memory_mb']:.0f} | {r['device']} |" for r in rows]
     return "\n".join([head, *lines])

@@ -32,19 +32,33 @@ def _cmd_info(sub):
 
 
 def _cmd_bench(sub):
-    p = sub.add_parser("bench", help="parameters, MACs, seconds and memory of model presets")
-    p.add_argument("models", nargs="*", default=["crn-tiny", "crn-256p"])
+    p = sub.add_parser("bench", help="parameters, MACs, seconds, fraction of this machine's conv peak, memory")
+    p.add_argument("models", nargs="*", default=["crn-tiny", "crn-256p"],
+                   help="presets (crn-*, sims-synthesis-*, default-cityscapes, ...) or espnet-cityscapes")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: native)")
     p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"],
+                   help="one row per precision (default: fp32 bf16)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per row (the median is shown)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     def run(args):
-        from .bench import bench_model, format_table
+        import json
+
+        from .bench import bench_model, conv_peak, format_table
+        from .errors import InputError
+        from .precision import resolve_precision
         from .utils import pick_device
 
-        dev = str(pick_device(args.device))
-        rows = [bench_model(m, tuple(args.size) if args.size else None, dev, args.repeats) for m in args.models]
-        print(format_table(rows))
+        dev = pick_device(args.device)
+        if args.repeats < 1:
+            raise InputError(f"--repeats must be at least 1 (got {args.repeats})")
+        rows = []
+        for prec in dict.fromkeys(resolve_precision(p, dev) for p in args.precision):
+            for m in args.models:
+                peak = conv_peak(prec, dev)  # before every row: a throttled machine moves both
+                rows.append(bench_model(m, tuple(args.size) if args.size else None, str(dev), args.repeats, prec, peak))
+        print(json.dumps(rows, indent=1) if args.json else format_table(rows))
 
     p.set_defaults(func=run)
 

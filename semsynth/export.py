@@ -62,6 +62,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None
     """Export `checkpoint` to `out` (.onnx, or .pt/.ts for TorchScript); returns a summary with
     the agreement figures when `verify` (max and mean absolute difference against PyTorch)."""
     from .data import check_size
+    from .models.layers import reference_ops
     from .pipelines import resolve_checkpoint
 
     out = Path(out)
@@ -83,10 +84,13 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None
     info = {"format": "semsynth-export-1", "task": task, "model": meta["model"],
             "label_space": meta["label_space"].to_dict(), "size": list(size), "inputs": in_names,
             "outputs": out_names, "step": meta["step"]}
-    if fmt == "onnx":
-        _export_onnx(net, example, out, in_names, out_names, info)
-    else:
-        _export_torchscript(net, example, out, info)
+    # The graph is traced from the plain ops: the in-place CPU fast path (models/layers.py) is
+    # shape-specialised Python that exporters would bake in.
+    with reference_ops():
+        if fmt == "onnx":
+            _export_onnx(net, example, out, in_names, out_names, info)
+        else:
+            _export_torchscript(net, example, out, info)
     summary = {"path": str(out), "format": fmt, "task": task, "size": list(size),
                "bytes": out.stat().st_size, "inputs": in_names, "outputs": out_names}
     if verify:

@@ -402,3 +402,74 @@ def test_width_mult_and_base_grid_variants():
     with pytest.raises(ValueError, match="divisible by 8"):
         net(_random_label(20, 32))
 
+
+
+# ---------------------------------------------------------------------- fast inference path
+
+
+def _varied_layout(C, H, W, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, C + 1, (2, H // 8, W // 8), generator=g)
+    ids = F.interpolate(ids[:, None].float(), size=(H, W), mode="nearest")[:, 0].long()
+    return one_hot(ids, C)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_inference_path_equals_the_plain_ops(dtype):
+    """Without autograd the norm + activation run in place (and on CPU in channels_last): the
+    output equals the plain GroupNorm -> LeakyReLU path within float rounding."""
+    from semsynth.models.layers import reference_ops
+
+    torch.manual_seed(0)
+    m = build_model({"arch": "crn", "num_classes": 5, "levels": 4, "k": 2, "widths": [16, 16, 12, 8]}).eval()
+    for mod in m.modules():  # non-trivial affine parameters, so scale and shift are exercised
+        if isinstance(mod, torch.nn.GroupNorm):
+            mod.weight.data.uniform_(0.5, 1.5), mod.bias.data.uniform_(-0.3, 0.3)
+    x = _varied_layout(5, 32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        with torch.no_grad(), reference_ops():
+            ref = m(x)
+        with torch.no_grad():
+            fast = m(x)
+        with torch.inference_mode():
+            fast2 = m(x)
+    tol = 1e-5 if dtype == torch.float32 else 0.06
+    assert fast.dtype == ref.dtype and fast.shape == ref.shape == (2, 2, 3, 32, 64)
+    assert (fast.float() - ref.float()).abs().max() < tol
+    assert torch.equal(fast, fast2)
+    assert (ref.float().std() > 0.01)  # a non-degenerate output, or the comparison means nothing
+
+
+def test_fast_path_is_off_under_autograd():
+    """With gradients the plain modules run: the backward pass is unchanged and the conv outputs
+    are not overwritten in place (which autograd would refuse)."""
+    from semsynth.models.layers import layer_norm_lrelu, reference_ops
+
+    torch.manual_seed(0)
+    m = build_model({"arch": "crn", "num_classes": 5, "levels": 3, "k": 1, "widths": [8, 8, 8]})
+    x = _varied_layout(5, 16, 32)
+    m(x).sum().backward()
+    g = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    with reference_ops():
+        m(x).sum().backward()
+    assert all(torch.equal(g[n], p.grad) for n, p in m.named_parameters())
+    t = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        out = layer_norm_lrelu(t, torch.nn.GroupNorm(1, 8))
+    assert out.data_ptr() == t.data_ptr()  # in place without autograd: no fresh 268 MB tensors
+
+
+def test_layer_norm_lrelu_matches_group_norm_at_large_mean():
+    """The chunked two-pass statistics stay exact where E[x^2] - E[x]^2 cancels (torch's own
+    CPU GroupNorm is off by ~0.2 here; the float64 computation is the reference)."""
+    from semsynth.models.layers import layer_norm_lrelu
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(1, 4, eps=1e-12)
+    x = (torch.randn(2, 4, 600, 1000) * 0.5 + 40).contiguous(memory_format=torch.channels_last)
+    d = x.double()
+    ref = F.leaky_relu((d - d.mean((1, 2, 3), keepdim=True)) / d.var((1, 2, 3), unbiased=False, keepdim=True).sqrt(), 0.2)
+    with torch.no_grad():
+        out = layer_norm_lrelu(x.clone(), norm)
+    assert (out.double() - ref).abs().max() < 1e-4

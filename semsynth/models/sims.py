@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import config_from_dict
+from .layers import layer_norm_lrelu
 from ..errors import InputError
 
 __all__ = [
@@ -97,7 +98,7 @@ class ConvLN(nn.Module):
         self.norm = nn.GroupNorm(1, cout, eps=1e-12)
 
     def forward(self, x):
-        return F.leaky_relu(self.norm(self.conv(x)), 0.2)
+        return layer_norm_lrelu(self.conv(x), self.norm)
 
 
 def _block(cin: int, widths) -> nn.Sequential:
