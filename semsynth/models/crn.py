@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..labels import area_resize
-from .layers import inference, layer_norm_lrelu
+from .layers import cpu_channels_last, layer_norm_lrelu
 from ..errors import InputError, UnknownNameError
 
 # Widths of the released models by module index from the 4x8 base: 1024 below 128 px height,
@@ -102,10 +102,7 @@ class CRN(nn.Module):
         if H % f or W % f:
             raise InputError(f"label size {H}x{W} is not divisible by {f} (= 2^(levels-1)); "
                              f"native size is {self.config.size[0]}x{self.config.size[1]}")
-        if label.device.type == "cpu" and inference(label) and not self.training:
-            # oneDNN's convolutions run ~1.5x faster on channels_last activations; training keeps
-            # the layout it is given (TrainStep's `channels_last` option).
-            label = label.contiguous(memory_format=torch.channels_last)
+        label = cpu_channels_last(label)
         labels = [label]
         for _ in range(n - 1):  # each level is the area-downsampling of the next finer one
             labels.append(area_resize(labels[-1], (labels[-1].shape[-2] // 2, labels[-1].shape[-1] // 2)))

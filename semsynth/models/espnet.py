@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError, UnknownNameError
+from .layers import cpu_channels_last
 
 __all__ = [
     "ESPNetEncoder", "ESPNet", "ESPNET_PRESETS", "build_espnet", "load_espnet", "espnet_preprocess",
@@ -199,7 +200,7 @@ class ESPNet(nn.Module):
         h, w = x.shape[-2:]
         if h % 8 or w % 8:
             raise InputError(f"ESPNet needs H and W divisible by 8, got {h}x{w}")
-        f = self.encoder.forward_features(x)
+        f = self.encoder.forward_features(cpu_channels_last(x))
         l3 = self.up_l3(self.br(self.encoder.classifier(f["b3"])))
         l2 = self.up_l2(self.combine_l2_l3(torch.cat([self.level3_C(f["b2"]), l3], 1)))
         return self.classifier(self.conv(torch.cat([l2, f[self.skip]], 1)))

@@ -43,6 +43,16 @@ def inference(x: torch.Tensor) -> bool:
     return _fast and not (torch.is_grad_enabled() and x.requires_grad)
 
 
+def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """`x` in channels_last on the CPU inference path (oneDNN's convolutions run ~1.5x faster on
+    it in fp32, and in bf16 without native support a contiguous input falls back to the slow
+    reference convolution, ~50x slower); unchanged otherwise (training keeps the layout it is
+    given: TrainStep's `channels_last` option)."""
+    if _fast and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def layer_norm_lrelu(x: torch.Tensor, norm: nn.GroupNorm, slope: float = SLOPE) -> torch.Tensor:
     """LeakyReLU(GroupNorm(1, C)(x)) — the original's LayerNorm over (C, H, W), then the
     activation — in place on `x` when no gradient is needed, else with the plain ops."""

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..utils import config_from_dict
-from .layers import layer_norm_lrelu
+from .layers import cpu_channels_last, layer_norm_lrelu
 from ..errors import InputError
 
 __all__ = [
@@ -399,7 +399,7 @@ class SIMSSynthesis(nn.Module):
         cfg = self.config
         if support is None:
             support = (canvas.sum(1, keepdim=True) > 0)
-        x = torch.cat([label.to(canvas.dtype), canvas, support.to(canvas.dtype)], 1)
+        x = cpu_channels_last(torch.cat([label.to(canvas.dtype), canvas, support.to(canvas.dtype)], 1))
         H, W = x.shape[-2:]
         f = 2 ** (cfg.stages + cfg.levels)
         if H % f or W % f:
