@@ -1,6 +1,8 @@
-"""Shared fixtures: the real data in ../shared (skip when absent) and tiny file writers."""
+"""Shared fixtures: the real data in ../shared (skip when absent), a synthetic paired dataset
+(tests/synthetic.py) for everything that needs a dataset but not real photos, and tiny file writers."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +46,38 @@ def png():
     return write_png
 
 
+@pytest.fixture(scope="session")
+def synthetic_paired(tmp_path_factory) -> Path:
+    """4 synthetic street pairs at 128x256 in a paired folder (images/*.jpg + labels/*.png
+    labelIds), built once per session: training needs a dataset, not real photos."""
+    from synthetic import write_paired
+
+    return write_paired(tmp_path_factory.mktemp("synthetic_paired") / "data", n=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cityscapes(tmp_path_factory) -> Path:
+    """The shape of the Cityscapes sample in ../shared, synthetic: 8 train pairs
+    (leftImg8bit/ + gtFine/ labelIds, 512x1024) and 15 val label maps (256x512) without photos."""
+    from synthetic import write_cityscapes
+
+    return write_cityscapes(tmp_path_factory.mktemp("synthetic_cityscapes") / "cityscapes")
+
+
+@pytest.fixture(scope="session")
+def cityscapes_sample(request) -> Path:
+    """The Cityscapes sample: the real one in ../shared/data/cityscapes when present, otherwise
+    its synthetic stand-in (same folder layout and counts), so the test runs everywhere."""
+    real = shared_dir() / "data" / "cityscapes"
+    if (real / "leftImg8bit").is_dir():
+        return real
+    return request.getfixturevalue("synthetic_cityscapes")
+
+
 @pytest.fixture
-def tiny_data(shared, tmp_path):
-    """4 real Cityscapes-sequence pairs copied into a paired folder (images/ + labels/)."""
-    src = shared / "data" / "cityscapes_sequences"
-    stems = sorted(p.stem for p in (src / "labels").glob("*.png"))[:4]
-    for sub, ext in (("images", ".jpg"), ("labels", ".png")):
-        (tmp_path / "data" / sub).mkdir(parents=True)
-        for s in stems:
-            (tmp_path / "data" / sub / f"{s}{ext}").write_bytes((src / sub / f"{s}{ext}").read_bytes())
-    return tmp_path / "data"
+def tiny_data(synthetic_paired, tmp_path):
+    """The 4 synthetic pairs copied into this test's own folder (images/ + labels/)."""
+    return Path(shutil.copytree(synthetic_paired, tmp_path / "data"))
 
 
 def tiny_cfg(data, **over):

@@ -306,25 +306,6 @@ def test_cli_plugin_module_and_errors(tiny, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "label folder not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("lab, flags", [("lab", ["--label-space", "camvid"]), ("valannot", [])])
-def test_builtin_espnet_on_two_camvid_photos(data, tmp_path, lab, flags):
-    """`semsynth evaluate <photos> --labels <annot> --label-space camvid` with the built-in judge;
-    a SegNet-style `valannot/` folder is recognised as CamVid without the flag."""
-    if not (data.parent / "weights" / "decoder_espnet_p_2_q_8_camvid.pth").is_file():
-        pytest.skip("CamVid ESPNet weights not found")
-    for stem in sorted(p.stem for p in (data / "camvid" / "val").glob("*.jpg"))[:2]:
-        (tmp_path / "img").mkdir(exist_ok=True)
-        (tmp_path / lab).mkdir(exist_ok=True)
-        shutil.copy(data / "camvid" / "val" / f"{stem}.jpg", tmp_path / "img")
-        shutil.copy(data / "camvid" / "valannot" / f"{stem}.png", tmp_path / lab)
-    rc = cli(["evaluate", str(tmp_path / "img"), "--labels", str(tmp_path / lab), *flags,
-              "-o", str(tmp_path / "rep"), "--thumbnails", "0"])
-    assert rc == 0
-    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert rep["protocol"]["segmenter"]["name"] == "espnet-camvid"
-    assert rep["segmentation"]["images"]["pixel_accuracy"] > 0.9
-
-
 # ----------------------------------------------------------------------------- side by side, protocol
 
 

@@ -1,5 +1,6 @@
-"""SIMS memory bank and retrieval: building from the Cityscapes sample, resume / incremental add,
-self-retrieval with IoU 1, exactness of the fast search, context-aware retrieval."""
+"""SIMS memory bank and retrieval: building from the Cityscapes sample (the real one in ../shared,
+or its synthetic stand-in), resume / incremental add, self-retrieval with IoU 1, exactness of the
+fast search, context-aware retrieval."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,7 @@ from semsynth.labels import get_space
 from semsynth.sims.bank import Bank, BankError, build_bank
 from semsynth.sims.retrieval import Retriever, benchmark_retrieval
 from semsynth.sims.segments import class_roles, extract_segments
-from semsynth.utils import shared_dir
 
-CS = shared_dir() / "data" / "cityscapes"
-needs_cs = pytest.mark.skipif(not (CS / "leftImg8bit").is_dir(),
-                              reason=f"Cityscapes sample not found at {CS} (set SEMSYNTH_SHARED)")
 SPACE = get_space("cityscapes")
 ROAD, SIDEWALK, BUILDING, POLE, SKY, CAR = 0, 1, 2, 5, 10, 13
 
@@ -57,15 +54,13 @@ def test_extract_segments_order_and_8_connectivity():
     assert segs.bbox[1].tolist() == [0, 0, 2, 2]
 
 
-# ----------------------------------------------------------------------------- bank on real data
+# ----------------------------------------------------------------------------- bank on the Cityscapes sample
 
 
 @pytest.fixture(scope="module")
-def cs_data():
-    if not (CS / "leftImg8bit").is_dir():
-        pytest.skip(f"Cityscapes sample not found at {CS}")
+def cs_data(cityscapes_sample):
     from semsynth.data import open_dataset
-    ds = open_dataset(CS, space=SPACE, size=(512, 1024), cache=True)
+    ds = open_dataset(cityscapes_sample, space=SPACE, size=(512, 1024), cache=True)
     for i in range(len(ds)):
         ds.arrays(i)  # decode once for every build below
     return ds
@@ -77,7 +72,6 @@ def bank(cs_data, tmp_path_factory):
     return build_bank(cs_data, out, size=(256, 512), rgb_scale=2, shard_images=3, progress=False)
 
 
-@needs_cs
 def test_bank_contents_match_the_images(bank, cs_data):
     assert bank.num_images == 8 and len(bank.meta["shards"]) == 3      # 3 + 3 + 2 images
     assert bank.num_stored_segments > len(bank) > 100
@@ -106,7 +100,6 @@ def test_bank_contents_match_the_images(bank, cs_data):
         assert (s.rgb[s.rgb_mask] == up[s.rgb_mask]).all() and (s.rgb[~s.rgb_mask] == 0).all()
 
 
-@needs_cs
 def test_bank_reopens_fast_and_rebuilds_a_stale_index(bank):
     import time
     t = time.perf_counter()
@@ -120,7 +113,6 @@ def test_bank_reopens_fast_and_rebuilds_a_stale_index(bank):
     assert (np.asarray(b3.signatures()) == np.asarray(bank.signatures())).all()
 
 
-@needs_cs
 def test_interrupted_build_resumes_and_incremental_add_equals_full_build(bank, cs_data, tmp_path):
     class Interrupting:
         """Yields the first n samples as dicts, then simulates Ctrl-C."""
@@ -156,7 +148,6 @@ def test_interrupted_build_resumes_and_incremental_add_equals_full_build(bank, c
 SEG_FIELDS = ("cls", "image", "y0", "x0", "y1", "x1", "area")
 
 
-@needs_cs
 def test_errors_name_the_files(tmp_path):
     with pytest.raises(BankError, match=str(tmp_path / "nope")):
         Bank.open(tmp_path / "nope")
@@ -178,7 +169,6 @@ def _brute_force(bank, label, qi, segs):
     return rows, inter / (segs.area[qi] + bank.area[rows] - inter)
 
 
-@needs_cs
 def test_a_bank_segment_retrieves_itself_with_iou_1(bank):
     r = Retriever(bank)
     for img in (0, 6):
@@ -197,10 +187,9 @@ def test_a_bank_segment_retrieves_itself_with_iou_1(bank):
         assert np.allclose(ctx.context_iou[big, 0], 1.0) and np.allclose(ctx.score[big, 0], 2.0)
 
 
-@needs_cs
-def test_fast_search_equals_exhaustive_search(bank):
+def test_fast_search_equals_exhaustive_search(bank, cityscapes_sample):
     from semsynth.data import open_dataset
-    val = open_dataset(CS, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
+    val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     r = Retriever(bank)
     checked = 0
     for i in range(0, len(val), 5):
@@ -218,7 +207,6 @@ def test_fast_search_equals_exhaustive_search(bank):
     assert (res.query.area[~res.searched] <= 1000).all()
 
 
-@needs_cs
 def test_retrieval_restricted_to_images_and_checks_input(bank):
     r = Retriever(bank)
     lab = bank.source_label(2)
@@ -236,11 +224,10 @@ def test_retrieval_restricted_to_images_and_checks_input(bank):
 
 
 @pytest.mark.slow
-@needs_cs
-def test_benchmark_retrieval_100k_segments(bank):
+def test_benchmark_retrieval_100k_segments(bank, cityscapes_sample):
     """Replicates the 8-image index to >= 100,000 segments; run with `pytest -m slow`."""
     from semsynth.data import open_dataset
-    val = open_dataset(CS, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
+    val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     lays = [val.arrays(i)[0] for i in range(len(val))]
     out = benchmark_retrieval(bank, lays, n_segments=100_000, k=10)
     print(json.dumps(out, indent=1))

@@ -14,30 +14,17 @@ from semsynth.sims.bank import build_bank
 from semsynth.sims.canvas import (CanvasConfig, compose_canvas, elision_band, normalized_theta_to_pixel,
                                   pixel_theta_to_normalized, warp_crop)
 from semsynth.sims.color_transfer import mkl_transfer, mkl_transfer_image
-from semsynth.sims.order import (back_ratio, coarse_order, load_order_frequency, load_prior,
+from semsynth.sims.order import (back_ratio, coarse_order, load_prior,
                                  occlusion_counts, order_from_counts, original_order, pair_relations,
                                  save_prior)
 from semsynth.sims.retrieval import Retriever
-from semsynth.utils import shared_dir
 
 SPACE = get_space("cityscapes")
 ROAD, SIDEWALK, BUILDING, POLE, VEG, SKY, CAR = 0, 1, 2, 5, 8, 10, 13
 VOID = 19
-MAT = shared_dir() / "reference" / "sims_priors" / "order_frequency.mat"
 
 
 # ----------------------------------------------------------------------------- order prior
-
-
-@pytest.mark.skipif(not MAT.is_file(), reason=f"SIMS priors not found at {MAT} (set SEMSYNTH_SHARED)")
-def test_prior_order_from_order_frequency_equals_the_original_order():
-    freq = load_order_frequency()
-    assert freq.shape == (19, 19) and freq[0, 13] == 4949 and freq[10, 2] == 2472
-    order = order_from_counts(freq)
-    assert order.tolist() == original_order().tolist()
-    assert [SPACE.names[c] for c in order[:3]] == ["sky", "building", "terrain"]
-    assert back_ratio(freq)[6] == 0.0 and order[-1] == 6          # traffic light last
-    assert coarse_order(SPACE) == original_order().tolist()
 
 
 def test_order_from_counts_rules_and_other_spaces(tmp_path):
@@ -86,16 +73,6 @@ def test_occlusion_statistics_from_layouts_and_disparity():
     counts = occlusion_counts([lab], SPACE, disparities=[disp])
     assert counts[BUILDING, SKY] == 1 and counts[SKY, BUILDING] == 0
     assert counts[ROAD, CAR] == 1                                          # override still holds
-
-
-def test_cli_order_prior(capsys, tmp_path):
-    from semsynth.cli import main
-    if not MAT.is_file():
-        pytest.skip(f"SIMS priors not found at {MAT}")
-    assert main(["sims", "order-prior", "-o", str(tmp_path / "p.json")]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert "sky" in out[1] and "building" in out[2] and "traffic light" in out[19]
-    assert load_prior(tmp_path / "p.json")["order"] == original_order().tolist()
 
 
 # ----------------------------------------------------------------------------- colour transfer
@@ -400,12 +377,10 @@ def test_cli_canvas_writes_inspection_images(toy, tmp_path, capsys):
         assert im.size == (128, 64)
 
 
-@pytest.mark.skipif(not (shared_dir() / "data" / "cityscapes" / "leftImg8bit").is_dir(),
-                    reason="Cityscapes sample not found (set SEMSYNTH_SHARED)")
-def test_canvas_from_a_real_bank(tmp_path):
+def test_canvas_from_a_bank_of_the_cityscapes_sample(cityscapes_sample, tmp_path):
     from semsynth.data import LayoutDataset, open_dataset
     from semsynth.sims.canvas import query_masks, render_segment
-    root = shared_dir() / "data" / "cityscapes"
+    root = cityscapes_sample   # the real sample in ../shared, or its synthetic stand-in
     ds = open_dataset(root, space=SPACE, size=(256, 512), cache=False)
     small = LayoutDataset(ds.items[:3], SPACE, size=(256, 512), cache=False)   # 3 pairs is enough
     bank = build_bank(small, tmp_path / "b", size=(128, 256), rgb_scale=2, progress=False)

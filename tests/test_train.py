@@ -1,4 +1,4 @@
-"""The shared trainer end to end on tiny real data: overfitting, exact resume, checkpoints,
+"""The shared trainer end to end on a tiny synthetic dataset (tests/synthetic.py): overfitting, exact resume, checkpoints,
 synthesize on a folder, and two-process DDP on CPU (gloo)."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from semsynth.train import train
 
 
 from conftest import tiny_cfg  # noqa: E402  (tiny_data, the fixture, comes from conftest too)
+from synthetic import write_labelids, write_paletted_labelids  # noqa: E402
 
 
 def test_overfits_a_few_images(tiny_data, tmp_path):
@@ -83,14 +84,13 @@ def test_checkpoint_is_self_describing_and_atomic(tiny_data, tmp_path):
     assert model.config.k == 3
 
 
-def test_synthesize_folder_via_cli(tiny_data, tmp_path, shared):
+def test_synthesize_folder_via_cli(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, steps=1), tmp_path / "run", progress=False)
     labels = tmp_path / "labels"
-    labels.mkdir()
-    # mixed formats in one folder: a Cityscapes labelIds map and the paletted GTA sample
-    (labels / "a_gtFine_labelIds.png").write_bytes(
-        next((shared / "data/cityscapes/gtFine/val").rglob("*_labelIds.png")).read_bytes())
-    (labels / "gta.png").write_bytes((shared / "data/gta_sample/00100370.png").read_bytes())
+    # mixed formats in one folder: a Cityscapes labelIds map and a paletted map in the GTA
+    # sample's format (palette indices = labelIds, palette colours = Cityscapes colours)
+    write_labelids(labels / "a_gtFine_labelIds.png", size=(128, 256))
+    write_paletted_labelids(labels / "gta.png", size=(64, 128))
     out = tmp_path / "out"
     assert cli(["synthesize", str(tmp_path / "run"), str(labels), "-o", str(out), "--grid",
                 "--size", "32", "64", "--device", "cpu"]) == 0
