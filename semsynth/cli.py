@@ -337,7 +337,9 @@ def _sims_build_bank(ssub):
     p.add_argument("--rgb-scale", type=int, help="photos kept at this multiple of --size (new banks: 2, "
                    "photos at 512x1024; sims-1024p needs 4, full 1024x2048 photos)")
     p.add_argument("--shard-images", type=int, default=64, help="source images per shard")
-    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in this process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes decoding, cutting and encoding images (default: one per CPU, "
+                   "at most 8; 0: all in this process). The bank is the same for any number")
     p.add_argument("--limit", type=int, help="add at most this many new images")
     p.add_argument("--exclude", action="append", metavar="PATTERN",
                    help="leave out samples whose name matches (glob; repeat), e.g. held-out frames")
@@ -355,7 +357,9 @@ def _sims_build_bank(ssub):
             args.data, args.out, space=args.label_space, split=args.split, size=args.size,
             rgb_scale=args.rgb_scale, shard_images=args.shard_images, workers=args.workers,
             limit=args.limit, exclude=args.exclude, progress=not args.quiet)
-        print(f"{bank}: {bank.disk_bytes() / 1e6:.1f} MB on disk, {time.perf_counter() - t0:.1f} s")
+        st = bank.build_stats
+        rate = f", {st['images'] / st['seconds']:.2f} images/s with {st['workers']} worker(s)" if st["images"] else ""
+        print(f"{bank}: {bank.disk_bytes() / 1e6:.1f} MB on disk, {time.perf_counter() - t0:.1f} s{rate}")
 
     p.set_defaults(func=run)
 

@@ -62,7 +62,7 @@ from .segments import (REFERENCE_SIZE, SegmentSet, class_roles, extract_segments
 
 from ..errors import InputError
 
-__all__ = ["Bank", "BankError", "Segment", "build_bank", "build_bank_from_paths", "open_bank",
+__all__ = ["Bank", "BankError", "Segment", "build_bank", "build_bank_from_paths", "open_bank", "default_workers",
            "SEG_DTYPE", "DEFAULT_SIG_GRID", "DEFAULT_CONTEXT_GRID"]
 
 FORMAT = "semsynth-sims-bank-2"
@@ -130,8 +130,40 @@ def _upsample(mask: np.ndarray, s: int) -> np.ndarray:
     return mask if s == 1 else np.repeat(np.repeat(mask, s, 0), s, 1)
 
 
+def _encode_image(name: str, source: str, label: np.ndarray, rgb: np.ndarray, segs: SegmentSet,
+                  layout: np.ndarray, scale: int, label_dtype) -> dict:
+    """Everything one image adds to a shard, encoded (packed masks, compressed RGB and label map),
+    with byte offsets relative to the image's own buffers. Runs in the worker processes of a
+    parallel build, so the main process only concatenates; the bytes do not depend on where it ran."""
+    n = len(segs)
+    rows = np.zeros(n, SEG_DTYPE)
+    rows["cls"] = segs.cls
+    for k, f in enumerate(("y0", "x0", "y1", "x1")):
+        rows[f] = segs.bbox[:, k]
+    rows["area"] = segs.area
+    masks, poles, rgbs = [], [], []
+    mo = po = ro = 0
+    for i in range(n):
+        y0, x0, y1, x1 = segs.bbox[i]
+        pm, pp = _pack(segs.masks[i]), _pack(segs.pole_masks[i])
+        rows["mask_off"][i], rows["pole_off"][i] = mo, po
+        masks.append(pm)
+        poles.append(pp)
+        mo += len(pm)
+        po += len(pp)
+        up = _upsample(segs.masks[i], scale)
+        px = _encode_rgb(rgb[y0 * scale: y1 * scale, x0 * scale: x1 * scale][up])
+        rows["rgb_off"][i], rows["rgb_len"][i] = ro, len(px)
+        rgbs.append(px)
+        ro += len(px)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.uint8)  # noqa: E731
+    return {"name": name, "source": source, "rows": rows, "masks": cat(masks), "poles": cat(poles),
+            "rgb": cat(rgbs), "sig": segs.sig, "layout": layout,
+            "label": zlib.compress(np.ascontiguousarray(label.astype(label_dtype)).tobytes(), 6)}
+
+
 class _ShardBuffer:
-    """Accumulates the records of the images of one shard."""
+    """Accumulates the encoded records (`_encode_image`) of the images of one shard."""
 
     def __init__(self, first_image: int):
         self.first_image = first_image
@@ -149,36 +181,25 @@ class _ShardBuffer:
     def __len__(self) -> int:
         return len(self.names)
 
-    def add(self, name: str, source: str, label: np.ndarray, rgb: np.ndarray, segs: SegmentSet,
-            layout: np.ndarray, scale: int) -> int:
-        image_id = self.first_image + len(self.names)
-        n = len(segs)
-        rows = np.zeros(n, SEG_DTYPE)
-        rows["cls"] = segs.cls
-        rows["image"] = image_id
-        for k, f in enumerate(("y0", "x0", "y1", "x1")):
-            rows[f] = segs.bbox[:, k]
-        rows["area"] = segs.area
-        for i in range(n):
-            y0, x0, y1, x1 = segs.bbox[i]
-            pm, pp = _pack(segs.masks[i]), _pack(segs.pole_masks[i])
-            rows["mask_off"][i], rows["pole_off"][i] = self._mask_bytes, self._pole_bytes
-            self.masks.append(pm)
-            self.poles.append(pp)
-            self._mask_bytes += len(pm)
-            self._pole_bytes += len(pp)
-            up = _upsample(segs.masks[i], scale)
-            px = _encode_rgb(rgb[y0 * scale: y1 * scale, x0 * scale: x1 * scale][up])
-            rows["rgb_off"][i], rows["rgb_len"][i] = self._rgb_bytes, len(px)
-            self.rgb.append(px)
-            self._rgb_bytes += len(px)
+    def add(self, rec: dict) -> int:
+        rows = rec["rows"]
+        rows["image"] = self.first_image + len(self.names)
+        rows["mask_off"] += self._mask_bytes
+        rows["pole_off"] += self._pole_bytes
+        rows["rgb_off"] += self._rgb_bytes
+        self._mask_bytes += len(rec["masks"])
+        self._pole_bytes += len(rec["poles"])
+        self._rgb_bytes += len(rec["rgb"])
+        self.masks.append(rec["masks"])
+        self.poles.append(rec["poles"])
+        self.rgb.append(rec["rgb"])
         self.seg_rows.append(rows)
-        self.sigs.append(segs.sig)
-        self.layouts.append(layout)
-        self.labels.append(zlib.compress(np.ascontiguousarray(label).tobytes(), 6))
-        self.names.append(name)
-        self.sources.append(source)
-        return n
+        self.sigs.append(rec["sig"])
+        self.layouts.append(rec["layout"])
+        self.labels.append(rec["label"])
+        self.names.append(rec["name"])
+        self.sources.append(rec["source"])
+        return len(rows)
 
     def write(self, folder: Path, label_dtype) -> int:
         """Write the shard into `folder` (which must not exist yet); returns the segment count."""
@@ -548,7 +569,8 @@ def _init_worker(dataset, cfg) -> None:
 
 
 def _process(task):
-    """Decode-side work for one image (runs in worker processes): -> record for _ShardBuffer."""
+    """All per-image work (decode, resize, segments, encoding; runs in the worker processes):
+    -> record for _ShardBuffer.add."""
     cfg = _WORKER["cfg"]
     kind, payload = task
     if kind == "index":
@@ -563,14 +585,14 @@ def _process(task):
         raise BankError(f"{name}: class indices {label.min()}..{label.max()} outside 0..{cfg['C']}")
     segs = extract_segments(label, cfg["C"], cfg["thin"], sig_grid=cfg["sig_grid"])
     lay = layout_grid(label, cfg["C"], cfg["context_grid"])
-    return name, source, label.astype(cfg["label_dtype"]), rgb, segs, lay
+    return _encode_image(name, source, label, rgb, segs, lay, cfg["scale"], cfg["label_dtype"])
 
 
 def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None,
                size=None, rgb_scale: int | None = None, shard_images: int = 64,
                sig_grid=DEFAULT_SIG_GRID, context_grid=DEFAULT_CONTEXT_GRID,
                index_min_area: float = DEFAULT_INDEX_MIN_AREA, thin: Iterable[int] | None = None,
-               progress: bool = True, workers: int = 0, limit: int | None = None) -> Bank:
+               progress: bool = True, workers: int | None = 0, limit: int | None = None) -> Bank:
     """Build (or extend) the memory bank at `out` from (layout, photo) samples.
 
     samples: a `LayoutDataset` (`semsynth.data.open_dataset(...)`, any size: samples are resized
@@ -580,8 +602,10 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
     lists skipped names that came from a different file).
     size: (H, W) at which segments are cut (default 256x512, as the original); rgb_scale: the photo
     is kept at rgb_scale x size (default 2). index_min_area: pixels at 256x512 (scaled to `size`) below which a stored
-    segment is left out of the retrieval index. workers: processes decoding images (0: none).
-    limit: stop after this many new images. Returns the opened bank."""
+    segment is left out of the retrieval index. workers: processes doing the per-image work
+    (decoding, segments, encoding; 0: all in this process, None: `default_workers()`); the bank
+    is byte for byte the same for any number. limit: stop after this many new images. Returns
+    the opened bank, with `build_stats` (images added, seconds, workers)."""
     out = Path(out)
     meta_path = out / "bank.json"
     if meta_path.is_file():
@@ -619,7 +643,7 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
     scale = int(meta["rgb_scale"])
     cfg = {"size": size, "rgb_size": (size[0] * scale, size[1] * scale), "C": sp.num_classes,
            "thin": tuple(meta["thin"]), "sig_grid": tuple(meta["sig_grid"]),
-           "context_grid": tuple(meta["context_grid"]),
+           "context_grid": tuple(meta["context_grid"]), "scale": scale,
            "label_dtype": np.uint8 if sp.void <= 255 else np.uint16}
     present: dict[str, str] = {}
     for s in meta["shards"]:
@@ -659,6 +683,9 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
         _write_json(meta_path, meta)  # commit point of the shard
         buf = _ShardBuffer(buf.first_image + len(buf))
 
+    if workers is None:
+        workers = default_workers()
+    t_start = time.perf_counter()
     pool = None
     try:
         ds = samples if _is_dataset(samples) else None
@@ -669,11 +696,12 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
         else:
             _init_worker(ds, cfg)
             results = (_process(it) for it in items)
-        for name, source, label, rgb, segs, lay in results:
+        for rec in results:
+            name = rec["name"]
             if name in seen_now:
                 raise BankError(f"two samples are named {name!r}; bank image names must be unique")
             seen_now.add(name)
-            buf.add(name, source, label, rgb, segs, lay, scale)
+            buf.add(rec)
             added += 1
             if bar is not None:
                 bar.update(1)
@@ -693,7 +721,21 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
               f"names must be unique; rename the files to add them.", file=sys.stderr)
     if added:
         _write_index(out, meta)
-    return Bank.open(out)
+    bank = Bank.open(out)
+    bank.build_stats = {"images": added, "seconds": time.perf_counter() - t_start,
+                        "workers": int(workers)}
+    return bank
+
+
+def default_workers() -> int:
+    """Worker processes for a bank build: one per CPU this process may use (at most 8: beyond
+    that the main process, which concatenates and writes shards, becomes the limit); 0 (no pool)
+    on a single CPU."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return 0 if n <= 1 else min(n, 8)
 
 
 def _take(it, n):
@@ -730,11 +772,14 @@ def build_bank_from_paths(paths: Iterable[str | Path], out: str | Path, space=No
 
     bank = None
     t0 = time.perf_counter()
+    added = 0
     for p in paths:
         ds = open_dataset(p, space=space, split=split, require_images=True, cache=False,
                           exclude=list(exclude) if exclude else None)
         bank = build_bank(ds, out, space=space if space is not None else ds.space, **kwargs)
+        added += bank.build_stats["images"]
     if bank is None:
         raise BankError("no dataset given")
     bank.build_seconds = time.perf_counter() - t0
+    bank.build_stats = dict(bank.build_stats, images=added, seconds=bank.build_seconds)
     return bank
