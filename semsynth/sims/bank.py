@@ -21,7 +21,9 @@ Layout of a bank folder::
         segments.npy sig.npy    all *retrievable* segments (area >= index_min_area) sorted by
                                 class, so the rows of class c are one contiguous slice
         layout.npy images.json  all source layouts / names by global image id
-        index.json              the shards it was built from + per-class offsets
+        runs.npy                horizontal runs of every indexed mask (RUN_DTYPE; rows point
+                                into it by run_off / run_len), for exact IoU in retrieval
+        index.json              the shards it was built from + per-class offsets + version
 
 Sizes: segments are cut at `size` (256x512 by default, as the original); their RGB is kept at
 `rgb_scale` x that (2: 512x1024, the canvas resolution of the original), masked by the
@@ -76,7 +78,15 @@ SEG_DTYPE = np.dtype([
     ("cls", "<i4"), ("image", "<i4"), ("y0", "<i4"), ("x0", "<i4"), ("y1", "<i4"), ("x1", "<i4"),
     ("area", "<i8"), ("mask_off", "<i8"), ("pole_off", "<i8"), ("rgb_off", "<i8"), ("rgb_len", "<i8"),
 ])
-INDEX_DTYPE = np.dtype(SEG_DTYPE.descr + [("shard", "<i4"), ("local", "<i4")])
+INDEX_DTYPE = np.dtype(SEG_DTYPE.descr + [("shard", "<i4"), ("local", "<i4"),
+                                          ("run_off", "<i8"), ("run_len", "<i4")])
+#: One horizontal run of a class mask: `p` = y * (W + 1) + x of its first pixel in the bank
+#: frame, `n` its length. Exact IoU against a query is then two lookups per run in the query's
+#: row-wise prefix sums (retrieval.py), vectorised over any set of candidates.
+RUN_DTYPE = np.dtype([("p", "<u4"), ("n", "<u2")], align=False)
+#: Version of the consolidated index/ (derived from the shards, which do not change): an index
+#: of another version is rebuilt from the shards when the bank is opened. 2: + mask runs.
+INDEX_VERSION = 2
 IMG_DTYPE = np.dtype([("label_off", "<i8"), ("label_len", "<i8")])
 
 
@@ -289,10 +299,11 @@ class Bank:
                 info = json.loads((idx_dir / "index.json").read_text())
             except (OSError, ValueError):
                 info = None
-        if info is None or info.get("shards") != want:
+        if info is None or info.get("shards") != want or info.get("version") != INDEX_VERSION:
             info = _write_index(self.path, self.meta)
         try:
             self.table = np.load(idx_dir / "segments.npy", mmap_mode="r")
+            self._runs = np.load(idx_dir / "runs.npy", mmap_mode="r")
             self._sig = np.load(idx_dir / "sig.npy", mmap_mode="r")
             self._layout = np.load(idx_dir / "layout.npy", mmap_mode="r")
             names = json.loads((idx_dir / "images.json").read_text())
@@ -326,6 +337,11 @@ class Bank:
     def signatures(self, c: int | None = None) -> np.ndarray:
         """(n, gh, gw) uint8 coverage signatures (memory-mapped) of class c (None: all)."""
         return self._sig if c is None else self._sig[self.class_slice(c)]
+
+    def runs(self) -> np.ndarray:
+        """(total,) RUN_DTYPE horizontal runs of the indexed masks (memory-mapped); segment i owns
+        runs[table["run_off"][i]: + table["run_len"][i]]."""
+        return self._runs
 
     def layout_grids(self) -> np.ndarray:
         """(num_images, ch, cw) majority-class grid of every source layout (context retrieval)."""
@@ -472,7 +488,10 @@ def _write_index(path: Path, meta: dict) -> dict:
     table = table[order]
     counts = np.bincount(table["cls"], minlength=C)[:C]
     offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    with atomic_path(idx_dir / "sig.npy") as p:
+    width = int(meta["size"][1])
+    raw = idx_dir / f".runs.raw-{os.getpid()}"
+    n_runs = 0
+    with atomic_path(idx_dir / "sig.npy") as p, open(raw, "wb") as fr:
         out = np.lib.format.open_memmap(p, mode="w+", dtype=np.uint8, shape=(len(table), *grid))
         start = 0
         for s, t in zip(meta["shards"], tables):
@@ -480,14 +499,29 @@ def _write_index(path: Path, meta: dict) -> dict:
             try:
                 with np.load(d / "sig.npz") as z:
                     sig = z["sig"]
+                masks = np.load(d / "masks.npy", mmap_mode="r")
             except (OSError, ValueError, KeyError) as e:
                 raise damaged(d, e) from e
             rows = dest[start:start + len(t)]
             srt = np.argsort(rows)                  # ascending writes into the memory map
             out[rows[srt]] = sig[t["local"][srt]]
+            runs, counts = _mask_runs(masks, t, width)
+            fr.write(runs.tobytes())
+            table["run_len"][rows] = counts
+            table["run_off"][rows] = n_runs + np.cumsum(counts) - counts
+            n_runs += len(runs)
             start += len(t)
         out.flush()
         del out
+    try:
+        with atomic_path(idx_dir / "runs.npy") as p:
+            dst = np.lib.format.open_memmap(p, mode="w+", dtype=RUN_DTYPE, shape=(n_runs,))
+            if n_runs:
+                dst[:] = np.memmap(raw, dtype=RUN_DTYPE, mode="r", shape=(n_runs,))
+            dst.flush()
+            del dst
+    finally:
+        raw.unlink(missing_ok=True)
     with atomic_path(idx_dir / "segments.npy") as p, open(p, "wb") as f:
         np.save(f, table)
     ctx = tuple(meta["context_grid"])
@@ -495,10 +529,55 @@ def _write_index(path: Path, meta: dict) -> dict:
         np.save(f, np.concatenate(layouts) if layouts else np.zeros((0, *ctx), np.uint8))
     with atomic_path(idx_dir / "images.json") as p:
         p.write_text(json.dumps({"names": names, "sources": sources}))
-    info = {"shards": [s["name"] for s in meta["shards"]], "class_offsets": offsets,
+    info = {"version": INDEX_VERSION, "shards": [s["name"] for s in meta["shards"]], "class_offsets": offsets,
             "num_stored_segments": stored, "num_indexed_segments": len(table)}
     _write_json(idx_dir / "index.json", info)  # last: marks the index as complete
     return info
+
+
+def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges [starts[i], starts[i] + lengths[i]) as one index array."""
+    lengths = np.asarray(lengths, np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(np.asarray(starts, np.int64) - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
+def _mask_runs(buf: np.ndarray, rows: np.ndarray, width: int, chunk_pixels: int = 1 << 22):
+    """Horizontal runs (RUN_DTYPE, in row order, then raster order) of the packed class masks of
+    segment `rows` (SEG_DTYPE fields) in `buf`, and the number of runs of each row. Vectorised
+    over the segments, `chunk_pixels` bbox pixels at a time (bounded memory)."""
+    h = (rows["y1"] - rows["y0"]).astype(np.int64)
+    w = (rows["x1"] - rows["x0"]).astype(np.int64)
+    hw = h * w
+    counts = np.zeros(len(rows), np.int64)
+    parts = []
+    cum = np.cumsum(hw)
+    i = 0
+    while i < len(rows):
+        j = max(i + 1, int(np.searchsorted(cum, (cum[i - 1] if i else 0) + chunk_pixels, "right")))
+        sl = slice(i, j)
+        nb = (hw[sl] + 7) // 8
+        bits = np.unpackbits(np.asarray(buf)[_ragged(rows["mask_off"][sl], nb)])
+        bit0 = np.repeat(8 * (np.cumsum(nb) - nb), hw[sl])           # first bit of each segment
+        seg = np.repeat(np.arange(j - i), hw[sl])
+        r = np.arange(len(seg)) - np.repeat(np.cumsum(hw[sl]) - hw[sl], hw[sl])   # pixel in crop
+        on = bits[bit0 + r].astype(bool)
+        ws = w[sl][seg]
+        col = r % ws
+        prev = np.concatenate([[False], on[:-1]])
+        nxt = np.concatenate([on[1:], [False]])
+        first = np.flatnonzero(on & ((col == 0) | ~prev))
+        last = np.flatnonzero(on & ((col == ws - 1) | ~nxt))   # pairs up with `first`, in order
+        s = seg[first]
+        y = rows["y0"][sl][s].astype(np.int64) + r[first] // ws[first]
+        x = rows["x0"][sl][s].astype(np.int64) + col[first]
+        out = np.empty(len(first), RUN_DTYPE)
+        out["p"] = y * (width + 1) + x
+        out["n"] = last - first + 1
+        parts.append(out)
+        counts[sl] = np.bincount(s, minlength=j - i)
+        i = j
+    return (np.concatenate(parts) if parts else np.zeros(0, RUN_DTYPE)), counts
 
 
 # ----------------------------------------------------------------------------- building
