@@ -17,14 +17,23 @@ bank segments *of the same class* are returned, by one of two scores:
   so it rewards candidates whose neighbourhood (road below a car, buildings behind a pole, ...)
   matches the query's, at the same place in the image.
 
-How it is fast: per class, all query signatures against all bank signatures is one matrix
-product (coverage signatures on a 16x32 grid; intersection = A·Bᵀ, union = |A| + |B| − A·Bᵀ;
-only the grid cells the queries touch are read);
-the context term for every pair comes from 2-D prefix sums of the per-image agreement map (four
-lookups per pair). The best `candidates` by that estimate are then re-scored with the **exact**
-mask IoU at the bank resolution, and the top k kept. With candidates >= the class size the result
-is the exhaustive search of the original; by default (max(4k, 64)) the top-1 matched the
-exhaustive search on every query we checked.
+How it is fast, and why it is exact: the top k are found best-first under an upper bound,
+so the result is the exhaustive search's, with no approximation. Per query segment and
+every bank segment of its class (one vectorised pass, no loop over segments):
+
+* IoU bound: the intersection is at most the bank segment's area and at most the query's
+  pixels inside the bank segment's bounding box (four lookups in the query's integral image);
+  IoU = I / (A_q + A_b - I) grows with I, so that bounds the IoU.
+* context bound: the agreeing cells lie in W_q ∩ W_b, so context_iou <= |W_q ∩ W_b| / |W_q ∪ W_b|.
+
+Candidates are then scored exactly in batches of decreasing bound (the first `candidates`, then
+4x more each round): mask IoU from the bank's horizontal mask runs (bank.py: two lookups per run in
+the query's row-wise prefix sums, vectorised over the batch), the context term from 2-D prefix
+sums of the agreement map of the candidates' images only (computed once per layout and image).
+Whatever has a bound below the k-th best exact score so far cannot enter the top k and is
+dropped; the search ends when nothing is left. Ties are broken by the lower bank id, as in an
+exhaustive sort (rows whose bound equals the k-th score are still scored). Scores and bounds are
+computed in float64 with the same operations, so a bound is never below its exact score.
 
 Fixed relative to the original: the top-k list is a real top-k (the original replaced the slot of
 the minimum computed once per training image, so the last segment of an image won, B.8.2), and
@@ -38,9 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .bank import Bank, _unpack
-from .segments import (REFERENCE_MIN_AREA, SegmentSet, extract_segments, grid_index, layout_grid,
-                       scaled_area)
+from .bank import Bank, _ragged
+from .segments import REFERENCE_MIN_AREA, SegmentSet, extract_segments, grid_index, layout_grid, scaled_area
 
 from ..errors import InputError
 
@@ -74,36 +82,42 @@ class Retrieval:
 
 
 class _Index:
-    """What retrieval reads from a bank, as in-memory arrays (bank rows, or replicated rows)."""
+    """What retrieval reads from a bank, as in-memory arrays (bank rows, or replicated rows).
 
-    def __init__(self, cls, bbox, area, image, sig, layouts, class_offsets, size, mask_fn, C):
+    cls, area, image: (n,) int32; bbox: (n, 4) int32 (y0, x0, y1, x1); layouts: (n_img, ch, cw)
+    context grids; class_offsets: (C + 1,) rows of each class; run_off / run_len / runs: the mask
+    runs (bank.py) of the *source* rows; src: (n,) row -> source row (None: the identity)."""
+
+    def __init__(self, cls, bbox, area, image, layouts, class_offsets, size, C, run_off, run_len,
+                 runs, sig, src=None):
         self.cls, self.bbox, self.area, self.image = cls, bbox, area, image
-        self.sig, self.layouts, self.class_offsets = sig, layouts, class_offsets
-        self.size, self.mask_fn, self.C = size, mask_fn, C
+        self.layouts, self.class_offsets, self.size, self.C = layouts, class_offsets, size, C
+        self.run_off, self.run_len, self.src = run_off, run_len, src
+        runs = np.asarray(runs)         # a plain view of a memory map: np.memmap indexing is slow
+        self.runs = runs
+        self.run_p, self.run_n = runs["p"], runs["n"]
+        self.sig = np.asarray(sig)      # (n_source, gh, gw) coverage signatures, memory-mapped
 
     @classmethod
     def from_bank(cls, bank: Bank) -> "_Index":
         t = bank.table
-        shards = {}
-        masks_off = np.asarray(t["mask_off"])
-        shard_of = np.asarray(t["shard"])
-        bbox = bank.bbox.astype(np.int64)
+        i32 = lambda f: np.asarray(t[f]).astype(np.int32)  # noqa: E731
+        return cls(i32("cls"), bank.bbox.astype(np.int32), i32("area"), i32("image"),
+                   bank.layout_grids(), np.asarray(bank.class_offsets), bank.size,
+                   bank.space.num_classes, np.asarray(t["run_off"]), i32("run_len"), bank.runs(),
+                   bank.signatures())
 
-        def mask_fn(i: int) -> np.ndarray:
-            k = int(shard_of[i])
-            buf = shards.get(k)
-            if buf is None:  # a plain ndarray view of the memory map (memmap slicing is slow)
-                buf = shards[k] = np.asarray(bank._shard(k)["masks"])
-            y0, x0, y1, x1 = bbox[i]
-            return _unpack(buf, int(masks_off[i]), int(y1 - y0), int(x1 - x0))
+    def __len__(self) -> int:
+        return len(self.cls)
 
-        return cls(np.asarray(t["cls"]), bbox, np.asarray(t["area"]), np.asarray(t["image"]),
-                   bank.signatures(), bank.layout_grids(), bank.class_offsets, bank.size, mask_fn,
-                   bank.space.num_classes)
+    def resident_bytes(self) -> int:
+        """Bytes of the per-row arrays held in memory (the runs are memory-mapped, not counted)."""
+        arrs = [self.cls, self.bbox, self.area, self.image, self.run_off, self.run_len, self.src]
+        return sum(a.nbytes for a in arrs if isinstance(a, np.ndarray) and not isinstance(a, np.memmap))
 
     def replicate(self, n_min: int) -> "_Index":
         """The same rows repeated (each copy with its own image ids) until >= n_min rows, for
-        benchmarks. Masks decode from the original rows."""
+        benchmarks. Masks (runs) are read from the original rows."""
         n = len(self.cls)
         reps = max(1, -(-n_min // max(n, 1)))
         n_img = len(self.layouts)
@@ -114,67 +128,103 @@ class _Index:
         src, rep = src[order], rep[order]
         counts = np.bincount(self.cls[src], minlength=self.C)[: self.C]
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        base_mask = self.mask_fn
-        return _Index(self.cls[src], self.bbox[src], self.area[src], self.image[src] + rep * n_img,
-                      np.asarray(self.sig)[src], np.tile(np.asarray(self.layouts), (reps, 1, 1)),
-                      offsets, self.size, lambda i: base_mask(int(src[i])), self.C)
+        base = src if self.src is None else self.src[src]
+        return _Index(self.cls[src], self.bbox[src], self.area[src],
+                      (self.image[src] + rep * n_img).astype(np.int32),
+                      np.tile(np.asarray(self.layouts), (reps, 1, 1)), offsets, self.size, self.C,
+                      self.run_off, self.run_len, self.runs, self.sig, base.astype(np.int32))
 
 
 class Retriever:
-    """Searches one bank. Per-class signature matrices are built on first use and cached, so
-    create one Retriever per bank and reuse it across layouts.
+    """Searches one bank (exactly: see the module docstring). Per-row tables (bounding-box corner
+    offsets, context windows) are built on first use and cached, so create one Retriever per bank
+    and reuse it across layouts."""
 
-    pool: average-pool the bank's signatures by this factor for the matrix stage (default 1:
-    the bank's 16x32 cells, 512 numbers per segment, 2 KB of float32 each in the cache, about
-    200 MB for 100,000 segments when every class has been searched)."""
-
-    def __init__(self, bank: Bank | _Index, pool: int = 1):
+    def __init__(self, bank: Bank | _Index):
         self.bank = bank if isinstance(bank, Bank) else None
         self.index = _Index.from_bank(bank) if isinstance(bank, Bank) else bank
         self.size = tuple(self.index.size)
         self.C = self.index.C
         self.thin = tuple(bank.thin) if isinstance(bank, Bank) else ()
-        self.sig_grid = tuple(np.asarray(self.index.sig).shape[1:])
         self.context_grid = tuple(np.asarray(self.index.layouts).shape[1:])
-        self.pool = int(pool)
-        self._sig_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cells_sig = grid_index(self.size, self.sig_grid)
         self._cells_ctx = grid_index(self.size, self.context_grid)
+        self.sig_grid = tuple(self.index.sig.shape[1:])
+        self._cells_sig = grid_index(self.size, self.sig_grid)
+        self._sig = self.index.sig.reshape(len(self.index.sig), -1)
+        # most pixels of its class a bank segment can have in a cell, given its coverage signature
+        # there (sig = rint(count * 255 / cell area), segments.downsample_coverage)
+        cell_area = np.bincount(self._cells_sig.ravel(), minlength=self._sig.shape[1])
+        lut = np.floor((np.arange(256)[:, None] + 0.5) * cell_area[None] / 255.0 + 1e-6)
+        self._sig_ub = np.minimum(lut, cell_area[None]).astype(np.int32)    # (256, cells)
+        gh, gw = self.sig_grid
+        p = self.COARSE
+        fine_to_coarse = ((np.arange(gh)[:, None] // p) * (-(-gw // p)) + np.arange(gw)[None] // p).ravel()
+        self._coarse_of = fine_to_coarse
+        self._cells_coarse = fine_to_coarse[self._cells_sig]
+        self._coarse_area = np.bincount(self._cells_coarse.ravel())
+        self._coarse = None
+        self._corners = None
+        self._win: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._S = self._stamp = None
+        self._gen = 0
+
+    #: signature cells pooled p x p for the coarse bound computed for every row of a class
+    COARSE = 4
 
     # ---------------------------------------------------------------- caches
-    def _pooled(self, sig: np.ndarray) -> np.ndarray:
-        """(n, gh, gw) uint8 coverage -> (n, gh/pool * gw/pool) float32 coverage in [0, 1]
-        (edge cells of sizes that do not divide are averaged with zero padding)."""
-        x = np.asarray(sig)
-        p = self.pool
-        n, gh, gw = x.shape
-        if p > 1:
-            ph, pw = -(-gh // p) * p, -(-gw // p) * p
-            if (ph, pw) != (gh, gw):
-                x = np.pad(x, ((0, 0), (0, ph - gh), (0, pw - gw)))
-            x = x.reshape(n, ph // p, p, pw // p, p).sum((2, 4), dtype=np.uint16)
-        return x.reshape(n, -1).astype(np.float32) * np.float32(1.0 / (255.0 * p * p))
+    def coarse(self) -> np.ndarray:
+        """(n, coarse cells) the most class pixels each bank row can have in each cell of the
+        signature grid pooled COARSE x COARSE (from the signatures, `_sig_ub`): a bound of the
+        intersection computed for every row of a class, cheaply (few cells per query)."""
+        if self._coarse is None:
+            ix = self.index
+            nsrc = len(self._sig)
+            dt = np.int16 if self._coarse_area.max() < 2 ** 15 else np.int32
+            out = np.empty((nsrc, len(self._coarse_area)), dt)
+            cells = np.arange(self._sig.shape[1])
+            for s in range(0, nsrc, 16384):
+                ub = self._sig_ub[np.asarray(self._sig[s:s + 16384]), cells]
+                acc = np.zeros((len(ub), out.shape[1]), np.int32)
+                for c in range(out.shape[1]):
+                    acc[:, c] = ub[:, self._coarse_of == c].sum(1)
+                out[s:s + 16384] = np.minimum(acc, self._coarse_area[None])
+            # rows of a replicated index get their own copy, as a real bank of that size would
+            self._coarse = out if ix.src is None else out[ix.src]
+        return self._coarse
 
-    def _class_matrix(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D, n) float32 pooled signatures of class c (transposed: a query touches few cells,
-        and only those rows are read), and (n,) their sums."""
-        hit = self._sig_cache.get(c)
+    def corners(self) -> np.ndarray:
+        """(4, n) int32 flat offsets of each bank box's corners (y0x0, y0x1, y1x0, y1x1) in an
+        (H + 1, W + 1) integral image."""
+        if self._corners is None:
+            W1 = self.size[1] + 1
+            b = self.index.bbox
+            y0, x0, y1, x1 = (b[:, i].astype(np.int32) for i in range(4))
+            self._corners = np.stack([y0 * W1 + x0, y0 * W1 + x1, y1 * W1 + x0, y1 * W1 + x1])
+        return self._corners
+
+    def windows(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """(4, n) int16 context windows of the bank rows in context cells, and (n,) their areas."""
+        hit = self._win.get(float(margin))
         if hit is None:
-            a, b = int(self.index.class_offsets[c]), int(self.index.class_offsets[c + 1])
-            d = self._pooled(np.zeros((1, *self.sig_grid), np.uint8)).shape[1]
-            mt = np.empty((d, b - a), np.float32)
-            for s in range(a, b, 8192):
-                e = min(s + 8192, b)
-                mt[:, s - a:e - a] = self._pooled(np.asarray(self.index.sig[s:e])).T
-            mt = torch.from_numpy(mt)
-            hit = self._sig_cache[c] = (mt, mt.sum(0))
+            w = self._windows(self.index.bbox, margin).T.astype(np.int16)
+            area = ((w[2] - w[0]).astype(np.int32) * (w[3] - w[1]))
+            hit = self._win[float(margin)] = (np.ascontiguousarray(w), area)
         return hit
 
-    def warm(self) -> "Retriever":
-        """Build every class's cache now (otherwise built on first use)."""
-        for c in range(self.C):
-            self._class_matrix(c)
+    def warm(self, margin: float = 0.5) -> "Retriever":
+        """Build the per-row caches now (otherwise built on first use)."""
+        self.corners()
+        self.coarse()
+        self.windows(margin)
         return self
+
+    def cache_bytes(self) -> int:
+        """Bytes of the per-row caches built so far plus the per-image agreement cache (its
+        full size: pages are touched as images are scored)."""
+        n = sum(0 if x is None else x.nbytes for x in (self._corners, self._coarse))
+        n += sum(w.nbytes + a.nbytes for w, a in self._win.values())
+        ch, cw = self.context_grid
+        return n + len(self.index.layouts) * ((ch + 1) * (cw + 1) * 2 + 8)
 
     def _windows(self, bbox: np.ndarray, margin: float) -> np.ndarray:
         """(n, 4) context windows in context-grid cells [cy0, cx0, cy1, cx1)."""
@@ -201,91 +251,234 @@ class Retriever:
             torch.set_num_threads(n)
 
     def _search(self, label, k: int = 10, mode: str = "iou", min_area: float = REFERENCE_MIN_AREA,
-               candidates: int | None = None, context_weight: float = 1.0,
-               context_margin: float = 0.5, allowed_images=None, exclude_images=None) -> Retrieval:
+                candidates: int | None = None, context_weight: float = 1.0,
+                context_margin: float = 0.5, allowed_images=None, exclude_images=None) -> Retrieval:
         """Retrieve for every segment of `label` (class indices, void = C; any size: resized to
-        the bank size with nearest neighbour). Returns a `Retrieval`.
+        the bank size with nearest neighbour). Returns a `Retrieval`, the same as an exhaustive
+        search (every same-class bank segment scored exactly).
 
         min_area: pixels at 256x512 (scaled to the bank size); only larger segments are searched
-        (the original's "area > 1000"). candidates: how many per query are re-scored exactly
-        (default max(4k, 64)). allowed_images / exclude_images: bank image ids to restrict the
-        search to / leave out (e.g. the query's own image when building training canvases)."""
+        (the original's "area > 1000"). candidates: size of the first batch scored exactly
+        (default max(4k, 64); a speed setting only, results do not depend on it).
+        allowed_images / exclude_images: bank image ids to restrict the search to / leave out
+        (e.g. the query's own image when building training canvases)."""
         t0 = time.perf_counter()
         if mode not in ("iou", "context"):
             raise InputError(f"mode must be 'iou' or 'context', got {mode!r}")
+        if context_weight < 0:
+            raise InputError(f"context_weight must be >= 0, got {context_weight}")
         label = self._as_label(label)
-        q = extract_segments(label, self.C, self.thin, sig_grid=self.sig_grid, cells=self._cells_sig)
+        q = extract_segments(label, self.C, self.thin, sig_grid=None)
         Q = len(q)
         ids = np.full((Q, k), -1, np.int64)
         iou = np.zeros((Q, k), np.float32)
         ctx = np.full((Q, k), np.nan if mode == "iou" else 0.0, np.float32)
         score = np.zeros((Q, k), np.float32)
         searched = q.area > scaled_area(min_area, self.size)
-        M = max(4 * k, 64) if candidates is None else max(int(candidates), k)
+        M = max(4 * k, 64) if candidates is None else max(int(candidates), k, 1)
+        ix = self.index
 
         img_ok = None
         if allowed_images is not None or exclude_images is not None:
-            n_img = len(self.index.layouts)
+            n_img = len(ix.layouts)
             img_ok = np.ones(n_img, bool) if allowed_images is None else np.zeros(n_img, bool)
             if allowed_images is not None:
                 img_ok[np.asarray(list(allowed_images), dtype=np.int64)] = True
             if exclude_images is not None:
                 img_ok[np.asarray(list(exclude_images), dtype=np.int64)] = False
 
-        S = qwin = None
+        context = None
         if mode == "context" and searched.any():
-            lay_q = layout_grid(label, self.C, self.context_grid, self._cells_ctx)
-            S = self._agreement_sums(lay_q)
-            qwin = self._windows(q.bbox, context_margin)
+            self._gen += 1
+            bwin, barea = self.windows(context_margin)
+            context = {"lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
+                       "qwin": self._windows(q.bbox, context_margin), "bwin": bwin, "barea": barea,
+                       "w": float(context_weight)}
 
-        qfull_cache: dict[int, np.ndarray] = {}
+        H, W = self.size
+        corners = self.corners()
         for c in np.unique(q.cls[searched]):
             qi = np.flatnonzero(searched & (q.cls == c))
-            Bt, Bsum = self._class_matrix(int(c))
-            a = int(self.index.class_offsets[c])
-            n = Bt.shape[1]
-            if n == 0:
+            a, b = int(ix.class_offsets[c]), int(ix.class_offsets[c + 1])
+            if b == a:
                 searched[qi] = False
                 continue
-            Qs = self._pooled(q.sig[qi])
-            cells = np.flatnonzero(Qs.any(0))                         # cells the queries touch
-            inter = (torch.from_numpy(np.ascontiguousarray(Qs[:, cells])) @ Bt[cells]).T  # (n, q)
-            qsum = torch.from_numpy(Qs.sum(1))
-            est = inter / (Bsum[:, None] + qsum[None, :] - inter).clamp_min(1e-6)
-            ctx_all = None
-            if S is not None:
-                ctx_all = torch.from_numpy(self._context(S, qwin[qi], a, n, context_margin))
-                est = est + context_weight * ctx_all
+            # per query: row-wise prefix sums P (exact intersections from runs) and the integral
+            # image S (bounds), (H, W + 1) and (H + 1, W + 1)
+            P = np.zeros((len(qi), H + 1, W + 1), np.int32)
+            for r, j in enumerate(qi):
+                y0, x0, y1, x1 = q.bbox[j]
+                np.cumsum(q.masks[j], axis=1, dtype=np.int32, out=P[r, 1 + y0:1 + y1, 1 + x0:1 + x1])
+                P[r, 1 + y0:1 + y1, 1 + x1:] = P[r, 1 + y0:1 + y1, x1:x1 + 1]
+            S = np.cumsum(P, axis=1, dtype=np.int32).reshape(len(qi), -1)
+            Pf = P[:, 1:, :].reshape(len(qi), -1)
+            cn = corners[:, a:b]
+            box = (np.take(S, cn[3], 1) - np.take(S, cn[1], 1)) - (np.take(S, cn[2], 1) - np.take(S, cn[0], 1))
+            Ab = ix.area[a:b]
+            Aq = q.area[qi].astype(np.int64)[:, None]
+            iub = np.minimum(box, Ab)
+            coarse = self.coarse()
+            for r, j in enumerate(qi):
+                y0, x0, y1, x1 = q.bbox[j]
+                qcc = np.bincount(self._cells_coarse[y0:y1, x0:x1][q.masks[j]], minlength=coarse.shape[1])
+                t = np.flatnonzero(qcc)
+                cb = np.minimum(coarse[a:b, t], qcc[t].astype(np.int32)).sum(1, dtype=np.int32)
+                np.minimum(iub[r], cb, out=iub[r])
+            U = iub / (Aq + Ab - iub)
+            win = None
+            if context is not None:
+                win = context["w"] * self._window_iou(context, qi, a, b)
+                U += win
             if img_ok is not None:
-                bad = torch.from_numpy(~img_ok[self.index.image[a:a + n]])
-                est[bad] = -np.inf
-            m = min(M, n)
-            top = torch.topk(est, m, dim=0).indices.T.numpy()          # (q, m) local rows
-            for r, qq in enumerate(qi):
-                cand = top[r]
-                if img_ok is not None:
-                    cand = cand[np.isfinite(est[cand, r].numpy())]
-                if len(cand) == 0:
-                    searched[qq] = False
+                U[:, ~img_ok[ix.image[a:b]]] = -np.inf
+            for r, j in enumerate(qi):
+                y0, x0, y1, x1 = q.bbox[j]
+                qc = np.bincount(self._cells_sig[y0:y1, x0:x1][q.masks[j]], minlength=self._sig.shape[1])
+                cells = np.flatnonzero(qc)
+                qd = {"j": j, "Pf": Pf[r], "area": int(q.area[j]), "iub": iub[r], "cells": cells,
+                      "qc": qc[cells].astype(np.int32), "win": None if win is None else win[r]}
+                got = self._best_first(U[r], k, M, a, qd, context)
+                if got is None:
+                    searched[j] = False
                     continue
-                qfull = qfull_cache.get(qq)
-                if qfull is None:
-                    qfull = qfull_cache[qq] = q.full_mask(qq)
-                ex = self._exact_iou(qfull, int(q.area[qq]), a + cand)
-                sc = ex.copy()
-                cx = None
-                if ctx_all is not None:
-                    cx = ctx_all[cand, r].numpy()
-                    sc = sc + context_weight * cx
-                order = np.lexsort((cand, -sc))[:k]                    # best first, ties: lower id
-                kk = len(order)
-                ids[qq, :kk] = a + cand[order]
-                iou[qq, :kk] = ex[order]
-                score[qq, :kk] = sc[order]
+                g, ex, cx, sc = got
+                kk = len(g)
+                ids[j, :kk], iou[j, :kk], score[j, :kk] = g, ex, sc
                 if cx is not None:
-                    ctx[qq, :kk] = cx[order]
+                    ctx[j, :kk] = cx
         return Retrieval(label=label, query=q, searched=searched, ids=ids, iou=iou, context_iou=ctx,
                          score=score, mode=mode, seconds=time.perf_counter() - t0)
+
+    def _best_first(self, u: np.ndarray, k: int, m: int, a: int, qd: dict, context: dict | None):
+        """Exact top k of query qd["j"] among bank rows a + (0..len(u)-1) with upper bounds u
+        (-inf: not allowed). Batches are taken by decreasing u, re-bounded with the full
+        signatures (`_sig_bound`) and scored exactly in that tighter order, a few first (to raise
+        the k-th best score quickly), then the rest of the batch that can still reach it.
+        Returns (ids, iou, context_iou or None, score), best first, or None when no row is
+        allowed."""
+        live = np.flatnonzero(u > -np.inf)
+        if not len(live):
+            return None
+        rows, ious, ctxs, scores = [], [], [], []
+        state = {"tau": -np.inf, "all": None}
+        head = max(k, 16)
+
+        def score(pick):
+            g = a + pick
+            ex = self._exact_iou(qd["Pf"], qd["area"], g)
+            sc, cx = ex, None
+            if context is not None:
+                cx = self._context_iou(context, qd["j"], g)
+                sc = ex + context["w"] * cx
+            rows.append(g), ious.append(ex), ctxs.append(cx), scores.append(sc)
+            allsc = state["all"] = np.concatenate(scores)
+            if len(allsc) >= k:
+                state["tau"] = np.partition(allsc, len(allsc) - k)[len(allsc) - k]  # k-th best so far
+
+        while len(live):
+            if len(live) > m:
+                part = np.argpartition(-u[live], m - 1)
+                pick, live = live[part[:m]], live[part[m:]]
+            else:
+                pick, live = live, live[:0]
+            sb = self._sig_bound(qd, a, pick)
+            keep = sb >= state["tau"]             # >=: an equal score with a lower id still wins
+            pick, sb = pick[keep], sb[keep]
+            o = np.argsort(-sb, kind="stable")
+            pick, sb = pick[o], sb[o]
+            if len(pick):
+                score(pick[:head])
+                rest = pick[head:][sb[head:] >= state["tau"]]
+                if len(rest):
+                    score(rest)
+            live = live[u[live] >= state["tau"]]
+            m *= 4
+        allsc = state["all"]
+        if allsc is None:
+            return None
+        g = np.concatenate(rows)
+        order = np.lexsort((g, -allsc))[:k]       # best first, ties: lower id
+        cx = np.concatenate(ctxs)[order] if context is not None else None
+        return g[order], np.concatenate(ious)[order], cx, allsc[order]
+
+    def _sig_bound(self, qd: dict, a: int, pick: np.ndarray) -> np.ndarray:
+        """Tighter upper bounds of the score of rows a + pick: per signature cell the
+        intersection is at most min(query pixels there, the most the bank segment's coverage
+        value allows), summed over the cells the query touches (and at most the box bound)."""
+        ix = self.index
+        rows = a + pick
+        base = rows if ix.src is None else ix.src[rows]
+        cells = qd["cells"]
+        sg = self._sig[base[:, None], cells[None, :]]
+        ib = np.minimum(self._sig_ub[sg, cells[None, :]], qd["qc"][None, :]).sum(1)
+        ib = np.minimum(ib, qd["iub"][pick])
+        bound = ib / (qd["area"] + ix.area[rows] - ib)
+        if qd["win"] is not None:
+            bound = bound + qd["win"][pick]
+        return bound
+
+    def _exact_iou(self, Pf: np.ndarray, qarea: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) float64 exact mask IoU of the query (row-wise prefix sums Pf, flat
+        (H, W + 1)) with bank rows, from the rows' horizontal runs."""
+        ix = self.index
+        base = rows if ix.src is None else ix.src[rows]
+        ln = ix.run_len[base]
+        at = _ragged(ix.run_off[base], ln)
+        p = ix.run_p[at].astype(np.int64)
+        inter = Pf[p + ix.run_n[at]] - Pf[p]
+        inter = np.bincount(np.repeat(np.arange(len(rows)), ln), weights=inter, minlength=len(rows))
+        return inter / (qarea + ix.area[rows] - inter)
+
+    def _window_iou(self, context: dict, qi: np.ndarray, a: int, b: int) -> np.ndarray:
+        """(q, n) IoU of the query context windows with those of bank rows a..b: an upper bound
+        of the context IoU (the agreeing cells lie in the windows' intersection)."""
+        bw, barea = context["bwin"][:, a:b], context["barea"][a:b]
+        qw = context["qwin"][qi]
+        inter = self._overlap(qw, bw)
+        qarea = ((qw[:, 2] - qw[:, 0]) * (qw[:, 3] - qw[:, 1]))[:, None]
+        return inter / np.maximum(barea + qarea - inter, 1)
+
+    @staticmethod
+    def _overlap(qw: np.ndarray, bw: np.ndarray):
+        """Cells of the intersection of query windows (q, 4) and bank windows (4, n): (q, n)
+        int arrays (y0, x0, y1, x1, area) with empty intersections of area 0."""
+        h = np.minimum(bw[2], qw[:, 2:3]) - np.maximum(bw[0], qw[:, 0:1])
+        w = np.minimum(bw[3], qw[:, 3:4]) - np.maximum(bw[1], qw[:, 1:2])
+        return np.maximum(h, 0) * np.maximum(w, 0)
+
+    def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """(len(images), (ch+1)(cw+1)) 2-D prefix sums of [bank layout == query layout] of the
+        given bank images; computed once per image and layout (search), then cached."""
+        n_img = len(self.index.layouts)
+        ch, cw = self.context_grid
+        if self._S is None or len(self._S) != n_img:
+            self._S = np.zeros((n_img, (ch + 1) * (cw + 1)), np.int16)   # pages touched on use
+            self._stamp = np.zeros(n_img, np.int64)
+        u = np.unique(images)
+        need = u[self._stamp[u] != self._gen]
+        if len(need):
+            eq = np.asarray(self.index.layouts[need]) == lay_q[None]
+            S = np.zeros((len(need), ch + 1, cw + 1), np.int16)
+            np.cumsum(np.cumsum(eq, axis=1, dtype=np.int16), axis=2, dtype=np.int16, out=S[:, 1:, 1:])
+            self._S[need] = S.reshape(len(need), -1)
+            self._stamp[need] = self._gen
+        return self._S
+
+    def _context_iou(self, context: dict, j: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) float64 context IoU of query segment j with bank rows."""
+        cw1 = self.context_grid[1] + 1
+        img = self.index.image[rows]
+        S = self._agreement(context["lay"], img)
+        bw, qw = context["bwin"][:, rows].astype(np.int64), context["qwin"][j]
+        y0 = np.maximum(bw[0], qw[0])
+        x0 = np.maximum(bw[1], qw[1])
+        y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
+        x1 = np.maximum(np.minimum(bw[3], qw[3]), x0)
+        agree = (S[img, y1 * cw1 + x1].astype(np.int64) - S[img, y0 * cw1 + x1]
+                 - S[img, y1 * cw1 + x0] + S[img, y0 * cw1 + x0])
+        inter = (y1 - y0) * (x1 - x0)
+        qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
+        return agree / np.maximum(context["barea"][rows] + qarea - inter, 1)
 
     def _as_label(self, label) -> np.ndarray:
         if isinstance(label, torch.Tensor):
@@ -302,46 +495,6 @@ class Retriever:
             label = resize_label(label, self.size)
         return label.astype(np.int64)
 
-    def _agreement_sums(self, lay_q: np.ndarray) -> np.ndarray:
-        """(n_img, (ch+1)(cw+1)) 2-D prefix sums of [bank layout == query layout] per image."""
-        lay = self.index.layouts
-        n, ch, cw = lay.shape
-        dt = np.int16 if ch * cw < 32768 else np.int32
-        S = np.zeros((n, ch + 1, cw + 1), dt)
-        np.equal(lay, lay_q[None], out=S[:, 1:, 1:], casting="unsafe")
-        # running sums as a few dozen whole-array adds: several times faster than np.cumsum
-        # along an axis
-        for i in range(2, cw + 1):
-            S[:, :, i] += S[:, :, i - 1]
-        for i in range(2, ch + 1):
-            S[:, i] += S[:, i - 1]
-        return S.reshape(n, -1)
-
-    def _context(self, S: np.ndarray, qwin: np.ndarray, a: int, n: int, margin: float) -> np.ndarray:
-        """(n, q) context IoU of bank rows a..a+n against the query windows."""
-        bwin = self._windows(self.index.bbox[a:a + n], margin)
-        cw1 = self.context_grid[1] + 1
-        y0 = np.maximum(bwin[:, None, 0], qwin[None, :, 0])
-        x0 = np.maximum(bwin[:, None, 1], qwin[None, :, 1])
-        y1 = np.maximum(np.minimum(bwin[:, None, 2], qwin[None, :, 2]), y0)
-        x1 = np.maximum(np.minimum(bwin[:, None, 3], qwin[None, :, 3]), x0)
-        img = self.index.image[a:a + n][:, None]
-        agree = (S[img, y1 * cw1 + x1].astype(np.int32) - S[img, y0 * cw1 + x1]
-                 - S[img, y1 * cw1 + x0] + S[img, y0 * cw1 + x0])
-        inter = (y1 - y0) * (x1 - x0)
-        area_b = ((bwin[:, 2] - bwin[:, 0]) * (bwin[:, 3] - bwin[:, 1]))[:, None]
-        area_q = ((qwin[:, 2] - qwin[:, 0]) * (qwin[:, 3] - qwin[:, 1]))[None, :]
-        return (agree / np.maximum(area_b + area_q - inter, 1)).astype(np.float32)
-
-    def _exact_iou(self, qfull: np.ndarray, qarea: int, rows: np.ndarray) -> np.ndarray:
-        out = np.empty(len(rows), np.float64)
-        bbox, area, mask_fn = self.index.bbox, self.index.area, self.index.mask_fn
-        for j, i in enumerate(rows):
-            y0, x0, y1, x1 = bbox[i]
-            inter = np.count_nonzero(qfull[y0:y1, x0:x1] & mask_fn(int(i)))
-            out[j] = inter / (qarea + int(area[i]) - inter)
-        return out.astype(np.float32)
-
 
 def retrieve(bank: Bank, label, k: int = 10, mode: str = "iou", **kwargs) -> Retrieval:
     """One-off `Retriever(bank).search(label, ...)` (create a Retriever to search many layouts)."""
@@ -352,16 +505,21 @@ def benchmark_retrieval(bank: Bank, layouts, n_segments: int = 100_000, k: int =
                         modes=("iou", "context"), repeat: int = 1) -> dict:
     """Time retrieval per layout against the bank's index replicated to >= n_segments rows.
 
-    layouts: (H, W) class-index maps (e.g. validation label maps). Returns a dict with the bank
-    size, the cache warm-up time and, per mode, mean / max seconds per layout and the mean number
-    of query segments searched."""
+    layouts: (H, W) class-index maps (e.g. validation label maps). Returns a dict with the index
+    size and memory (resident per-row arrays and caches; the mask runs, memory-mapped from the
+    bank, per source segment), the cache warm-up time and, per mode, mean / median / max seconds
+    per layout and the mean number of query segments searched."""
+    t0 = time.perf_counter()
     index = _Index.from_bank(bank).replicate(n_segments)
     r = Retriever(index)
     r.thin = bank.thin
-    t0 = time.perf_counter()
     r.warm()
-    out = {"segments": len(index.cls), "images": len(index.layouts), "warm_seconds": time.perf_counter() - t0,
-           "torch_threads": torch.get_num_threads()}
+    n = len(index)
+    resident = index.resident_bytes() + r.cache_bytes() + np.asarray(index.layouts).nbytes
+    runs_per_seg = bank.runs().nbytes / max(len(bank), 1)
+    out = {"segments": n, "images": len(index.layouts), "warm_seconds": time.perf_counter() - t0,
+           "index_mb": resident / 1e6, "index_bytes_per_segment": resident / n,
+           "runs_bytes_per_segment": runs_per_seg, "torch_threads": torch.get_num_threads()}
     layouts = [r._as_label(lab) for lab in layouts]
     for mode in modes:
         r.search(layouts[0], k=k, mode=mode)  # first-call overheads
@@ -371,6 +529,7 @@ def benchmark_retrieval(bank: Bank, layouts, n_segments: int = 100_000, k: int =
                 res = r.search(lab, k=k, mode=mode)
                 times.append(res.seconds)
                 nq.append(int(res.searched.sum()))
-        out[mode] = {"mean_s": float(np.mean(times)), "max_s": float(np.max(times)),
-                     "layouts": len(layouts), "mean_queries": float(np.mean(nq))}
+        out[mode] = {"mean_s": float(np.mean(times)), "median_s": float(np.median(times)),
+                     "max_s": float(np.max(times)), "layouts": len(layouts),
+                     "mean_queries": float(np.mean(nq))}
     return out
