@@ -21,9 +21,12 @@ How it is fast, and why it is exact: the top k are found best-first under an upp
 so the result is the exhaustive search's, with no approximation. Per query segment and
 every bank segment of its class (one vectorised pass, no loop over segments):
 
-* IoU bound: the intersection is at most the bank segment's area and at most the query's
-  pixels inside the bank segment's bounding box (four lookups in the query's integral image);
-  IoU = I / (A_q + A_b - I) grows with I, so that bounds the IoU.
+* IoU bound: the intersection is at most the bank segment's area, at most the query's pixels
+  inside the bank segment's bounding box (four lookups in the query's integral image), and at
+  most, per cell of the signature grid pooled 4x4, the smaller of the query's pixels there and the
+  most the bank segment's coverage signature allows (`Retriever.coarse`); IoU = I / (A_q + A_b - I)
+  grows with I, so that bounds the IoU. Each batch is re-bounded on the full 16x32 signatures
+  before the exact scoring (`_sig_bound`).
 * context bound: the agreeing cells lie in W_q ∩ W_b, so context_iou <= |W_q ∩ W_b| / |W_q ∪ W_b|.
 
 Candidates are then scored exactly in batches of decreasing bound (the first `candidates`, then
