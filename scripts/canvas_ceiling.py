@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from semsynth.data import list_label_files, load_image, save_image
-from semsynth.pipelines import resolve_checkpoint
 from semsynth.sims.pipeline import SIMSPipeline
 
 
@@ -30,7 +29,7 @@ def main() -> None:
     ap.add_argument("--mode", default="iou", choices=["iou", "context"], help="retrieval score")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
-    pipe = SIMSPipeline.from_pretrained(resolve_checkpoint(a.model), bank=a.bank, device="cpu",
+    pipe = SIMSPipeline.from_pretrained(a.model, bank=a.bank, device="cpu",
                                         retrieval_mode=a.mode)
     out = Path(a.out)
     cover = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from semsynth.checkpoint import read_metadata
 from semsynth.data import load_image, save_image
-from semsynth.pipelines import resolve_checkpoint
+from semsynth.pipelines import SIMSPipeline, pipeline_class
 from semsynth.utils import shared_dir
 
 
@@ -49,7 +49,7 @@ def main() -> int:
         path = path or name
         dest = out / name
         cmd = ["semsynth", "synthesize", path, str(labels), "-o", str(dest), "--k", str(a.k), "--overwrite"]
-        if read_metadata(resolve_checkpoint(path))["task"].startswith("sims"):  # SIMS needs the bank
+        if pipeline_class(read_metadata(path)["task"]) is SIMSPipeline:  # SIMS needs the bank
             if not a.bank:
                 raise SystemExit(f"{spec}: a SIMS model needs --bank")
             cmd += ["--bank", a.bank]

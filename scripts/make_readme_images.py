@@ -31,10 +31,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 import semsynth
 from semsynth.checkpoint import read_metadata, resolve
-from semsynth.data import resize_image, resize_label
+from semsynth.data import resize_image, resize_label, save_image
 from semsynth.labels import colorize
 from semsynth.layouts import street_layout
-from semsynth.pipelines import resolve_checkpoint
 from semsynth.utils import atomic_path, shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +102,7 @@ def save_small(img: Image.Image, path: Path) -> int:
     """Palette PNG (dithered), fewer colours until it fits MAX_BYTES; returns the size."""
     for colors in (256, 192, 128, 96, 64):
         q = img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
-        with atomic_path(path) as tmp:
-            q.save(tmp, format="PNG", optimize=True)
+        save_image(path, q, optimize=True)
         n = path.stat().st_size
         if n <= MAX_BYTES:
             return n
@@ -129,7 +127,7 @@ def sims_figure(crn, present, shared: Path, out: Path, record: dict, args) -> No
     from semsynth.sims.pipeline import SIMSPipeline
 
     bank = sims_bank(shared, Path(args.bank))
-    sims = SIMSPipeline.from_pretrained(resolve_checkpoint(args.sims_model), bank=bank, device=args.device)
+    sims = SIMSPipeline.from_pretrained(args.sims_model, bank=bank, device=args.device)
     size, space = tuple(sims.size), sims.space
     rows = []
     for caption, lab, photo in present:
@@ -143,7 +141,7 @@ def sims_figure(crn, present, shared: Path, out: Path, record: dict, args) -> No
     path = out / "sims_cityscapes.png"
     n = save_small(figure(rows, ["layout (held out)", "SIMS canvas", "SIMS output", "CRN default", "real photo"],
                           size), path)
-    model_file = resolve(resolve_checkpoint(args.sims_model))
+    model_file = resolve(args.sims_model)
     record["figures"]["sims_cityscapes.png"] = {
         "bytes": n, "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present],
         "sims_model": str(args.sims_model), "sims_step": read_metadata(model_file)["step"],
@@ -165,7 +163,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     pipe = semsynth.CRNPipeline.from_pretrained(args.model, device=args.device)
     size, k, space = tuple(pipe.size), pipe.k, pipe.space
-    model_file = resolve(resolve_checkpoint(args.model))
+    model_file = resolve(args.model)
     meta = read_metadata(model_file)
     record = {"model": str(args.model), "step": meta["step"],
               "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),

@@ -34,8 +34,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from . import __version__
 from .errors import CheckpointError, MissingFileError
 from .labels import LabelSpace, get_space
+from .models import build_model
 from .utils import atomic_path
 
 FORMAT = "semsynth-checkpoint-1"
@@ -72,8 +74,6 @@ def save_model(path: str | Path, model: torch.nn.Module, model_config: dict, spa
                companions: dict[str, str] | None = None) -> Path:
     """Write weights + description to `path` (a .safetensors file), atomically, with the content
     hash; `companions` maps file names next to it (train_state.pt) to their sha256."""
-    from . import __version__
-
     state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
     meta = {
         "format": FORMAT,
@@ -146,10 +146,24 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, _decode(raw, f)
 
 
+ASSETS = Path(__file__).parent / "assets"
+# Models shipped inside the package, usable by name wherever a checkpoint path is taken.
+BUNDLED = {"default": ASSETS / "default", "camvid": ASSETS / "camvid",
+           "sims-cityscapes": ASSETS / "sims-cityscapes"}  # SIMS: needs a bank the user builds
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A bundled model's folder for its name (an error when it is not installed), else the path."""
+    p = BUNDLED.get(str(name_or_path), Path(name_or_path))
+    if str(name_or_path) in BUNDLED and not p.exists():
+        raise MissingFileError(f"bundled model {name_or_path!r} is not installed ({p} missing)")
+    return p
+
+
 def resolve(path: str | Path) -> Path:
-    """Find the model.safetensors of a run folder (via latest.json, else its newest step folder),
-    step folder, or file."""
-    p = Path(path)
+    """Find the model.safetensors of a bundled model name, run folder (via latest.json, else its
+    newest step folder), step folder, or file."""
+    p = resolve_checkpoint(path)
     if p.is_file():
         return p
     if (p / "latest.json").is_file():
@@ -174,8 +188,6 @@ def resolve(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, metadata) from any checkpoint path, content verified."""
-    from .models import build_model
-
     state, meta = load_state(path)
     model = build_model(meta["model"])
     try:

@@ -17,9 +17,13 @@ def _cmd_info(sub):
         from . import __version__
         from .labels import available_spaces
         from .models import PRESETS, build_model, count_parameters
-        from .utils import shared_dir
+        from .precision import native_bf16
+        from .utils import pick_device, shared_dir
 
         print(f"semsynth {__version__}")
+        dev = pick_device(None)
+        print(f"device: {dev}; --precision auto = {'bf16' if native_bf16(dev) else 'fp32'} here "
+              f"({'native' if native_bf16(dev) else 'no native'} bf16)")
         print("model presets:")
         for name in sorted(PRESETS):
             with torch.device("meta"):  # shapes only: no memory, no init cost
@@ -90,6 +94,20 @@ def _add_label_options(p, space_help: str = "label space of the layouts (default
                    "Cityscapes (default: by file name, else the space's default)")
 
 
+def _add_precision_option(p) -> None:
+    """--precision: the same option on every command that runs networks (`semsynth.precision`).
+    Checked by the library (one-line error), not by argparse (which would print its usage too)."""
+    p.add_argument("--precision", default="auto", metavar="{auto,fp32,bf16}",
+                   help="auto (default): bf16 where the device computes it natively (CUDA, CPUs with "
+                   "AVX512-BF16 or AMX), else fp32")
+
+
+def _check_precision(args) -> None:
+    from .precision import resolve_precision
+
+    resolve_precision(args.precision, "cpu")  # refuses a bad value before anything is loaded
+
+
 def _train_from_args(args, preset: str, extra: dict, task: str | None = None):
     import yaml
 
@@ -139,11 +157,12 @@ def _cmd_synthesize(sub):
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthesis size (default: the model's)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device")
+    _add_precision_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="leave out layouts whose outputs all exist "
                    "(finishes an interrupted run)")
     _add_label_options(p)
-    p.add_argument("--bank", help="SIMS memory bank (SIMS checkpoints only)")
+    p.add_argument("--bank", help="SIMS memory bank (SIMS checkpoints only; an error with others)")
     p.add_argument("--save-intermediates", action="store_true", help="SIMS: also write canvases and chosen segments")
     p.add_argument("--transform", help="SIMS: transformation-network checkpoint (default: identity placement)")
     p.add_argument("--order", help="SIMS: ordering-network checkpoint (default: class-order prior)")
@@ -154,16 +173,16 @@ def _cmd_synthesize(sub):
 
         check_count(args.k, "--k")
         check_count(args.batch_size, "--batch-size")
+        _check_precision(args)
         check_writable_dir(args.out)  # before loading anything
-        kwargs = {k: v for k, v in (("bank", args.bank), ("transform", args.transform),
-                                    ("order", args.order)) if v}
-        pipe = load_pipeline(args.checkpoint, device=args.device, **kwargs)
-        extra = {"save_intermediates": True} if args.save_intermediates else {}
+        pipe = load_pipeline(args.checkpoint, device=args.device, precision=args.precision,
+                             bank=args.bank, transform=args.transform, order=args.order)
         written = pipe.synthesize_files(args.inputs, args.out, k=args.k, grid=args.grid,
                                         overwrite=args.overwrite, batch_size=args.batch_size,
                                         size=tuple(args.size) if args.size else None,
                                         skip_existing=args.skip_existing, label_space=args.label_space,
-                                        label_encoding=args.label_encoding, **extra)
+                                        label_encoding=args.label_encoding,
+                                        save_intermediates=args.save_intermediates)
         print(f"wrote {len(written)} image(s) to {args.out}")
 
     p.set_defaults(func=run)
@@ -285,6 +304,7 @@ def _cmd_evaluate(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the resamples and splits (default 0)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device")
+    _add_precision_option(p)
     p.add_argument("--thumbnails", type=int, default=4, help="layouts shown as thumbnails")
     p.add_argument("--json", action="store_true",
                    help="print the JSON report (docs/evaluate-report.md) instead of the summary")
@@ -296,13 +316,15 @@ def _cmd_evaluate(sub):
 
         if args.out is None and not args.json:
             p.error("give -o REPORT_DIR (or --json to print the report)")
+        _check_precision(args)
         if args.out is not None:
             check_writable_dir(args.out, "report folder")  # before minutes of computing
         report = evaluate(args.images, args.labels, args.real, segmenter=args.segmenter,
                           segmenter_size=tuple(args.segmenter_size) if args.segmenter_size else None,
                           label_space=args.label_space, label_encoding=args.label_encoding,
                           polegroup=args.polegroup, inception=args.inception, fid_method=args.fid_method,
-                          fd_network=args.fd_network, device=args.device, batch_size=args.batch_size,
+                          fd_network=args.fd_network, device=args.device, precision=args.precision,
+                          batch_size=args.batch_size,
                           draws=args.draws, kid_subset_size=args.kid_subset_size, bootstrap=args.bootstrap,
                           seed=args.seed, thumbnails=args.thumbnails if args.out else 0,
                           progress=lambda s: print(s, file=sys.stderr))
@@ -530,6 +552,7 @@ def _cmd_demo(sub):
     p.add_argument("--sims-model", default="sims-cityscapes",
                    help="SIMS synthesis checkpoint used with --bank (default: the bundled sims-cityscapes)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    _add_precision_option(p)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files of the same names")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_label_options(p)
@@ -537,10 +560,12 @@ def _cmd_demo(sub):
     def run(args):
         from .demo import run_demo
 
+        _check_precision(args)
         index = run_demo(args.out, inputs=args.labels or None, n=args.n, seed=args.seed, k=args.k,
                          model=args.model, device=args.device, progress=not args.quiet,
                          overwrite=args.overwrite, bank=args.bank, sims_model=args.sims_model,
-                         label_space=args.label_space, label_encoding=args.label_encoding)
+                         label_space=args.label_space, label_encoding=args.label_encoding,
+                         precision=args.precision)
         print(f"open {index}  ({index.resolve().as_uri()})")
 
     p.set_defaults(func=run)
@@ -556,8 +581,7 @@ def _cmd_serve(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (0: any free one)")
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 where the device computes it natively, else fp32")
+    _add_precision_option(p)
     p.add_argument("--queue", type=int, default=4, help="requests waiting or running per model (429 beyond)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (503 beyond)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (413 beyond)")
@@ -569,6 +593,7 @@ def _cmd_serve(sub):
 
         if min(args.timeout, args.max_body_mb, args.max_pixels) <= 0:
             raise InputError("--timeout, --max-body-mb and --max-pixels must be positive")
+        _check_precision(args)
         slots = load_models(args.model, bank=args.bank, device=args.device, precision=args.precision,
                             queue=args.queue)
         serve(slots, Limits(int(args.max_body_mb * 2**20), args.max_pixels, args.queue, args.timeout),

@@ -112,10 +112,22 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float().div_(255)
 
 
-def save_image(path: str | Path, img) -> Path:
-    """Write an image atomically. Tensors are (3, H, W) (or (1, 3, H, W)), NumPy arrays (H, W, 3);
-    floats are taken as [0, 1], clipped and rounded to uint8. The format follows the suffix."""
+def save_image(path: str | Path, img, **options) -> Path:
+    """Write an image atomically: every photo semsynth writes goes through here. Tensors are
+    (3, H, W) (or (1, 3, H, W)), NumPy arrays (H, W, 3); floats are taken as [0, 1], clipped and
+    rounded to uint8; a PIL image (e.g. a palette one) is written as it is. The format follows the
+    suffix; `options` go to PIL's save (e.g. optimize=True)."""
     path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown image extension {path.suffix!r}")
+    im = img if isinstance(img, Image.Image) else Image.fromarray(_uint8_pixels(img))
+    with atomic_path(path) as tmp:
+        im.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}), **options)
+    return path
+
+
+def _uint8_pixels(img) -> np.ndarray:
     if isinstance(img, torch.Tensor):
         t = img.detach().cpu()
         if t.ndim == 4 and t.shape[0] == 1:
@@ -131,12 +143,7 @@ def save_image(path: str | Path, img) -> Path:
         if arr.dtype.kind != "f":
             raise InputError(f"save_image expects float [0, 1] or uint8 pixels, got {arr.dtype}")
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(f"{path}: unknown image extension {path.suffix!r}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return path
+    return arr
 
 
 # --------------------------------------------------------------------------- file discovery

@@ -21,9 +21,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import torch
 
-from .utils import atomic_path
+from . import __version__
+from .checkpoint import BUNDLED, read_metadata, resolve_checkpoint
+from .data import list_label_files, resize_label, save_image
 from .errors import InputError, OutputExistsError
+from .labels import layout_reader, save_label
+from .layouts import street_layout
+from .pipelines import CRNPipeline, SIMSPipeline, output_names, pipeline_class
+from .utils import atomic_path, check_writable_dir
 
 __all__ = ["run_demo", "DEFAULT_OUT", "fresh_folder"]
 
@@ -73,8 +80,6 @@ def _layouts(inputs, n: int, seed: int, space, size, read=None) -> list[tuple[st
     anything is written, so a bad label map stops the demo with nothing half done. `read` decodes
     a file (default `space.read`; see `labels.layout_reader`)."""
     if inputs:
-        from .data import list_label_files, resize_label
-
         files = list_label_files([inputs] if isinstance(inputs, (str, Path)) else inputs)
         names = _unique([f.stem for f in files])
         read = read or space.read
@@ -84,8 +89,6 @@ def _layouts(inputs, n: int, seed: int, space, size, read=None) -> list[tuple[st
     if space.name != "cityscapes" or space.num_classes != 19:
         raise InputError(f"procedural layouts are Cityscapes street scenes, but this model uses the "
                          f"{space.name!r} label space; pass label maps of that space to the demo")
-    from .layouts import street_layout
-
     return [(f"street_{s:04d}", f"procedural street, seed {s}", street_layout(s, size))
             for s in range(seed, seed + n)]
 
@@ -94,7 +97,7 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
              model: str | Path = "default", device: str | None = None, progress: bool = True,
              overwrite: bool = False, bank: str | Path | None = None,
              sims_model: str | Path = "sims-cityscapes", label_space=None,
-             label_encoding: str | None = None) -> Path:
+             label_encoding: str | None = None, precision: str | None = "auto") -> Path:
     """Synthesize k photos for each of a few layouts with `model` and write a browsable page.
 
     out: output folder; None means `./semsynth-demo`, or `semsynth-demo-2`, ... when that one is
@@ -107,16 +110,8 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     bank: a SIMS memory bank (`semsynth sims build-bank`); with it each row also shows the canvas
     and the output of `sims_model` (bundled name or checkpoint) beside the CRN outputs.
     label_space / label_encoding: how `inputs` are decoded (`labels.layout_reader`).
+    precision: auto | fp32 | bf16, for both models (`semsynth.precision`).
     Returns the path of the written index.html."""
-    import torch
-
-    from . import __version__
-    from .checkpoint import read_metadata
-    from .data import save_image
-    from .labels import layout_reader, save_label
-    from .pipelines import BUNDLED, CRNPipeline, output_names, resolve_checkpoint
-    from .utils import check_writable_dir
-
     t0 = time.perf_counter()
     out = fresh_folder(DEFAULT_OUT) if out is None else Path(out)
     _check_out(out, overwrite)
@@ -124,16 +119,14 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     if k is not None and k < 1:
         raise InputError(f"k must be at least 1 (got {k})")
 
-    meta = read_metadata(resolve_checkpoint(model))
-    if meta["task"].startswith("sims"):
-        raise InputError(f"{model}: is a SIMS checkpoint; the demo runs CRN models "
-                         "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`)")
-    pipe = CRNPipeline.from_pretrained(model, device=device)
+    meta = read_metadata(model)
+    if pipeline_class(meta["task"]) is not CRNPipeline:
+        raise InputError(f"{model}: is a {meta['task']!r} checkpoint; the demo runs CRN models "
+                         "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`, or --bank here)")
+    pipe = CRNPipeline.from_pretrained(model, device=device, precision=precision)
     sims = None
     if bank is not None:
-        from .sims.pipeline import SIMSPipeline
-
-        sims = SIMSPipeline.from_pretrained(resolve_checkpoint(sims_model), bank=bank, device=device)
+        sims = SIMSPipeline.from_pretrained(sims_model, bank=bank, device=device, precision=precision)
     t_load = time.perf_counter() - t0
     space, size = pipe.space, tuple(pipe.size)
     k = min(k or pipe.k, pipe.k)
@@ -155,10 +148,10 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
         for arr, rel in zip(images, outs):
             save_image(out / rel, arr)
         if sims is not None:
-            res = sims.run(ids)
+            res = sims(ids, return_intermediates=True)
             outs += [f"outputs/{name}_sims_canvas.png", f"outputs/{name}_sims.png"]
-            save_image(out / outs[-2], res.canvas.rgb)
-            save_image(out / outs[-1], res.image)
+            save_image(out / outs[-2], res.intermediates[0][0].canvas.rgb)
+            save_image(out / outs[-1], res.images[0][0])
         written.append((name, caption, lay, outs))
     t_synth = time.perf_counter() - t1
 
@@ -170,7 +163,7 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
                          f"native {size[0]}x{size[1]}, k = {pipe.k}"),
         "label space": f"{space.name} ({space.num_classes} classes + void)",
         "device": (f"cpu ({torch.get_num_threads()} threads, {platform.machine()})" if pipe.device.type == "cpu"
-                   else str(pipe.device)),
+                   else str(pipe.device)) + f", {pipe.precision}",
         "wall time": (f"{time.perf_counter() - t0:.1f} s (model {t_load:.1f} s, {len(rows)} layout(s) "
                       f"x {k} image(s) {t_synth:.1f} s)"),
         "semsynth": __version__,

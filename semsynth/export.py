@@ -21,7 +21,10 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .data import check_size
 from .errors import InputError
+from .labels import one_hot
+from .models.layers import reference_ops
 from .utils import atomic_path
 
 FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
@@ -41,8 +44,6 @@ class _SIMSGraph(torch.nn.Module):
 
 def _inputs(task: str, model, size, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """A random one-hot layout (and, for SIMS, a random canvas with its support) of `size`."""
-    from .labels import one_hot
-
     g = torch.Generator().manual_seed(seed)
     C = model.config.num_classes
     ids = torch.randint(0, C + 1, (batch, *size), generator=g)
@@ -61,16 +62,12 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None
                  verify: bool = True) -> dict:
     """Export `checkpoint` to `out` (.onnx, or .pt/.ts for TorchScript); returns a summary with
     the agreement figures when `verify` (max and mean absolute difference against PyTorch)."""
-    from .data import check_size
-    from .models.layers import reference_ops
-    from .pipelines import resolve_checkpoint
-
     out = Path(out)
     fmt = fmt or FORMATS.get(out.suffix.lower())
     if fmt not in ("onnx", "torchscript"):
         raise InputError(f"{out}: cannot tell the format from the suffix; use .onnx or .pt (TorchScript), "
                          f"or --format onnx|torchscript")
-    model, meta = ckpt.load_model(resolve_checkpoint(checkpoint), "cpu")
+    model, meta = ckpt.load_model(checkpoint, "cpu")  # bundled names resolve there
     task = meta["task"]
     if task not in EXPORTABLE:
         raise InputError(f"{checkpoint}: a {task!r} checkpoint; export supports {', '.join(EXPORTABLE)}")

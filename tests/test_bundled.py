@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semsynth.checkpoint import read_metadata
+from pathlib import Path
+
+from semsynth.checkpoint import ASSETS, BUNDLED, read_metadata
 from semsynth.layouts import street_layout
-from semsynth.pipelines import ASSETS, BUNDLED, load_pipeline, resolve_checkpoint
+from semsynth.pipelines import load_pipeline
 from semsynth.sims.bank import build_bank
 from test_sims_nets import make_cityscapes
 
@@ -34,14 +36,12 @@ def bank(tmp_path_factory):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_each_bundled_model_synthesizes_a_layout(name, bank):
-    meta = read_metadata(resolve_checkpoint(name))
-    sims = meta["task"].startswith("sims")
+    sims = read_metadata(name)["task"] == "sims-synthesis"
     pipe = load_pipeline(name, device="cpu", **({"bank": bank} if sims else {}))
     H, W = pipe.size
     ids = street_layout(3, (H, W))
-    out = pipe([ids])[0]
-    imgs = out[None] if sims else out                           # SIMS: (H, W, 3); CRN: (k, H, W, 3)
-    assert imgs.shape[1:] == (H, W, 3) and imgs.dtype == np.uint8
+    imgs = pipe([ids], k=2 if sims else None)[0]                # every pipeline: (k, H, W, 3)
+    assert imgs.shape == (2 if sims else pipe.k, H, W, 3) and imgs.dtype == np.uint8
     road, sky = ids == 0, ids == 10                             # Cityscapes trainIds
     assert road.any() and sky.any()
     for im in imgs:                                             # a picture, not a flat field
@@ -76,3 +76,22 @@ def test_demo_shows_sims_beside_crn(bank, tmp_path):
     assert "SIMS canvas" in page and "SIMS output" in page and "output 3" in page
     for name in ("street_0000_sims.png", "street_0000_sims_canvas.png", "street_0001_sims.png"):
         assert (tmp_path / "demo" / "outputs" / name).is_file(), name
+
+
+# Block means (8x8 pixels, x100) of the bundled models' outputs for street layout 3, computed
+# with the code before the pipelines were unified (fp32); refactors must keep these pixels.
+PIXELS = Path(__file__).parent / "data" / "bundled_pixels.npz"
+
+
+@pytest.mark.parametrize("name,k", [("default", None), ("sims-cityscapes", 2)])
+def test_bundled_models_keep_their_pixels(name, k, bank):
+    if name not in SHIPPED:
+        pytest.skip(f"bundled model {name!r} is not installed")
+    ref = np.load(PIXELS)[name].astype(np.float64) / 100
+    pipe = load_pipeline(name, device="cpu", precision="fp32", **({"bank": bank} if k else {}))
+    imgs = pipe([street_layout(3, pipe.size)], k=k)[0]
+    n, H, W, _ = imgs.shape
+    got = imgs.reshape(n, H // 8, 8, W // 8, 8, 3).astype(np.float64).mean((2, 4))
+    assert got.shape == ref.shape
+    # a pixel off by one level moves its block mean by 1/64: at most a few such per block
+    assert np.abs(got - ref).max() < 0.1 and np.abs(got - ref).mean() < 0.01

@@ -17,7 +17,7 @@ from semsynth.demo import run_demo
 from semsynth.labels import get_space
 from semsynth.layouts import street_layout
 from semsynth.models import build_model, model_config
-from semsynth.pipelines import BUNDLED
+from semsynth.checkpoint import BUNDLED
 
 
 SIZE = (32, 64)  # the tiny model's native size (4 levels from 4x8)

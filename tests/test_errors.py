@@ -67,6 +67,18 @@ def test_expected_failures_are_one_line_exit_2(tiny_model, layouts, tmp_path, ca
         (["train", "no-such-preset", "--out", str(tmp_path / "t")], ["no-such-preset"]),
         (["layouts", "-o", str(tmp_path / "afile" / "x")], ["afile is a file"]),
         (["export", str(junk), "-o", str(tmp_path / "m.onnx")], ["random.safetensors"]),
+        # a SIMS-only option on a CRN checkpoint is refused, naming the checkpoint
+        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--bank", str(tmp_path)],
+         [str(tiny_model), "'crn' checkpoint", "bank"]),
+        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--save-intermediates"],
+         ["--save-intermediates"]),
+        # --precision: one setting on every command that runs networks, a bad value one line
+        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--precision", "fp16"],
+         ["precision 'fp16'", "auto, fp32, bf16"]),
+        (["demo", "-o", str(tmp_path / "o"), "--precision", "fp16"], ["precision 'fp16'"]),
+        (["evaluate", str(tmp_path), "--labels", str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "x"],
+         ["precision 'x'"]),
+        (["serve", "--model", str(tiny_model), "--precision", "half"], ["precision 'half'"]),
     ]
     if not torch.cuda.is_available():
         cases.append((["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--device", "cuda"],

@@ -91,8 +91,14 @@ def test_one_call_and_files(world, tmp_path):
     pipe = load_pipeline(world["synthesis"], device="cpu", bank=world["bank"], transform=world["transform"],
                          order=world["order"])
     images = pipe([SPACE.read(q) for q in world["queries"]])
-    assert len(images) == 2 and all(im.shape == (64, 128, 3) for im in images)
+    assert len(images) == 2 and all(im.shape == (1, 64, 128, 3) for im in images)  # k = 1 by default
     assert np.array_equal(pipe(world["queries"][0])[0], images[0])        # deterministic
+    out = pipe(world["queries"][0], k=2, return_intermediates=True)       # the one output shape, + steps
+    assert out.images[0].shape == (2, 64, 128, 3) and np.array_equal(out.images[0][0], images[0][0])
+    assert [r.image.shape for r in out.intermediates[0]] == [(64, 128, 3)] * 2
+    assert np.array_equal(out.intermediates[0][1].image, out.images[0][1])
+    other = pipe(world["queries"][0], k=2, seed=5)[0]                     # seed: of canvases and variants
+    assert np.array_equal(other, pipe(world["queries"][0], k=2, seed=5)[0]) and pipe.seed == 0
     out = tmp_path / "out"
     written = pipe.synthesize_files([world["root"] / "labels"], out, save_intermediates=True, progress=False)
     names = {p.name for p in written}
@@ -124,3 +130,28 @@ def test_cli_synthesize_with_a_bank(world, tmp_path):
     assert {p.name for p in out.iterdir()} >= {"query1.png", "query1_canvas.png", "query1_segments.png"}
     assert main(["synthesize", str(world["synthesis"]), str(world["queries"][1]), "-o", str(out / "x"),
                  "--device", "cpu"]) == 2                                  # no --bank: one clear error
+
+
+def test_precision_of_all_three_networks(world):
+    """bf16 runs the synthesis, transformation and ordering networks in bf16 (autocast), and
+    agrees with fp32 within a tolerance; the thetas stay exact enough to snap identically."""
+    from semsynth.sims.pipeline import SIMSPipeline
+
+    def load(prec):
+        return SIMSPipeline.from_pretrained(world["synthesis"], bank=world["bank"], transform=world["transform"],
+                                            order=world["order"], device="cpu", precision=prec)
+    fp32, bf16 = load("fp32"), load("bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    seen = {n: set() for n in bf16.networks}
+    hooks = [next(m for m in getattr(bf16, n).modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(
+        lambda m, i, o, n=n: seen[n].add(o.dtype)) for n in bf16.networks]
+    label = SPACE.read(world["queries"][0])
+    r = bf16.retrieve(label)
+    bf16.order(r).matrix()
+    b = bf16(label)[0]
+    for h in hooks:
+        h.remove()
+    assert seen == {n: {torch.bfloat16} for n in bf16.networks}
+    a = fp32(label)[0]
+    assert np.array_equal(fp32.align(r), bf16.align(r))                   # snapped: same placement
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 3               # bf16 ~ 3 significant digits

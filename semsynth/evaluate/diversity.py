@@ -72,6 +72,7 @@ class PerceptualDistance:
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         out = []
         for f in self._feats(self._prep(images)):
+            f = f.float()  # bf16 features under autocast: the distance itself in fp32
             rms = f.pow(2).mean(1, keepdim=True).sqrt()
             out.append(f / (rms + 1e-10))
         return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import save_image
 from ..utils import atomic_path
 
 
@@ -110,7 +111,7 @@ class Report:
         if i["real"]:
             out.append(f"- real: `{i['real']}`, {i['real_photos']} photos")
         out.append(f"- segmenter: {seg['name']} at {'×'.join(map(str, res)) if isinstance(res, list) else res} "
-                   f"(H×W); device {d['device']}; time {d['timing_s'].get('total')} s")
+                   f"(H×W); device {d['device']}, {d.get('precision', 'fp32')}; time {d['timing_s'].get('total')} s")
         ld = p["label_decoding"]
         out.append(f"- label decoding: {ld['label_space']}, encoding {ld['encoding']}"
                    + (f"; {ld['polegroup_note']}" if ld.get("polegroup_note") else ""))
@@ -248,15 +249,12 @@ class Report:
 
     # ------------------------------------------------------------------ files
     def _write_thumbs(self, out_dir: Path) -> list[tuple[str, dict[str, str]]]:
-        from PIL import Image
-
         written = []
         for stem, row in self.thumbs.items():
             cells = {}
             for col, arr in row.items():
                 p = out_dir / "thumbs" / _safe(stem) / f"{_safe(col)}.png"
-                with atomic_path(p) as tmp:
-                    Image.fromarray(np.ascontiguousarray(arr[..., :3])).save(tmp, format="PNG")
+                save_image(p, np.ascontiguousarray(arr[..., :3]))
                 cells[col] = p.relative_to(out_dir).as_posix()
             written.append((stem, cells))
         return written

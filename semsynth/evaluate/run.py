@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..labels import LabelSpace, colorize, get_space
+from ..precision import autocast, resolve_precision
 from ..utils import pick_device
 from .common import EvaluationError, _resize
 from .consistency import (
@@ -202,7 +203,8 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
              segmenter_size: tuple[int, int] | None = None, label_space: "str | LabelSpace | None" = None,
              label_encoding: str | None = None, polegroup: str = "pole",
              inception: "str | Path | None" = None, fid_method: str = "auto", fd_network: str = "auto",
-             device=None, batch_size: int = 4, draws: int = 50, kid_subset_size: int = 1000,
+             device=None, precision: str | None = "auto", batch_size: int = 4, draws: int = 50,
+             kid_subset_size: int = 1000,
              bootstrap: int = 1000, confidence: float = 0.95, diversity_network: str = "auto",
              thumbnails: int = 4, between_pairs: int = 20, seed: int = 0,
              progress: Callable[[str], None] | None = None) -> Report:
@@ -222,6 +224,8 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     distance; diversity_network likewise. FD/KID need `real_dir` and are taken on matched sets
     over `draws` splits (`matched_distances`); diversity needs k > 1 variants. Intervals: a
     percentile bootstrap over layouts with `bootstrap` resamples, seed `seed`, level `confidence`.
+    precision: auto | fp32 | bf16 of the segmenter and feature networks (`semsynth.precision`;
+    the statistics are computed in float64 either way).
 
     Returns a :class:`Report` (``report.data`` is the JSON document described in
     docs/evaluate-report.md). Raises EvaluationError (a ValueError) for unusable inputs."""
@@ -233,6 +237,7 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     if not folders and real_dir is None:
         raise EvaluationError("nothing to evaluate: give an images folder and/or real photos")
     device = pick_device(device)
+    precision = resolve_precision(precision, device)  # of the segmenter and the feature networks
 
     # -- label space and judge
     space = get_space(label_space) if label_space is not None else None
@@ -346,9 +351,10 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     for name, entries in sets.items():
         t = time.perf_counter()
         log(f"evaluating {name} ({sum(len(p) for _, p in entries)} images)")
-        results[name] = _run_set(entries, seg, space, label_encoding, feature_nets, feat_size,
-                                 perceptual if name in multi else None, batch_size,
-                                 thumb_stems, device, set(chain))
+        with autocast(device, precision):
+            results[name] = _run_set(entries, seg, space, label_encoding, feature_nets, feat_size,
+                                     perceptual if name in multi else None, batch_size,
+                                     thumb_stems, device, set(chain))
         timing[name] = round(time.perf_counter() - t, 2)
 
     # -- segmentation: scores, intervals over layouts, paired comparisons
@@ -397,12 +403,14 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
             vals = np.array(list(results[m].diversity.values()), dtype=np.float64)
             per[m] = {"layouts": int(len(vals)), "mean": float(vals.mean()) if len(vals) else None,
                       "std": float(vals.std()) if len(vals) else None, "per_layout": results[m].diversity}
+        with autocast(device, precision):
+            between = {k: _between_layouts(perceptual, r.kept, chain) for k, r in results.items()}
         diversity = {
             "network": perceptual.name,
             "definition": "mean pairwise distance among the k outputs of a layout; distance = mean over "
                           "layers of the mean |a-b| of channel-normalised (unit-RMS) features",
             "models": per,
-            "between_layouts": {k: _between_layouts(perceptual, r.kept, chain) for k, r in results.items()},
+            "between_layouts": between,
             "between_layouts_pairs": max(0, len(chain) - 1),
         }
         timing["diversity_between"] = round(time.perf_counter() - t, 2)
@@ -460,6 +468,7 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
         "warnings": warnings,
         "timing_s": timing,
         "device": str(device),
+        "precision": precision,
     }
 
     # thumbnails: one row per layout, one cell per column (variants, their segmentation below)

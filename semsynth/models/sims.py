@@ -41,8 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils import config_from_dict
 from .layers import cpu_channels_last, layer_norm_lrelu
+from .registry import register_arch, register_presets
 from ..errors import InputError
 
 __all__ = [
@@ -187,6 +187,7 @@ class SynthesisConfig:
 # ----------------------------------------------------------------------------- transformation
 
 
+@register_arch("sims-transform", TransformConfig)
 class SIMSTransform(nn.Module):
     """forward(segment (N,3,H,W) in [0,1], target_mask (N,1,H,W), label_onehot (N,C+1,H,W))
     -> theta (N, 2, 3), an affine map on normalised output coordinates -> input coordinates
@@ -295,6 +296,7 @@ def jitter_theta(centre: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor,
 # ----------------------------------------------------------------------------- ordering
 
 
+@register_arch("sims-order", OrderConfig)
 class SIMSOrder(nn.Module):
     """forward(pair (N,3,H,W), layout_rgb (N,3,H,W), both [0,1]) -> logits (N, C+1): which class of
     the pair is in front (slot c = class index c; the last slot is unused)."""
@@ -343,6 +345,7 @@ def front_probability(logits: torch.Tensor, class_a: torch.Tensor, class_b: torc
 # ----------------------------------------------------------------------------- synthesis
 
 
+@register_arch("sims-synthesis", SynthesisConfig)
 class SIMSSynthesis(nn.Module):
     """forward(label_onehot (B,C+1,H,W), canvas (B,3,H,W) in [0,1], support (B,1,H,W) or None)
     -> (image (B,3,H,W) ~[0,1] unclipped, logits (B,C+1,h,w)); h,w = H,W except at stages=2 where
@@ -438,7 +441,7 @@ class SIMSSynthesis(nn.Module):
 
 # Parameter counts (19 classes) in comments; the spec's recomputed totals are ~55.7M (256) and
 # ~56.1M (512) for synthesis.
-SIMS_PRESETS: dict[str, dict] = {
+SIMS_PRESETS: dict[str, dict] = register_presets({
     "sims-synthesis-256p": {"arch": "sims-synthesis", "stages": 0},    # 55,671,319 (spec: ~55.7M)
     "sims-synthesis-512p": {"arch": "sims-synthesis", "stages": 1},    # 56,138,903 (spec: ~56.1M)
     "sims-synthesis-1024p": {"arch": "sims-synthesis", "stages": 2},   # 56,138,987 (+ the 27->3 1x1 conv)
@@ -449,18 +452,4 @@ SIMS_PRESETS: dict[str, dict] = {
     "sims-transform-tiny": {"arch": "sims-transform", "work_size": [32, 64], "width_mult": 1 / 16,
                             "theta_units": "pixels"},
     "sims-order-tiny": {"arch": "sims-order", "work_size": [32, 64], "width_mult": 1 / 16},
-}
-
-
-
-def _register() -> None:
-    from . import PRESETS, register_arch  # models/__init__ imports this module at its end
-
-    register_arch("sims-synthesis", lambda cfg: SIMSSynthesis(config_from_dict(SynthesisConfig, cfg)))
-    register_arch("sims-transform", lambda cfg: SIMSTransform(config_from_dict(TransformConfig, cfg)))
-    register_arch("sims-order", lambda cfg: SIMSOrder(config_from_dict(OrderConfig, cfg)))
-    for name, cfg in SIMS_PRESETS.items():
-        PRESETS.setdefault(name, cfg)
-
-
-_register()
+})

@@ -50,9 +50,13 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from .. import checkpoint as ckpt
+from ..data import resize_label
 from ..errors import InputError
 from ..labels import LabelError, get_space
-from ..precision import resolve_precision
+from ..layouts import street_layout
+from ..pipelines import SIMSPipeline, load_pipeline, pipeline_class
+from ..utils import pick_device
 
 log = logging.getLogger("semsynth.serve")
 
@@ -90,21 +94,17 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 class ModelSlot:
     """One model named at start, with one worker thread and a bounded queue: at most `queue`
-    requests wait or run at once, more are refused rather than piling up. The pipelines take no
-    precision argument, so bf16 is applied here, by autocast around each call."""
+    requests wait or run at once, more are refused rather than piling up. The pipeline runs at
+    its own precision (`pipe.precision`, chosen when it was loaded)."""
 
-    def __init__(self, name: str, source: str, pipe, precision: str = "fp32", queue: int = 4,
-                 bank: str | None = None):
-        from ..sims.pipeline import SIMSPipeline
-
+    def __init__(self, name: str, source: str, pipe, queue: int = 4, bank: str | None = None):
         self.name, self.source, self.pipe, self.bank = name, str(source), pipe, bank
         self.kind = "sims" if isinstance(pipe, SIMSPipeline) else "crn"
         self.space = pipe.space
         self.size = tuple(int(v) for v in pipe.size)
-        self.k = pipe.k if self.kind == "crn" else SIMS_VARIANTS
-        self.default_k = self.k if self.kind == "crn" else 1  # a SIMS variant costs a whole pass
+        self.k = pipe.max_k or SIMS_VARIANTS  # SIMS variants have no natural limit: cap them here
+        self.default_k = pipe.default_k        # (a SIMS variant costs a whole pass)
         self.device = torch.device(pipe.device)
-        self.precision = precision
         self.queue = int(queue)
         self.procedural = list(self.space.names) == list(get_space("cityscapes").names)
         self.stats = {"served": 0, "refused": 0, "abandoned": 0, "timed_out": 0}
@@ -112,6 +112,10 @@ class ModelSlot:
         self._lock = threading.Lock()
         self._pending = 0
         self._seconds = collections.deque(maxlen=32)
+
+    @property
+    def precision(self) -> str:
+        return self.pipe.precision
 
     def info(self) -> dict:
         with self._lock:
@@ -153,24 +157,17 @@ class ModelSlot:
             return max(1, math.ceil(per * self._pending))
 
     def synthesize(self, ids: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-        """(H, W) class indices -> k (h, w, 3) uint8 images at the model's size."""
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
-            if self.kind == "crn":  # CRN is deterministic: its k outputs are the variants, seed unused
-                return list(self.pipe(ids, k=k)[0])
-            # SIMS: variant v pastes other retrieved candidates, drawn with the pipeline's seed (which
-            # also seeds the canvas); one worker per slot, so no other request sees this seed
-            self.pipe.seed = seed
-            return [r.image for r in self.pipe.run_variants(ids, k)]
+        """(H, W) class indices -> k (h, w, 3) uint8 images at the model's size. CRN is
+        deterministic (its k outputs are the variants, seed unused); SIMS variant v pastes other
+        retrieved candidates drawn with `seed`, which also seeds the canvas."""
+        return list(self.pipe(ids, k=k, seed=seed)[0])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _model_name(spec: str) -> str:
-    from ..pipelines import BUNDLED
-
-    if spec in BUNDLED:
+    if spec in ckpt.BUNDLED:
         return spec
     p = Path(spec)
     return p.parent.name if p.suffix == ".safetensors" and p.stem == "model" else (p.stem if p.suffix else p.name)
@@ -180,30 +177,25 @@ def load_models(specs: list[str] | None = None, bank: str | None = None, device:
                 precision: str = "auto", queue: int = 4, say=print) -> dict[str, ModelSlot]:
     """Name -> ModelSlot for checkpoints or bundled names (default: every installed bundled model;
     SIMS ones only with a bank). The names are what requests choose from; nothing else loads."""
-    from .. import checkpoint as ckpt
-    from ..pipelines import BUNDLED, load_pipeline, resolve_checkpoint
-    from ..utils import pick_device
-
     if queue < 1:
         raise InputError(f"--queue must be at least 1 (got {queue})")
     dev = pick_device(device)
-    prec = resolve_precision(precision, dev)
     explicit = bool(specs)
-    specs = list(specs) if specs else [n for n, p in BUNDLED.items() if p.exists()]
+    specs = list(specs) if specs else [n for n, p in ckpt.BUNDLED.items() if p.exists()]
     slots: dict[str, ModelSlot] = {}
     for spec in specs:
-        sims = ckpt.read_metadata(resolve_checkpoint(spec))["task"].startswith("sims")
+        sims = pipeline_class(ckpt.read_metadata(spec)["task"]) is SIMSPipeline
         if sims and not bank:
             if explicit:
                 raise InputError(f"{spec}: is a SIMS model; serve it with --bank BANK (a memory bank "
                                  "built with `semsynth sims build-bank`)")
             say(f"semsynth serve: skipping the SIMS model {spec!r} (no --bank given)")
             continue
-        pipe = load_pipeline(spec, device=str(dev), **({"bank": bank} if sims else {}))
+        pipe = load_pipeline(spec, device=str(dev), precision=precision, **({"bank": bank} if sims else {}))
         name, n = _model_name(spec), 2
         while name in slots:
             name, n = f"{_model_name(spec)}-{n}", n + 1
-        slots[name] = ModelSlot(name, spec, pipe, prec, queue, bank if sims else None)
+        slots[name] = ModelSlot(name, spec, pipe, queue, bank if sims else None)
     if not slots:
         raise InputError("no model to serve: name one with --model NAME|PATH")
     return slots
@@ -271,16 +263,12 @@ def _job_synthesize(slot: ModelSlot, data: bytes, name: str, k: int, seed: int) 
 
 
 def _job_decode(slot: ModelSlot, data: bytes, name: str) -> dict:
-    from ..data import resize_label
-
     ids = read_upload(data, name, slot.space)
     src = ids.shape
     return layout_json(resize_label(ids, slot.size), model=slot.name, source_height=src[0], source_width=src[1])
 
 
 def _job_procedural(slot: ModelSlot, seed: int) -> dict:
-    from ..layouts import street_layout
-
     return layout_json(street_layout(seed, slot.size), model=slot.name, seed=seed)
 
 

@@ -1,8 +1,10 @@
 """SIMS inference: layout -> retrieval -> alignment -> ordering -> canvas -> synthesis.
 
     pipe = SIMSPipeline.from_pretrained("runs/sims-512p", bank="banks/cityscapes",
-                                        transform="runs/sims-transform", order="runs/sims-order")
-    images = pipe([label_ids])                 # list of (H, W, 3) uint8
+                                        transform="runs/sims-transform", order="runs/sims-order",
+                                        precision="auto")
+    images = pipe([label_ids], k=3)            # list of (k, H, W, 3) uint8: variant 0 is top-1
+    out = pipe([label_ids], return_intermediates=True)   # + out.intermediates: SIMSResult per variant
     # or step by step:
     r = pipe.retrieve(label)                   # top-k bank segments per query segment
     theta = pipe.align(r)                      # (Q, 2, 3) affine per segment (None: no transform net)
@@ -29,13 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
+from ..data import save_image
+from ..errors import InputError
 from ..labels import LabelSpace, colorize, one_hot
 from ..models.sims import front_probability, pair_input, snap_theta
-from ..utils import atomic_path, pick_device
-from ..errors import InputError
+from ..pipeline_base import Pipeline, load_network, register_pipeline, to_uint8
+from ..utils import atomic_path
+from .bank import Bank
+from .canvas import CanvasConfig, compose_canvas
+from .order import full_order, order_rank
+from .retrieval import Retriever
 
 __all__ = ["SIMSPipeline", "SIMSResult", "PairwiseOrder"]
+
+# what `save_intermediates` writes per layout
+_INTERMEDIATES = ("_canvas.png", "_layout.png", "_segments.png", "_segments.json")
 
 
 @dataclass
@@ -51,30 +61,17 @@ class SIMSResult:
     extra: dict = field(default_factory=dict)
 
 
-def _load(path_or_model, want: str, device):
-    """A network from a checkpoint path (checking its task) or an nn.Module as is."""
-    if path_or_model is None:
-        return None, None
-    if isinstance(path_or_model, torch.nn.Module):
-        return path_or_model.to(device).eval(), None
-    from ..pipelines import resolve_checkpoint
-
-    meta = ckpt.read_metadata(resolve_checkpoint(path_or_model))
-    if meta["task"] != want:
-        raise InputError(f"{path_or_model}: is a {meta['task']!r} checkpoint, expected {want!r}")
-    model, meta = ckpt.load_model(resolve_checkpoint(path_or_model), device)
-    return model, meta
-
-
 class PairwiseOrder:
     """The order network on demand: `front(prev, new)` -> True when query segment `prev` (already
     pasted) is in front of `new`. Only pairs that actually overlap on the canvas are asked, and
     each pair is evaluated once. Inputs (order.py:177-186): the two query segments in their class
-    colours and the colour layout, at the bank size."""
+    colours and the colour layout, at the bank size. `autocast`: the pipeline's precision context."""
 
-    def __init__(self, model, retrieval, space: LabelSpace, rank: np.ndarray, device, threshold: float = 0.5):
+    def __init__(self, model, retrieval, space: LabelSpace, rank: np.ndarray, device, threshold: float = 0.5,
+                 autocast=None):
         self.model, self.retrieval, self.space = model, retrieval, space
         self.rank, self.device, self.threshold = rank, device, threshold
+        self.autocast = autocast or torch.autocast(torch.device(device).type, enabled=False)
         self.q = retrieval.query
         self._label = torch.as_tensor(retrieval.label, dtype=torch.long)[None]
         self._colors = torch.as_tensor(space.colors)
@@ -92,7 +89,8 @@ class PairwiseOrder:
             ma = torch.from_numpy(self.q.full_mask(a))[None]
             mb = torch.from_numpy(self.q.full_mask(b))[None]
             pair, layout = pair_input(self._label, ma, mb, self._colors)
-            logits = self.model(pair.to(self.device), layout.to(self.device)).float()
+            with self.autocast:
+                logits = self.model(pair.to(self.device), layout.to(self.device)).float()
             ca = torch.tensor([int(self.q.cls[a])], device=self.device)
             cb = torch.tensor([int(self.q.cls[b])], device=self.device)
             self.cache[(a, b)] = float(front_probability(logits, ca, cb)[0])
@@ -114,73 +112,58 @@ class PairwiseOrder:
         return out
 
 
-class SIMSPipeline:
-    """See the module docstring. `size` is the synthesis network's native size (the canvas is
-    composed at it); layouts of any size are resized (nearest) to the bank size for retrieval."""
+@register_pipeline("sims-synthesis")
+class SIMSPipeline(Pipeline):
+    """See the module docstring. `size` is the synthesis network's native size (canvases are
+    composed at it unless a call asks for another); layouts of any size are resized (nearest) to
+    the bank size for retrieval. Outputs per layout: k variants (default 1; see `choice`).
 
-    def __init__(self, synthesis: torch.nn.Module, space: LabelSpace, bank, transform=None, order=None,
-                 meta: dict | None = None, device=None, k: int = 10, retrieval_mode: str = "iou",
-                 snap: bool = True, canvas_config=None, seed: int = 0, variety: int = 3,
-                 allow_upsampled_bank: bool = False):
-        from .bank import Bank
-        from .retrieval import Retriever
-        from .order import full_order
+    bank: a memory-bank folder or `Bank`; transform / order: optional `sims-transform` /
+    `sims-order` checkpoints or modules; k: retrieved candidates per segment (not the number of
+    outputs); seed: of canvases and variants; variety: candidates a variant draws from."""
 
+    networks = ("model", "transform", "order_net")
+
+    def __init__(self, model: torch.nn.Module, space: LabelSpace, bank=None, transform=None, order=None,
+                 meta: dict | None = None, device=None, precision: str | None = "auto", k: int = 10,
+                 retrieval_mode: str = "iou", snap: bool = True, canvas_config=None, seed: int = 0,
+                 variety: int = 3, allow_upsampled_bank: bool = False):
         if bank is None:
             raise InputError("a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
                              "built with `semsynth sims build-bank`")
-        self.device = device or pick_device()
-        self.model = synthesis.to(self.device).eval()
-        self.space = space
+        super().__init__(model, space, meta, device, precision)
         self.bank = bank if isinstance(bank, Bank) else Bank.open(bank)
         if list(self.bank.space.names) != list(space.names):
             raise InputError(f"the bank's label space ({self.bank.space.name}, {self.bank.space.num_classes} "
                              f"classes) is not the model's ({space.name}, {space.num_classes} classes)")
-        self.transform = transform.to(self.device).eval() if transform is not None else None
-        self.order_net = order.to(self.device).eval() if order is not None else None
-        self.meta = meta or {}
+        self.transform = load_network(transform, "sims-transform", self.device)[0] if transform is not None else None
+        self.order_net = load_network(order, "sims-order", self.device)[0] if order is not None else None
         self.k, self.retrieval_mode, self.snap, self.seed = int(k), retrieval_mode, bool(snap), int(seed)
         self.variety = max(1, min(int(variety), self.k))
         self.canvas_config = canvas_config
-        self._size = None
         self.allow_upsampled_bank = bool(allow_upsampled_bank)
-        self._check_bank_scale()
+        self.check_size(None)
         self.retriever = Retriever(self.bank)
         self.class_order = full_order(space)
-        self.rank = np.empty(space.num_classes, np.int64)
-        self.rank[self.class_order] = np.arange(space.num_classes)
-
-    @classmethod
-    def from_pretrained(cls, checkpoint, bank=None, transform=None, order=None, device: str | None = None,
-                        **kwargs) -> "SIMSPipeline":
-        """checkpoint: a `sims-synthesis` run/checkpoint; bank: a memory-bank folder (or `Bank`);
-        transform / order: optional `sims-transform` / `sims-order` checkpoints (or modules)."""
-        if bank is None:
-            raise InputError("a SIMS checkpoint needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
-                             "built with `semsynth sims build-bank`")
-        dev = pick_device(device)
-        model, meta = _load(checkpoint, "sims-synthesis", dev)
-        t_model, _ = _load(transform, "sims-transform", dev)
-        o_model, _ = _load(order, "sims-order", dev)
-        return cls(model, meta["label_space"], bank, t_model, o_model, meta, dev, **kwargs)
+        self.rank = order_rank(self.class_order)
 
     @property
     def size(self) -> tuple[int, int]:
-        """(H, W) of canvases and outputs: the synthesis network's native size unless set."""
-        return self._size or tuple(self.model.config.size)
+        """(H, W) of canvases and outputs: the synthesis network's native size."""
+        return tuple(self.model.config.size)
 
-    @size.setter
-    def size(self, value) -> None:
-        self._size = tuple(int(v) for v in value) if value is not None else None
-        self._check_bank_scale()
+    @property
+    def default_k(self) -> int:
+        return 1  # each SIMS variant is a whole canvas + synthesis pass
 
-    def _check_bank_scale(self) -> None:
+    def check_size(self, size) -> tuple[int, int]:
         """Canvases are composed from the bank's photos: a bank whose photos are smaller than the
         synthesis size would be upsampled (the 1024p model on a default 512x1024 bank), which the
         original never does. Refuse, saying how to build a full-scale bank."""
-        (H, W), (rh, rw) = self.size, self.bank.rgb_size
+        size = super().check_size(size)
+        (H, W), (rh, rw) = size, self.bank.rgb_size
         if self.allow_upsampled_bank or (H <= rh and W <= rw):
-            return
+            return size
         need = max(-(-H // self.bank.size[0]), -(-W // self.bank.size[1]))
         raise InputError(
             f"this model synthesizes {H}x{W} but the bank {self.bank.path} keeps photos at {rh}x{rw} "
@@ -189,25 +172,20 @@ class SIMSPipeline:
             f"allow_upsampled_bank=True)")
 
     # ------------------------------------------------------------------ steps
-    def _as_label(self, layout) -> np.ndarray:
-        if isinstance(layout, (str, Path)):
-            return self.space.read(layout)
-        if isinstance(layout, torch.Tensor):
-            layout = layout.cpu().numpy()
-        return np.asarray(layout)
-
     def retrieve(self, layout):
         """Top-k bank segments for every query segment (`semsynth.sims.retrieval.Retrieval`)."""
-        return self.retriever.search(self._as_label(layout), k=self.k, mode=self.retrieval_mode)
+        return self.retriever.search(self._read(layout), k=self.k, mode=self.retrieval_mode)
 
     @torch.no_grad()
-    def align(self, retrieval, choice: np.ndarray | None = None, batch: int = 8) -> np.ndarray | None:
+    def align(self, retrieval, choice: np.ndarray | None = None, batch: int = 8, size=None) -> np.ndarray | None:
         """Affine thetas (Q, 2, 3; normalised, align_corners=False) moving each chosen retrieved
         segment onto its query segment; identity where nothing was retrieved. None without a
         transformation network. Inputs as at training time: the segment's RGB in the RGB frame of
-        the bank, the query mask and the layout at that size."""
+        the bank, the query mask and the layout at that size. `size`: of the canvas the thetas
+        are snapped for (default native)."""
         if self.transform is None:
             return None
+        size = size or self.size
         q = retrieval.query
         Q = len(q)
         theta = np.tile(np.eye(2, 3), (Q, 1, 1))
@@ -232,10 +210,12 @@ class SIMSPipeline:
                 h, w = sg.rgb.shape[:2]
                 seg[n, :, y0:y0 + h, x0:x0 + w] = torch.from_numpy(sg.rgb).permute(2, 0, 1).float() / 255
                 qm[n, 0] = torch.from_numpy(up(q.full_mask(j)))
-            th = self.transform(seg.to(self.device), qm.to(self.device),
-                                onehot.expand(len(chunk), -1, -1, -1)).double()
+            with self.autocast():
+                th = self.transform(seg.to(self.device), qm.to(self.device),
+                                    onehot.expand(len(chunk), -1, -1, -1))
+            th = th.double()
             if self.snap:
-                th = snap_theta(th, *self.size)
+                th = snap_theta(th, *size)
             out.append(th.cpu().numpy())
         theta[[j for j, _ in todo]] = np.concatenate(out)
         return theta
@@ -245,15 +225,12 @@ class SIMSPipeline:
         later classes in the class-order prior then overwrite earlier ones)."""
         if self.order_net is None:
             return None
-        return PairwiseOrder(self.order_net, retrieval, self.space, self.rank, self.device)
+        return PairwiseOrder(self.order_net, retrieval, self.space, self.rank, self.device, autocast=self.autocast())
 
-    def compose_canvas(self, retrieval, theta=None, front=None, rng=None, config=None, choice=None):
-        """The canvas at the synthesis size (`semsynth.sims.canvas.compose_canvas`)."""
-        from .canvas import compose_canvas
-
-        return compose_canvas(self.bank, retrieval, size=self.size, theta=theta, order=self.class_order,
-                              choice=choice,
-                              front=front, config=config or self.canvas_config,
+    def compose_canvas(self, retrieval, theta=None, front=None, rng=None, config=None, choice=None, size=None):
+        """The canvas at `size` (default native; `semsynth.sims.canvas.compose_canvas`)."""
+        return compose_canvas(self.bank, retrieval, size=size or self.size, theta=theta, order=self.class_order,
+                              choice=choice, front=front, config=config or self.canvas_config,
                               rng=self.seed if rng is None else rng)
 
     @torch.no_grad()
@@ -261,62 +238,69 @@ class SIMSPipeline:
         """Canvas (its RGB, support and revised layout) -> (H, W, 3) uint8 photo."""
         rgb, support = canvas.tensors()
         label = torch.as_tensor(canvas.label, dtype=torch.long)[None].to(self.device)
-        out, _ = self.model(one_hot(label, self.space.num_classes), rgb[None].to(self.device),
-                            support[None].to(self.device))
-        return (out[0].float().clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        with self.autocast():
+            out, _ = self.model(one_hot(label, self.space.num_classes), rgb[None].to(self.device),
+                                support[None].to(self.device))
+        return to_uint8(out[0])
 
     # ------------------------------------------------------------------ all at once
-    def choice(self, retrieval, variant: int) -> np.ndarray | None:
+    def choice(self, retrieval, variant: int, seed: int | None = None) -> np.ndarray | None:
         """Which retrieved candidate each query segment pastes in output `variant`: 0 is the
         original's top-1 everywhere; variant v > 0 draws each segment's candidate uniformly from
-        its best `self.variety` (seeded by (seed, v)), so the k outputs of one layout differ in
-        the photo segments they are made of. (Not in the original, which makes one image.)"""
+        its best `self.variety` (seeded by (seed, v); default the pipeline's seed), so the k
+        outputs of one layout differ in the photo segments they are made of. (Not in the
+        original, which makes one image.)"""
         if variant == 0:
             return None
         valid = (retrieval.ids[:, : self.variety] >= 0).sum(1)
-        rng = np.random.default_rng([self.seed, int(variant), 0x51C])
+        rng = np.random.default_rng([self.seed if seed is None else int(seed), int(variant), 0x51C])
         return np.floor(rng.random(len(valid)) * np.maximum(valid, 1)).astype(np.int64)
 
-    def run(self, layout, rng=None, variant: int = 0, retrieval=None) -> SIMSResult:
+    def run(self, layout, rng=None, variant: int = 0, retrieval=None, size=None, seed: int | None = None) -> SIMSResult:
+        """One output of one layout, with everything on the way. rng: of the canvas (default
+        `seed`, else the pipeline's seed); size: of the canvas and output (default native)."""
+        size = size or self.size
         r = retrieval if retrieval is not None else self.retrieve(layout)
-        choice = self.choice(r, variant)
-        theta = self.align(r, choice)
+        choice = self.choice(r, variant, seed)
+        theta = self.align(r, choice, size=size)
         front = self.order(r)
-        canvas = self.compose_canvas(r, theta, front, rng=rng, choice=choice)
+        canvas = self.compose_canvas(r, theta, front, rng=seed if rng is None else rng, choice=choice, size=size)
         return SIMSResult(image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front,
                           choice=choice)
 
-    def run_variants(self, layout, k: int, rng=None) -> list[SIMSResult]:
+    def run_variants(self, layout, k: int, rng=None, size=None, seed: int | None = None) -> list[SIMSResult]:
         """Variants 0 .. k-1 of one layout (see `choice`), retrieving once."""
-        first = self.run(layout, rng=rng)
-        return [first] + [self.run(layout, rng=rng, variant=v, retrieval=first.retrieval) for v in range(1, k)]
+        first = self.run(layout, rng=rng, size=size, seed=seed)
+        return [first] + [self.run(layout, rng=rng, variant=v, retrieval=first.retrieval, size=size, seed=seed)
+                          for v in range(1, k)]
 
-    def __call__(self, layouts, rng=None) -> list[np.ndarray]:
-        """Layouts (class-index arrays, tensors or label-map paths) -> list of (H, W, 3) uint8."""
-        single = (isinstance(layouts, (np.ndarray, torch.Tensor)) and layouts.ndim == 2) \
-            or isinstance(layouts, (str, Path))
-        layouts = [layouts] if single else list(layouts)
-        return [self.run(x, rng=rng).image for x in layouts]
+    def _run(self, layouts, k, size, read, seed, keep):
+        images, inter = [], []
+        for x in layouts:
+            results = self.run_variants(self._read(x, read), k, size=size, seed=seed)
+            images.append(np.stack([r.image for r in results]))
+            inter.append(results if keep else None)
+        return images, inter
 
-    def save_intermediates(self, result: SIMSResult, out_dir: str | Path, stem: str) -> list[Path]:
-        """`<stem>_canvas.png` (the canvas), `<stem>_layout.png` (revised layout, colours),
+    # ------------------------------------------------------------------ intermediates
+    def intermediate_names(self, stem: str) -> list[str]:
+        return [stem + e for e in _INTERMEDIATES]
+
+    def save_intermediates(self, result, out_dir: str | Path, stem: str) -> list[Path]:
+        """Of `result` (a SIMSResult, or a layout's list of them: its variant 0):
+        `<stem>_canvas.png` (the canvas), `<stem>_layout.png` (revised layout, colours),
         `<stem>_segments.png` (the chosen segments pasted as placed, no elision or holes) and
         `<stem>_segments.json` (per query segment: class, bank segment, source image, IoU, theta)."""
-        from PIL import Image
-
-        from .canvas import CanvasConfig
-
+        if isinstance(result, (list, tuple)):
+            result = result[0]
         out_dir = Path(out_dir)
         raw = self.compose_canvas(result.retrieval, result.theta, result.front, choice=result.choice,
+                                  size=result.canvas.label.shape,
                                   config=CanvasConfig(elision_ratio=0, shadow_removal=False, vegetation_trim=False,
                                                       outer_elision=False, context_fill=False))
         files = {f"{stem}_canvas.png": result.canvas.rgb, f"{stem}_layout.png": colorize(result.canvas.label, self.space),
                  f"{stem}_segments.png": raw.rgb}
-        written = []
-        for name, arr in files.items():
-            with atomic_path(out_dir / name) as tmp:
-                Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-            written.append(out_dir / name)
+        written = [save_image(out_dir / name, np.ascontiguousarray(arr)) for name, arr in files.items()]
         r, q = result.retrieval, result.retrieval.query
         rows = []
         for j in range(len(q)):
@@ -333,51 +317,4 @@ class SIMSPipeline:
             tmp.write_text(json.dumps({"segments": rows, "paste_order": [int(v) for v in result.canvas.order]},
                                       indent=1))
         written.append(out_dir / f"{stem}_segments.json")
-        return written
-
-    def synthesize_files(self, inputs, out_dir: str | Path, save_intermediates: bool = False,
-                         overwrite: bool = False, progress: bool = True, size=None, k=None, grid=False,
-                         batch_size=None, skip_existing: bool = False, label_space=None,
-                         label_encoding: str | None = None) -> list[Path]:
-        """Label-map files/folders -> `<stem>.png` (k = 1) or `<stem>_k<i>.png` (variant i, see
-        `choice`) in `out_dir`, plus intermediates (of variant 0) and with `grid` a tiled
-        `<stem>_grid.png`. Refuses to overwrite existing outputs unless `overwrite`;
-        `skip_existing` leaves out the layouts whose outputs are all there (`pipelines.plan_outputs`:
-        all checked before anything is written). size: synthesis size (default the model's).
-        batch_size: accepted for the CLI's sake; SIMS composes one layout at a time."""
-        from PIL import Image
-
-        from ..data import check_size
-        from ..labels import layout_reader
-        from ..pipelines import check_count, output_names, plan_outputs, tile
-
-        k = check_count(k, "k") or 1
-        check_count(batch_size, "batch size")
-        if size is not None:
-            self.size = check_size(size, "--size")
-        read = layout_reader(self.space, label_space, label_encoding)
-        extra = ("_canvas.png", "_layout.png", "_segments.png", "_segments.json") if save_intermediates else ()
-        plan = plan_outputs(inputs, out_dir, lambda s: output_names(s, k) + [s + e for e in extra]
-                            + ([f"{s}_grid.png"] if grid else []), overwrite=overwrite, skip_existing=skip_existing)
-        out_dir = Path(out_dir)
-        it = [(f, f.stem) for f, _ in plan]
-        if progress:
-            from tqdm import tqdm
-            it = tqdm(it, desc="sims synthesize", unit="img")
-
-        def write(name, arr):
-            with atomic_path(out_dir / name) as tmp:
-                Image.fromarray(arr).save(tmp, format="PNG")
-            written.append(out_dir / name)
-
-        written = []
-        for f, stem in it:
-            results = self.run_variants(read(f), k)
-            first, images = results[0], [r.image for r in results]
-            for name, img in zip(output_names(stem, k), images):
-                write(name, img)
-            if grid:
-                write(f"{stem}_grid.png", tile(np.stack(images)))
-            if save_intermediates:
-                written += self.save_intermediates(first, out_dir, stem)
         return written
