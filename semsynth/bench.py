@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .checkpoint import BUNDLED, load_model
 from .models import build_model, count_parameters
 from .precision import autocast, resolve_precision
 
@@ -114,12 +115,8 @@ def network(name: str, size: tuple[int, int] | None = None, num_classes: int | N
         model = build_espnet(name).eval()
         h, w = size or ESPNET_PRESETS[name]["size"]
         return model, (torch.rand(1, 3, h, w),), (h, w)
-    from .pipelines import BUNDLED, resolve_checkpoint
-
     if name in BUNDLED:  # a shipped checkpoint: its own architecture (the weights do not change time)
-        from .checkpoint import load_model
-
-        model, _ = load_model(resolve_checkpoint(name))
+        model, _ = load_model(name)
     else:
         model = build_model(name).eval()
     cfg = model.config

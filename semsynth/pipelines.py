@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .checkpoint import BUNDLED, resolve_checkpoint  # noqa: F401  (defined in checkpoint.py; kept importable here)
 from .errors import InputError
 from .labels import one_hot
 from .pipeline_base import (PIPELINES, Pipeline, PipelineOutput, check_count, output_names, plan_outputs,

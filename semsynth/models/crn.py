@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..labels import area_resize
 from .layers import cpu_channels_last, layer_norm_lrelu
+from .registry import register_arch, register_presets
 from ..errors import InputError, UnknownNameError
 
 # Widths of the released models by module index from the 4x8 base: 1024 below 128 px height,
@@ -64,6 +65,7 @@ class RefinementModule(nn.Module):
         return layer_norm_lrelu(self.conv2(x), self.norm2)
 
 
+@register_arch("crn", CRNConfig)
 class CRN(nn.Module):
     """forward(label_onehot (B, C+1, H, W)) -> images (B, k, 3, H, W), ~[0, 1], unclipped.
 
@@ -147,3 +149,13 @@ class CRN(nn.Module):
                 v = v.permute(3, 2, 0, 1)  # HWIO -> OIHW
             sd[key] = v
         self.load_state_dict(sd, strict=True)
+
+
+# Official totals (released TF checkpoints) in comments.
+CRN_PRESETS = register_presets({
+    "crn-256p": {"arch": "crn", "levels": 7, "k": 9},          # 97,875,483 parameters
+    "crn-512p": {"arch": "crn", "levels": 8, "k": 1},          # 98,622,851
+    "crn-1024p": {"arch": "crn", "levels": 9, "k": 1},         # 98,674,531
+    "crn-gta-256p": {"arch": "crn", "levels": 7, "k": 9},      # same structure as crn-256p
+    "crn-tiny": {"arch": "crn", "levels": 5, "k": 3, "width_mult": 1 / 32},  # 64x128 smoke tests
+})
