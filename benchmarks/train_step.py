@@ -5,7 +5,8 @@ side by side in one run (so a ratio means something on a shared machine).
     python benchmarks/train_step.py sims-cityscapes --profile fast
 
 A variant is `name=` followed by comma-separated config overrides (`--set` syntax). Each step is
-what `semsynth train` does: task loss, backward, optimiser step; rounds interleave the variants.
+what `semsynth train` does: the critic's update (adversarial presets), then the task loss,
+backward, optimiser step; rounds interleave the variants.
 """
 import argparse
 import statistics
@@ -14,12 +15,12 @@ import time
 import torch
 
 from semsynth.labels import get_space
-from semsynth.train import TASKS, TrainStep, load_config, open_training_data, parse_overrides
+from semsynth.tasks import build_task
+from semsynth.train import TrainStep, load_config, parse_overrides
 
 
-def _batch(task, cfg, space):
-    ds = task.dataset(cfg, "/tmp/semsynth-bench") if hasattr(task, "dataset") else open_training_data(cfg, space)
-    ex = ds[0]
+def _batch(task, cfg):
+    ex = task.dataset(cfg, "/tmp/semsynth-bench")[0]
     return {k: v.unsqueeze(0) if torch.is_tensor(v) else v for k, v in ex.items()}
 
 
@@ -36,17 +37,21 @@ def main():
         variants[name] = [s for s in sets.split(",") if s]
     base_cfg = load_config(a.preset)
     space = get_space(base_cfg.get("label_space", "cityscapes"))
-    import semsynth.sims.tasks  # noqa: F401  (registers the sims-* tasks)
 
     runs, batch = {}, None
     for name, sets in variants.items():
         cfg = load_config(a.preset, parse_overrides(sets))
         torch.manual_seed(0)
-        task = TASKS[cfg.get("task", "crn")](cfg, space, torch.device("cpu"))
+        task = build_task(cfg, space, torch.device("cpu"))
         if batch is None:
-            batch = _batch(task, cfg, space)
+            batch = _batch(task, cfg)
         train_step = TrainStep(task, cfg, torch.device("cpu"))
-        step = lambda b, s=train_step: float(s(b)[0].detach())  # noqa: E731
+
+        def step(b, s=train_step, critic=task.critic is not None):
+            if critic:
+                s.discriminator(b)
+            return float(s.generator(b)[0].detach())
+
         t = time.perf_counter()
         loss = step(dict(batch))
         print(f"{name}: first step {time.perf_counter() - t:.2f} s (includes compilation), loss {loss:.4f}", flush=True)

@@ -35,7 +35,7 @@ from .errors import InputError
 
 __all__ = [
     "DatasetError", "LayoutDataset", "open_dataset", "list_label_files", "load_image", "save_image",
-    "resize_label", "resize_image", "IMAGE_EXTENSIONS", "cache_root",
+    "resize_label", "resize_image", "IMAGE_EXTENSIONS", "cache_root", "cityscapes_frame", "CS_PHOTO_SUFFIX",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
@@ -148,9 +148,20 @@ def _uint8_pixels(img) -> np.ndarray:
 
 # --------------------------------------------------------------------------- file discovery
 
-_CS_LABEL = re.compile(r"^(?P<stem>.+)_(?P<gt>gtFine|gtCoarse)_(?P<kind>labelIds|trainIds|color|instanceIds)$")
-_CS_KINDS = {"labelId": "labelIds", "trainId": "trainIds", "color": "color", "instanceId": "instanceIds"}
+# Cityscapes file names, the one place they are spelled: photos <frame>_leftImg8bit.png, ground
+# truth <frame>_<gtFine|gtCoarse>_<kind>.png. The kinds read as label maps, in order of preference;
+# cityscapesScripts' labelTrainIds maps are plain label files here, but their suffix is a frame's.
+CS_PHOTO_SUFFIX = "_leftImg8bit"
 _CS_PREFERENCE = ("labelIds", "trainIds", "color", "instanceIds")
+_CS_KINDS = {"labelId": "labelIds", "trainId": "trainIds", "color": "color", "instanceId": "instanceIds"}
+_CS_LABEL = re.compile(rf"^(?P<stem>.+)_(?P<gt>gtFine|gtCoarse)_(?P<kind>{'|'.join(_CS_PREFERENCE)})$")
+_CS_SUFFIX = re.compile(rf"(_leftImg8bit|_gt(Fine|Coarse)_(labelTrainIds|{'|'.join(_CS_PREFERENCE)}))$")
+
+
+def cityscapes_frame(stem: str) -> str:
+    """A file stem without its Cityscapes suffix (`aachen_000000_000019_gtFine_labelIds` ->
+    `aachen_000000_000019`); other stems unchanged."""
+    return _CS_SUFFIX.sub("", stem)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -186,7 +197,7 @@ def _pick_cityscapes(files: Sequence[Path], encoding: str | None) -> list[Path]:
     for f in files:
         m = _CS_LABEL.match(f.stem)
         if not m:
-            if not f.stem.endswith("_leftImg8bit"):  # Cityscapes photos are never label maps
+            if not f.stem.endswith(CS_PHOTO_SUFFIX):  # Cityscapes photos are never label maps
                 others.append(f)
             continue
         if want and m["kind"] != want:
@@ -283,8 +294,8 @@ def _detect(root: Path, split: str, require_images: bool, encoding: str | None):
             _need_dir(img_dir, "Cityscapes photo folder",
                       f": split {split!r} has {len(labels)} label maps but no photos here; pass "
                       f"require_images=False to use the label maps alone")
-            photos = _keyed(img_dir, [p for p in _scan(img_dir) if p.stem.endswith("_leftImg8bit")],
-                            strip="_leftImg8bit")
+            photos = _keyed(img_dir, [p for p in _scan(img_dir) if p.stem.endswith(CS_PHOTO_SUFFIX)],
+                            strip=CS_PHOTO_SUFFIX)
         return "cityscapes", "cityscapes", _pair(img_dir, lab_dir, photos, labels, require_images)
 
     candidates = [

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
@@ -246,11 +245,11 @@ class PatchDiscriminator(nn.Module):
 
 
 class AdversarialLoss(nn.Module):
-    """Hinge GAN loss + discriminator feature matching for generated images (B, k, 3, H, W), owning
-    its discriminator and that discriminator's Adam optimiser (part of `state_dict`, so a resumed
-    run continues exactly).
+    """Hinge GAN loss + discriminator feature matching for generated images (B, k, 3, H, W), holding
+    the discriminator `disc`. It owns no optimiser: the trainer steps `disc` itself, with Adam at
+    `optim` (lr, betas), as a visible step of its loop.
 
-    Per training step: `discriminator_step(fake.detach(), real, label)` updates D on real vs every
+    Per training step: `discriminator_loss(fake.detach(), real, label)` is D's loss on real vs every
     one of the k outputs; then `generator_loss(fake, real, label)` = weight · (−mean D(fake)) +
     feature_matching · mean_l |D_l(fake) − D_l(real)| / mean |D_l(real)| (all scales, all blocks but
     the logits; relative, unlike pix2pixHD's absolute L1, because D has no normalisation layers)."""
@@ -261,10 +260,7 @@ class AdversarialLoss(nn.Module):
         super().__init__()
         self.weight, self.feature_matching = float(weight), float(feature_matching)
         self.disc = PatchDiscriminator(3 + label_channels, width, layers, scales)
-        self.opt = torch.optim.Adam(self.disc.parameters(), lr=float(lr), betas=tuple(betas))
-        # D as used for its own update: wrapped in DDP under torchrun, built on first use; set with
-        # object.__setattr__ so the wrapper does not enter state_dict a second time
-        object.__setattr__(self, "_step_net", None)
+        self.optim = {"lr": float(lr), "betas": tuple(float(b) for b in betas)}
 
     @staticmethod
     def _inputs(images: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -280,20 +276,17 @@ class AdversarialLoss(nn.Module):
         forward, so separate calls would judge the two with different normalised weights."""
         return net(torch.cat([self._inputs(fake, label), self._inputs(real, label)]))
 
-    def discriminator_step(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor) -> dict:
-        if self._step_net is None:  # with several processes D's gradients are averaged like G's
-            multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-            object.__setattr__(self, "_step_net", nn.parallel.DistributedDataParallel(self.disc) if multi else self.disc)
+    def discriminator_loss(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor,
+                           disc: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+        """D's hinge loss on `real` vs the (detached) `fake`; `disc`: the discriminator as the
+        trainer runs it (DDP-wrapped under torchrun so its gradients are averaged like G's)."""
         # float32 whatever the surrounding autocast: D is small and has no gradient scaler
         with torch.enable_grad(), torch.autocast(device_type=real.device.type, enabled=False):
-            logits = [o[-1] for o in self._joint(self._step_net, fake.detach().float(), real.float(), label.float())]
+            logits = [o[-1] for o in self._joint(disc or self.disc, fake.detach().float(), real.float(), label.float())]
             n = fake.shape[0] * (fake.shape[1] if fake.dim() == 5 else 1)
             loss_real = sum(F.relu(1 - o[n:]).mean() for o in logits) / len(logits)
             loss_fake = sum(F.relu(1 + o[:n]).mean() for o in logits) / len(logits)
-            self.opt.zero_grad(set_to_none=True)
-            (loss_real + loss_fake).backward()
-            self.opt.step()
-        return {"gan/d_real": loss_real.detach(), "gan/d_fake": loss_fake.detach()}
+        return loss_real + loss_fake, {"gan/d_real": loss_real.detach(), "gan/d_fake": loss_fake.detach()}
 
     def generator_loss(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor):
         if fake.dim() == 4:
@@ -321,12 +314,6 @@ class AdversarialLoss(nn.Module):
         fm = fm / max(terms, 1)
         total = self.weight * adv + self.feature_matching * fm
         return total, {"gan/g_adv": adv.detach(), "gan/feature_matching": fm.detach()}
-
-    def get_extra_state(self):
-        return {"optimizer": self.opt.state_dict()}
-
-    def set_extra_state(self, state):
-        self.opt.load_state_dict(state["optimizer"])
 
 
 def build_adversarial(cfg: dict | None, label_channels: int) -> AdversarialLoss | None:

@@ -1,16 +1,17 @@
 """The one trainer shared by every semsynth model.
 
-A run is described by a config file (see `semsynth/configs/*.yaml`): which *task* (what a batch
-means and how the loss is computed: `crn`, SIMS networks, ...), which model preset, label space,
-data, loss and optimiser. `train(cfg, out)` reads top to bottom: set up -> resume -> loop -> save.
+A run is described by a config file (see `semsynth/configs/*.yaml`): which *task*
+(`semsynth.tasks`: what a batch means and how the loss is computed: `crn`, SIMS networks, ...),
+which model preset, label space, data, loss and optimiser. `train(cfg, out)` reads top to bottom:
+set up -> resume -> loop -> save, and its loop shows every update: the discriminator's (tasks with
+an adversarial critic), then the generator's.
 
 Exact resume: the data order comes from `ResumableSampler` (a permutation per epoch seeded by
 (seed, epoch), so position = step), augmentation draws from the trainer's own generator, and
-every RNG state is saved with the optimizer. N steps straight equal N/2 + resume + N/2.
+`TrainState` saves every RNG state with the optimisers. N steps straight equal N/2 + resume + N/2.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -25,83 +26,145 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import yaml
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import load_config, parse_overrides, validate  # noqa: F401  (load_config: public here too)
+from .data import save_image
 from .errors import ConfigError, TrainingError
-from .labels import LabelSpace, colorize, get_space, one_hot
-from .models import build_model, model_config
+from .labels import get_space
+from .precision import native_bf16
+from .tasks import TASKS, CRNTask, Task, build_task, open_training_data  # noqa: F401  (public here too)
 from .utils import atomic_path, check_writable_dir, pick_device, seed_everything
 
-TASKS: dict[str, type] = {}
+
+def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True) -> Path:
+    """Train according to `cfg` into run folder `out`; returns the final checkpoint folder."""
+    out, cfg = Path(out), validate(cfg)  # API callers pass dicts too; unknown keys and bad values stop here
+    rank, world, device = _setup_distributed(cfg)
+    if rank == 0:
+        check_writable_dir(out, "run folder")
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    space = get_space(cfg["label_space"])
+    saved = ckpt.latest_train_state(out, report=_warn if rank == 0 else _quiet, repair=rank == 0) if resume else None
+    _check_previous_stage(cfg, saved)
+    task = build_task(cfg, space, device)
+    model = _prepare_model(task, cfg, device, fresh=saved is None, verbose=rank == 0)
+    dataset = task.dataset(cfg, out)
+    total = _total_steps(cfg, dataset, world)
+
+    ddp = (lambda m: nn.parallel.DistributedDataParallel(
+        m, device_ids=[device.index] if device.type == "cuda" else None)) if world > 1 else (lambda m: m)
+    train_step = TrainStep(task, cfg, device, net=ddp(model),
+                           critic_net=ddp(task.critic.disc) if task.critic is not None else None, verbose=rank == 0)
+    gen = torch.Generator().manual_seed(seed)  # flips
+    state = TrainState(gen, train_step.optimizers, task)
+    step = 0
+    if saved is not None:
+        model.load_state_dict(saved[2], strict=True)
+        step = state.restore(saved[1])
+        if rank == 0:
+            print(f"resuming {out} from step {step}")
+    batches = Batches(dataset, cfg, seed, step, rank, world, device, gen)
+    if rank == 0:
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = MetricsLogger(out, step, total, f"train {cfg.get('preset', '')}", progress, enabled=rank == 0)
+    log_every, sample_every, save_every = int(cfg["log_every"]), int(cfg["sample_every"]), int(cfg["save_every"])
+    # The first step whose loss was not finite, tracked on the device (no host sync per step) and
+    # checked before anything is logged, drawn or saved, so NaN weights never reach a checkpoint.
+    guard = _FiniteGuard(device, step, world)
+    folder, last_good = None, saved[0] if saved is not None else None
+    model.train()
+    while step < total:
+        batch = batches.next()
+        logs = train_step.discriminator(batch) if task.critic is not None else {}  # the critic's update
+        loss, g_logs = train_step.generator(batch, step)                          # the generator's update
+        logs.update(g_logs)
+        guard.record(loss)
+        step += 1
+        due = {n: step % every == 0 or step == total
+               for n, every in (("log", log_every), ("sample", sample_every), ("save", save_every))}
+        if any(due.values()):
+            guard.check(last_good)
+        log.record(loss, logs)
+        if due["log"]:
+            log.write(step)
+        if due["sample"] and rank == 0:
+            log.image(step, _sample_grid(task, model, batch))
+        if due["save"] and rank == 0:
+            folder = last_good = ckpt.save_training(out, step, model, task.model_config, space, task.name,
+                                                    state.capture(step, cfg), keep=int(cfg["keep"]))
+    log.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return folder or out
 
 
-def register_task(name: str):
-    def deco(cls):
-        TASKS[name] = cls
-        cls.name = name
-        return cls
-    return deco
+# --------------------------------------------------------------------------- set-up
 
 
-# --------------------------------------------------------------------------- tasks
+def _setup_distributed(cfg: dict) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): one process, or one of several under torchrun (gloo/nccl)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(cfg.get("device"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not torch.cuda.is_available():
+        return dist.get_rank(), world, pick_device(cfg.get("device"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return dist.get_rank(), world, torch.device("cuda", local)
 
 
-@register_task("crn")
-class CRNTask:
-    """Layout -> k images, perceptual (or per-class min-over-k diversity) loss against the photo,
-    plus an optional adversarial term (`loss.adversarial`, not part of CRN; see losses.py)."""
+def _prepare_model(task: Task, cfg: dict, device: torch.device, fresh: bool, verbose: bool) -> nn.Module:
+    """The task's model on `device`: gradient checkpointing (CUDA), `init_from` (a fresh run of a
+    later stage), `train_only` (the other parameters frozen)."""
+    model = task.model.to(device)
+    if cfg["grad_checkpoint"] and device.type == "cuda":
+        model.config.grad_checkpoint = True
+    if fresh and cfg.get("init_from"):
+        new = _load_partial(model, cfg["init_from"])
+        if verbose and new:
+            print(f"init_from {cfg['init_from']}: {len(new)} tensors start fresh ({new[0]} ...)")
+    only = cfg.get("train_only")  # e.g. the 1024p stage trains only g_512, g_1024 and the head
+    for name, p in model.named_parameters():
+        p.requires_grad_(not only or any(name.startswith(prefix) for prefix in only))
+    return model
 
-    def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
-        from .losses import build_adversarial, build_loss
 
-        self.space = space
-        self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
-                                         **cfg.get("model_overrides", {}))
-        self.model = build_model(self.model_config)
-        loss_cfg = cfg.get("loss", {})
-        self.loss_fn = build_loss({k: v for k, v in loss_cfg.items() if k not in ("backbone_path", "adversarial")},
-                                  loss_cfg.get("backbone_path")).to(device)
-        self.adversarial = build_adversarial(loss_cfg.get("adversarial"), space.num_classes + 1)
-        if self.adversarial is not None:
-            self.adversarial.to(device)
+def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
+    """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
+    name and shape match; new modules and a changed head keep their fresh init, as in the original."""
+    src, _ = ckpt.load_state(path)  # content hash checked
+    own = model.state_dict()
+    taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    return sorted(set(own) - set(taken))
 
-    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        """The generator's loss. With an adversarial term this first takes the discriminator's
-        step on the detached outputs (the usual alternating update)."""
-        label = one_hot(batch["label"], self.space.num_classes)
-        fake = model(label)
-        loss, logs = self.loss_fn(fake, batch["image"], label)
-        if self.adversarial is not None:
-            logs.update(self.adversarial.discriminator_step(fake, batch["image"], label))
-            adv, adv_logs = self.adversarial.generator_loss(fake, batch["image"], label)
-            logs.update(adv_logs, **{"loss/perceptual": loss.detach()})
-            loss = loss + adv
-        return loss, logs
 
-    def state_dict(self) -> dict:
-        """Trainable state outside the model (the discriminator and its optimiser) for resume."""
-        return {"adversarial": self.adversarial.state_dict()} if self.adversarial is not None else {}
+def _total_steps(cfg: dict, dataset: Dataset, world: int) -> int:
+    if cfg.get("steps"):
+        return int(cfg["steps"])
+    return int(cfg["epochs"]) * math.ceil(len(dataset) / (int(cfg["optim"]["batch_size"]) * world))
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.adversarial is not None:
-            if "adversarial" not in state:
-                raise ConfigError("this run has loss.adversarial but its checkpoint holds no discriminator; "
-                                 "start a new run folder (init_from the old one) instead of resuming")
-            self.adversarial.load_state_dict(state["adversarial"])
 
-    @torch.no_grad()
-    def samples(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """One row per example: layout colours | photo | k outputs."""
-        label = one_hot(batch["label"], self.space.num_classes)
-        fake = model(label).clamp(0, 1)
-        rows = []
-        for b in range(fake.shape[0]):
-            lay = torch.from_numpy(colorize(batch["label"][b], self.space)).permute(2, 0, 1).float() / 255
-            tiles = [lay.to(fake.device), batch["image"][b]] + list(fake[b])
-            rows.append(torch.cat(tiles, dim=2))
-        return torch.cat(rows, dim=1)
+def _check_previous_stage(cfg: dict, state) -> None:
+    """A progressive stage (crn-512p fine-tunes crn-256p, ...) without its previous stage would
+    silently train from scratch, or train top modules on random frozen lower ones: refuse."""
+    prev = cfg.get("previous_stage")
+    if not prev or state is not None or cfg.get("init_from"):
+        return
+    name = cfg.get("preset", "this preset")
+    raise ConfigError(
+        f"{name} fine-tunes {prev}: pass --init-from with a {prev} run, e.g. first "
+        f"`semsynth train {prev} --data DATA --out runs/{prev}`, then "
+        f"`semsynth train {name} --data DATA --out runs/{name} --init-from runs/{prev}` "
+        f"(or --set previous_stage=null to train from scratch on purpose)")
 
 
 # --------------------------------------------------------------------------- data order
@@ -132,6 +195,23 @@ class ResumableSampler(Sampler):
         return 2 ** 62
 
 
+class Batches:
+    """This process's batches from step `step` on, in the resumable order, on the device, with
+    random horizontal flips (`data.flip`) drawn from the trainer's generator `gen`."""
+
+    def __init__(self, dataset: Dataset, cfg: dict, seed: int, step: int, rank: int, world: int,
+                 device: torch.device, gen: torch.Generator):
+        B, workers = int(cfg["optim"]["batch_size"]), int(cfg["data"]["workers"])
+        sampler = ResumableSampler(len(dataset), seed, start=step * B * world, rank=rank, world=world)
+        loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=workers,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        self.it, self.device, self.flip, self.gen = iter(loader), device, bool(cfg["data"]["flip"]), gen
+
+    def next(self) -> dict:
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in next(self.it).items()}
+        return _flip_batch(batch, self.gen) if self.flip else batch
+
+
 def _flip_batch(batch: dict, gen: torch.Generator) -> dict:
     """Random horizontal flips drawn from the trainer's generator (its state is checkpointed)."""
     flip = torch.rand(batch["label"].shape[0], generator=gen) < 0.5
@@ -142,82 +222,32 @@ def _flip_batch(batch: dict, gen: torch.Generator) -> dict:
     return batch
 
 
-# --------------------------------------------------------------------------- the loop
-
-
-def _setup_distributed() -> tuple[int, int, torch.device | None]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    rank = dist.get_rank()
-    device = None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    return rank, world, device
-
-
-def _data_path(p: str) -> Path:
-    """'shared:data/x' names a folder under the shared data dir (SEMSYNTH_SHARED, ../shared)."""
-    from .utils import shared_dir
-
-    return shared_dir() / p[len("shared:"):] if str(p).startswith("shared:") else Path(p)
-
-
-def open_training_data(cfg: dict, space: LabelSpace):
-    """The `data` section as one dataset: `data.path` is a folder, `shared:<folder>` or a list of
-    them (their samples joined, each folder's layout detected on its own), with `split`, `size`,
-    `cache`, `label_encoding`, `exclude` (names or globs) and `vivid` applied to all."""
-    from .data import LayoutDataset, open_dataset
-
-    d = cfg.get("data", {})
-    if not d.get("path"):
-        raise ConfigError("no training data: pass --data PATH (or set data.path in the config)")
-    paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
-    parts = [open_dataset(_data_path(p), space=space, split=d.get("split", "train"),
-                          size=tuple(d["size"]) if d.get("size") else None,
-                          cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
-                          exclude=d.get("exclude"), vivid=d.get("vivid", False)) for p in paths]
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    return LayoutDataset([it for p in parts for it in p.items], space, size=first.size, cache=d.get("cache", True),
-                         label_encoding=d.get("label_encoding"), layout="joined", vivid=first.vivid)
-
-
-def _load_partial(model: nn.Module, path: str | Path) -> list[str]:
-    """Initialise from another stage's checkpoint (256p -> 512p -> 1024p): copy every tensor whose
-    name and shape match; new modules and a changed head keep their fresh init, as in the original."""
-    src, _ = ckpt.load_state(path)  # content hash checked
-    own = model.state_dict()
-    taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(taken, strict=False)
-    return sorted(set(own) - set(taken))
+# --------------------------------------------------------------------------- the updates
 
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a run: `amp: bf16 | fp16 | null`, used where it is fast: on CUDA,
-    and for bf16 on CPUs with native bf16 (AVX512-BF16 or AMX, as oneDNN reports). Elsewhere
-    bf16 is emulated and slower than fp32, so the run stays fp32."""
+    and for bf16 on CPUs with native bf16 (`precision.native_bf16`). Elsewhere bf16 is emulated
+    and slower than fp32, so the run stays fp32."""
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.get("amp", "bf16"))
     if dt is None or device.type == "cuda":
         return dt
-    if device.type == "cpu" and dt == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and dt == torch.bfloat16 and native_bf16(device):
         return dt
     return None
 
 
 class TrainStep:
-    """One optimisation step of a task, as `train` runs it (and `benchmarks/train_step.py`
-    times it): autocast (`amp`), memory format (`channels_last`), Adam (`optim.*`, the fused
-    kernel unless `optim.fused: false`), optional `torch.compile` of the loss (`compile: true`;
-    not in the official presets), loss scaling for fp16. `__call__(batch, step)` -> (loss, logs)."""
+    """The optimisation steps of a task, as `train` runs them (and `benchmarks/train_step.py`
+    times them). `generator(batch, step)` -> (loss, logs): the task's loss under autocast (`amp`),
+    backward, Adam (`optim.*`, the fused kernel unless `optim.fused: false`) at the task's
+    learning rate for `step`, loss scaling for fp16, optional `torch.compile` of the loss
+    (`compile: true`; not in the official presets). `discriminator(batch)` -> logs: the critic's
+    update for tasks with one (its own Adam at the critic's `optim`, in fp32). `channels_last`
+    puts the model, the loss network and the batches in that memory format."""
 
-    def __init__(self, task, cfg: dict, device: torch.device, net: nn.Module | None = None, verbose: bool = True):
+    def __init__(self, task: Task, cfg: dict, device: torch.device, net: nn.Module | None = None,
+                 critic_net: nn.Module | None = None, verbose: bool = True):
         self.task, self.device = task, device
         model = task.model
         self.net = net if net is not None else model
@@ -226,7 +256,7 @@ class TrainStep:
             print(f"amp {cfg.get('amp', 'bf16')!r}: not used on this {device.type} (no native support); training in fp32")
         self.channels_last = bool(cfg.get("channels_last", False))
         if self.channels_last:
-            for m in (model, getattr(task, "loss_fn", None)):
+            for m in (model, task.loss_fn):
                 if m is not None:
                     m.to(memory_format=torch.channels_last)
         o = cfg.get("optim", {})
@@ -234,18 +264,38 @@ class TrainStep:
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                           lr=float(o.get("lr", 1e-4)), betas=tuple(o.get("betas", (0.9, 0.999))),
                                           eps=float(o.get("eps", 1e-8)), fused=fused)
+        self.optimizers = {"optimizer": self.optimizer}  # TrainState keys
+        if task.critic is not None:
+            self.critic_net = critic_net if critic_net is not None else task.critic.disc
+            self.optimizers["critic_optimizer"] = torch.optim.Adam(task.critic.disc.parameters(), **task.critic.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.loss = torch.compile(task.loss) if cfg.get("compile") else task.loss
 
-    def __call__(self, batch: dict, step: int = 0):
-        if self.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
-                     for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            loss, logs = self.loss(self.net, batch)
-        if hasattr(self.task, "lr_at"):  # per-step schedules (the SIMS warm-ups)
+    def _prepare(self, batch: dict) -> dict:
+        if not self.channels_last:
+            return batch
+        return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+                for k, v in batch.items()}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def discriminator(self, batch: dict) -> dict:
+        with self._autocast():  # the generator's forward; the critic itself runs in fp32
+            loss, logs = self.task.discriminator_loss(self.net, self.critic_net, self._prepare(batch))
+        opt = self.optimizers["critic_optimizer"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return logs
+
+    def generator(self, batch: dict, step: int = 0) -> tuple[torch.Tensor, dict]:
+        with self._autocast():
+            loss, logs = self.loss(self.net, self._prepare(batch))
+        lr = self.task.lr_at(step)  # per-step schedules (the SIMS warm-ups)
+        if lr is not None:
             for g in self.optimizer.param_groups:
-                g["lr"] = self.task.lr_at(step)
+                g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -253,142 +303,97 @@ class TrainStep:
         return loss, logs
 
 
-def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True) -> Path:
-    """Train according to `cfg` into run folder `out`; returns the final checkpoint folder."""
-    out = Path(out)
-    cfg = validate(cfg)  # API callers pass dicts too; unknown keys and bad values stop here
-    rank, world, dev = _setup_distributed()
-    device = dev or pick_device(cfg.get("device"))
-    if rank == 0:
-        check_writable_dir(out, "run folder")
-    seed = int(cfg.get("seed", 0))
-    seed_everything(seed)
+# --------------------------------------------------------------------------- state and logs
 
-    space = get_space(cfg.get("label_space", "cityscapes"))
-    if str(cfg.get("task", "crn")).startswith("sims-"):
-        from .sims import tasks as _sims_tasks  # noqa: F401  (registers the sims-* tasks)
-    if cfg["task"] not in TASKS:
-        raise ConfigError(f"config key task: unknown task {cfg['task']!r}; known: {', '.join(sorted(TASKS))}")
-    state = ckpt.latest_train_state(out, report=_warn if rank == 0 else _quiet, repair=rank == 0) if resume else None
-    _check_previous_stage(cfg, state)
-    task = TASKS[cfg.get("task", "crn")](cfg, space, device)
-    model = task.model.to(device)
-    if hasattr(model, "config") and cfg.get("grad_checkpoint") and device.type == "cuda":
-        model.config.grad_checkpoint = True
 
-    d = cfg.get("data", {})
-    dataset = task.dataset(cfg, out) if hasattr(task, "dataset") else open_training_data(cfg, space)
-    B = int(cfg.get("optim", {}).get("batch_size", 1))
-    steps_per_epoch = math.ceil(len(dataset) / (B * world))
-    total = int(cfg["steps"]) if cfg.get("steps") else int(cfg.get("epochs", 1)) * steps_per_epoch
+class TrainState:
+    """What exact resume restores besides the model's weights: the step, the trainer's generator
+    (flips), the global RNGs (torch, NumPy, Python), every optimiser (`TrainStep.optimizers`) and
+    the task's own state (e.g. the discriminator). `capture` gives train_state.pt's dict (with the
+    config), `restore` is its inverse and returns the step."""
 
-    step = 0
-    gen = torch.Generator().manual_seed(seed)
-    if state is None and cfg.get("init_from"):
-        fresh = _load_partial(model, cfg["init_from"])
-        if rank == 0 and fresh:
-            print(f"init_from {cfg['init_from']}: {len(fresh)} tensors start fresh ({fresh[0]} ...)")
-    only = cfg.get("train_only")  # e.g. the 1024p stage trains only g_512, g_1024 and the head
-    for name, p in model.named_parameters():
-        p.requires_grad_(not only or any(name.startswith(prefix) for prefix in only))
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_step = TrainStep(task, cfg, device, net=net, verbose=rank == 0)
-    optimizer = train_step.optimizer
-    if state is not None:
-        folder, st, weights = state
-        model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(st["optimizer"])
-        step = st["step"]
-        gen.set_state(st["gen"])
+    def __init__(self, gen: torch.Generator, optimizers: dict, task: Task):
+        self.gen, self.optimizers, self.task = gen, optimizers, task
+
+    def capture(self, step: int, cfg: dict) -> dict:
+        return {"step": step, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                **{k: o.state_dict() for k, o in self.optimizers.items()},
+                "task": self.task.state_dict(), "config": cfg}
+
+    def restore(self, st: dict) -> int:
+        task_state = dict(st.get("task", {}))
+        if "adversarial" in task_state and "critic_optimizer" not in st:
+            # runs saved before the trainer owned the critic's optimiser kept it in the critic's state
+            task_state["adversarial"] = dict(task_state["adversarial"])
+            st = {**st, "critic_optimizer": task_state["adversarial"].pop("_extra_state")["optimizer"]}
+        self.task.load_state_dict(task_state)
+        for k, o in self.optimizers.items():
+            o.load_state_dict(st[k])
+        self.gen.set_state(st["gen"])
         torch.set_rng_state(st["torch_rng"])
         np.random.set_state(st["numpy_rng"])
         random.setstate(st["python_rng"])
-        if hasattr(task, "load_state_dict"):
-            task.load_state_dict(st.get("task", {}))
-        if rank == 0:
-            print(f"resuming {out} from step {step}")
+        return int(st["step"])
 
-    sampler = ResumableSampler(len(dataset), seed, start=step * B * world, rank=rank, world=world)
-    workers = int(d.get("workers", 0))
-    loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
-    writer = _writer(out) if rank == 0 else None
-    metrics_path = out / "metrics.jsonl"
-    if rank == 0:
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        _truncate_metrics(metrics_path, step)
-    log_every, sample_every = int(cfg.get("log_every", 50)), int(cfg.get("sample_every", 1000))
-    save_every = int(cfg.get("save_every", 1000))
+class MetricsLogger:
+    """Rank 0's record of a run: metrics.jsonl (on resume, lines past the resumed step dropped),
+    TensorBoard when installed, a progress bar, sample grids. Every logged value is its mean over
+    the logging interval, kept as tensors until the line is written (one host sync per step: the
+    bar's). With `enabled=False` (other ranks) every call does nothing."""
 
-    def save(at: int):
-        train_state = {"optimizer": optimizer.state_dict(), "step": at, "gen": gen.get_state(),
-                       "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                       "python_rng": random.getstate(), "config": cfg}
-        if hasattr(task, "state_dict"):
-            train_state["task"] = task.state_dict()
-        return ckpt.save_training(out, at, model, task.model_config, space, task.name, train_state,
-                                  keep=int(cfg.get("keep", 3)))
+    def __init__(self, out: Path, step: int, total: int, desc: str, progress: bool, enabled: bool = True):
+        self.enabled, self.out = enabled, out
+        if not enabled:
+            return
+        self.path = out / "metrics.jsonl"
+        _truncate_metrics(self.path, step)
+        self.writer = _writer(out)
+        self.bar = tqdm(total=total, initial=step, desc=desc, dynamic_ncols=True) if progress else None
+        self.t0, self.interval = time.time(), {}
 
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=step, desc=f"train {cfg.get('preset', '')}", dynamic_ncols=True)
-    it = iter(loader)
+    def record(self, loss: torch.Tensor, logs: dict) -> None:
+        if not self.enabled:
+            return
+        for k, v in {"loss": loss, **logs}.items():
+            self.interval.setdefault(k, []).append(v.detach() if torch.is_tensor(v) else v)
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+
+    def write(self, step: int) -> None:
+        if not self.enabled:
+            return
+        rec = {"step": step, "time": time.time() - self.t0,
+               **{k: float(np.mean([float(x) for x in v])) for k, v in self.interval.items()}}
+        self.interval = {}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer:
+            for k, v in rec.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, step)
+
+    def image(self, step: int, grid: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        save_image(self.out / "samples" / f"step_{step:07d}.png", grid)
+        if self.writer:
+            self.writer.add_image("samples", grid, step)
+
+    def close(self) -> None:
+        if self.enabled and self.bar:
+            self.bar.close()
+        if self.enabled and self.writer:
+            self.writer.close()
+
+
+def _sample_grid(task: Task, model: nn.Module, batch: dict) -> torch.Tensor:
+    model.eval()
+    grid = task.samples(model, batch).clamp(0, 1).cpu()
     model.train()
-    t0, interval = time.time(), {}  # every logged value, averaged over the logging interval
-    folder = None
-    # The first step whose loss was not finite, tracked on the device (no host sync per step) and
-    # checked before anything is logged, drawn or saved, so NaN weights never reach a checkpoint.
-    guard = _FiniteGuard(device, step, world)
-    last_good = state[0] if state is not None else None
-    while step < total:
-        batch = next(it)
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        if d.get("flip"):
-            batch = _flip_batch(batch, gen)
-        loss, logs = train_step(batch, step)
-        guard.record(loss)
-        step += 1
-        if step % log_every == 0 or step % sample_every == 0 or step % save_every == 0 or step == total:
-            guard.check(last_good)
-        if rank == 0:
-            # kept as tensors until the log line: one host sync per step (the bar), not per value
-            for k, v in {"loss": loss, **logs}.items():
-                interval.setdefault(k, []).append(v.detach() if torch.is_tensor(v) else v)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            if step % log_every == 0 or step == total:
-                rec = {"step": step, "time": time.time() - t0,
-                       **{k: float(np.mean([float(x) for x in v])) for k, v in interval.items()}}
-                interval = {}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if writer:
-                    for k, v in rec.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
-            if step % sample_every == 0 or step == total:
-                model.eval()
-                grid = task.samples(model, batch).clamp(0, 1).cpu()
-                model.train()
-                _save_grid(out / "samples" / f"step_{step:07d}.png", grid)
-                if writer:
-                    writer.add_image("samples", grid, step)
-            if step % save_every == 0 or step == total:
-                folder = last_good = save(step)
-    if bar:
-        bar.close()
-    if writer:
-        writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return folder or Path(out)
+    return grid
 
 
 class _FiniteGuard:
@@ -425,20 +430,6 @@ def _warn(msg: str) -> None:
     print(f"semsynth: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_previous_stage(cfg: dict, state) -> None:
-    """A progressive stage (crn-512p fine-tunes crn-256p, ...) without its previous stage would
-    silently train from scratch, or train top modules on random frozen lower ones: refuse."""
-    prev = cfg.get("previous_stage")
-    if not prev or state is not None or cfg.get("init_from"):
-        return
-    name = cfg.get("preset", "this preset")
-    raise ConfigError(
-        f"{name} fine-tunes {prev}: pass --init-from with a {prev} run, e.g. first "
-        f"`semsynth train {prev} --data DATA --out runs/{prev}`, then "
-        f"`semsynth train {name} --data DATA --out runs/{name} --init-from runs/{prev}` "
-        f"(or --set previous_stage=null to train from scratch on purpose)")
-
-
 def _writer(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -462,11 +453,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [ln for ln in path.read_text().splitlines() if ln and step_of(ln) <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _save_grid(path: Path, grid: torch.Tensor) -> None:
-    from PIL import Image
-
-    arr = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")

@@ -259,6 +259,15 @@ def _adv_batch(B=2, k=3, C=5, H=32, W=64, seed=0):
     return fake, real, label
 
 
+def _d_step(adv, opt, fake, real, label) -> dict:
+    """The trainer's discriminator update (TrainStep.discriminator) on fixed images."""
+    loss, logs = adv.discriminator_loss(fake, real, label)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logs
+
+
 def test_discriminator_learns_to_separate_real_from_fake():
     # real = smooth images, fake = noise: a working D step drives the hinge loss from ~2 (chance)
     # towards 0 within a few dozen steps; a sign error or a missing optimizer step would not.
@@ -266,9 +275,10 @@ def test_discriminator_learns_to_separate_real_from_fake():
     fake, real, label = _adv_batch()
     real = F.avg_pool2d(real, 9, 1, 4)
     adv = AdversarialLoss(label.shape[1], width=8, scales=2, lr=1e-3)
-    first = adv.discriminator_step(fake, real, label)
+    opt = torch.optim.Adam(adv.disc.parameters(), **adv.optim)
+    first = _d_step(adv, opt, fake, real, label)
     for _ in range(40):
-        last = adv.discriminator_step(fake, real, label)
+        last = _d_step(adv, opt, fake, real, label)
     assert float(first["gan/d_real"] + first["gan/d_fake"]) > 1.5
     assert float(last["gan/d_real"] + last["gan/d_fake"]) < 0.5
 
@@ -290,15 +300,20 @@ def test_generator_loss_reaches_every_output_and_leaves_d_alone():
 
 
 def test_adversarial_state_round_trips_with_its_optimizer():
+    # the critic's state_dict (weights, spectral-norm vectors) plus its optimiser's, as TrainState
+    # saves them, give identical next steps
     fake, real, label = _adv_batch()
     a = AdversarialLoss(label.shape[1], width=8, scales=1)
+    opt_a = torch.optim.Adam(a.disc.parameters(), **a.optim)
     for _ in range(2):
-        a.discriminator_step(fake, real, label)
+        _d_step(a, opt_a, fake, real, label)
     b = AdversarialLoss(label.shape[1], width=8, scales=1)
+    opt_b = torch.optim.Adam(b.disc.parameters(), **b.optim)
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # as torch.save/load would: no shared tensors
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
     # identical next steps: weights, spectral-norm vectors and Adam moments all came across
-    a.discriminator_step(fake, real, label)
-    b.discriminator_step(fake, real, label)
+    _d_step(a, opt_a, fake, real, label)
+    _d_step(b, opt_b, fake, real, label)
     for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         if torch.is_tensor(x):
             assert torch.equal(x, y), n

@@ -218,7 +218,7 @@ def test_jitter_then_inverse_restores_the_segment():
 def test_stn_recovers_a_known_jitter():
     """Gradient descent on the original's masked L1 through the warp finds the inverse of a known
     scale + rotation + shift (to a fraction of a pixel), directly and through the tiny network."""
-    from semsynth.sims.tasks import transform_loss
+    from semsynth.tasks.sims import transform_loss
 
     torch.manual_seed(0)
     H, W = 32, 64
@@ -279,7 +279,7 @@ def test_pair_input_and_front_probability():
 
 def test_order_pairs_from_disparity(cs):
     from semsynth.data import open_dataset
-    from semsynth.sims.tasks import OrderPairs, _depth_index
+    from semsynth.tasks.sims import OrderPairs, _depth_index
 
     base = open_dataset(cs, space=SPACE, size=(64, 128))
     index = _depth_index(cs / "disparity" / "train")
@@ -306,7 +306,7 @@ def test_order_pairs_from_disparity(cs):
 
 def test_jittered_segments(cs):
     from semsynth.data import open_dataset
-    from semsynth.sims.tasks import JitteredSegments
+    from semsynth.tasks.sims import JitteredSegments
 
     ds = JitteredSegments(open_dataset(cs, space=SPACE, size=(64, 128)), SPACE, draws=2)
     assert len(ds) == 8
@@ -322,7 +322,7 @@ def test_jittered_segments(cs):
 
 def test_synthesis_canvases_follow_the_recipe(cs, tmp_path):
     from semsynth.data import open_dataset
-    from semsynth.sims.tasks import SynthesisCanvases, training_bank
+    from semsynth.tasks.sims import SynthesisCanvases, training_bank
 
     base = open_dataset(cs, space=SPACE, size=(64, 128))
     bank = training_bank(base, SPACE, tmp_path / "bank", (64, 128), progress=False)
@@ -355,7 +355,7 @@ def test_synthesis_canvases_follow_the_recipe(cs, tmp_path):
 def test_1024_variant_loss_keeps_the_pixel_term_at_full_size(cs):
     """VGG layers on half-size images, the pixel term at full size; CE against the layout
     nearest-resized to the semantic head's half size (synthesis_1024_2048.py:251-264)."""
-    from semsynth.sims.tasks import SynthesisTask
+    from semsynth.tasks.sims import SynthesisTask
     from semsynth.train import load_config
 
     cfg = load_config("sims-tiny", {"data.path": str(cs), "loss.pretrained": False, "data.size": [64, 128]})
@@ -373,7 +373,7 @@ def test_1024_variant_loss_keeps_the_pixel_term_at_full_size(cs):
 
 
 def test_lr_schedules():
-    from semsynth.sims.tasks import schedule_lr
+    from semsynth.tasks.sims import schedule_lr
     from semsynth.train import load_config
 
     s256 = load_config("sims-256p")["optim"]
@@ -414,7 +414,7 @@ def test_tiny_training_runs(cs, tmp_path, preset, overrides):
 
 def test_order_task_without_disparity_says_why(tmp_path):
     from semsynth.labels import get_space as gs
-    from semsynth.sims.tasks import OrderTask
+    from semsynth.tasks.sims import OrderTask
     from semsynth.train import load_config
 
     root = make_cityscapes(tmp_path / "cs", n=1, disparity=False)

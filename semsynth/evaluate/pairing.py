@@ -7,16 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..data import cityscapes_frame
 from .common import EvaluationError
 
-_CS_SUFFIX = re.compile(r"_(leftImg8bit|gt(Fine|Coarse)_(labelIds|labelTrainIds|trainIds|color|instanceIds))$")
 _VARIANT = re.compile(r"^(?P<stem>.+)_k(?P<k>\d+)$")
 
 
 def _key(path: Path) -> str:
     """Pairing key: the file name without extension and without Cityscapes name suffixes; only
     the name counts, so layouts in city/ sub-folders pair with flat image folders."""
-    return _CS_SUFFIX.sub("", path.stem)
+    return cityscapes_frame(path.stem)
 
 
 @dataclass
@@ -69,9 +69,9 @@ def pair_files(label_dir, images_dir=None, real_dir=None) -> tuple[list[Group], 
             k, idx = _key(f), 0
             if k not in labels:
                 m = _VARIANT.match(f.stem)
-                if m and _CS_SUFFIX.sub("", m["stem"]) in labels:
-                    k, idx = _CS_SUFFIX.sub("", m["stem"]), int(m["k"])
-                elif f.stem.endswith("_grid") and _CS_SUFFIX.sub("", f.stem[:-5]) in labels:
+                if m and cityscapes_frame(m["stem"]) in labels:
+                    k, idx = cityscapes_frame(m["stem"]), int(m["k"])
+                elif f.stem.endswith("_grid") and cityscapes_frame(f.stem[:-5]) in labels:
                     grids += 1  # `semsynth synthesize --grid` previews: not evaluated
                     continue
                 else:

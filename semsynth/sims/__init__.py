@@ -9,6 +9,6 @@ Non-parametric side (this package):
 * `canvas`    — composing retrieved segments into the canvas the synthesis network refines
 * `color_transfer` — MKL colour transfer (Pitie et al.) used for training canvases
 
-Parametric side: `semsynth.models.sims` (networks), `semsynth.sims.tasks` (training),
+Parametric side: `semsynth.models.sims` (networks), `semsynth.tasks.sims` (training),
 `semsynth.sims.pipeline` (layout -> photo).
 """

@@ -55,7 +55,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..models.sims import jitter_theta, warp
+from ..ops import dilate, edge
 from .bank import Bank
+from .color_transfer import mkl_map
 from .order import full_order, order_rank
 from .retrieval import Retrieval
 from .segments import class_roles
@@ -198,22 +201,9 @@ def warp_crop(planes: np.ndarray, box: tuple[int, int, int, int], theta, size: t
 # ----------------------------------------------------------------------------- morphology
 
 
-def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
-    if size <= 1:
-        return mask
-    return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant").view(bool)
-
-
-def _edge(mask: np.ndarray) -> np.ndarray:
-    """Pixels on both sides of the mask boundary (mixed 3x3 neighbourhood), which is what MATLAB's
-    `edge(mask, 'sobel', 0)` marks on a binary mask; the frame border is not a boundary."""
-    m = mask.view(np.uint8)
-    return (ndimage.maximum_filter(m, 3, mode="nearest") != ndimage.minimum_filter(m, 3, mode="nearest"))
-
-
 def elision_band(mask: np.ndarray, size: int, inside_only: bool = True) -> np.ndarray:
     """The boundary of `mask` dilated by a size x size square (restricted to the mask)."""
-    band = _dilate(_edge(mask), size)
+    band = dilate(edge(mask), size)
     return band & mask if inside_only else band
 
 
@@ -312,9 +302,7 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
     fr = _Frame(bank.size, size, bank.rgb_size)
     q = retrieval.query
     Q = len(q)
-    order = list(order) if order is not None else full_order(space)
-    order = order + [c for c in range(C) if c not in set(order)]
-    rank = order_rank(order)
+    rank = order_rank(full_order(space, order))
     front_fn = _front_fn(front, Q)
     thetas = _thetas(theta, Q)
 
@@ -361,7 +349,7 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
             src_c = src[fr.ymap[pb[0]:pb[2]]][:, fr.xmap[pb[1]:pb[3]]]
             veh = np.isin(src_c, vehicles)
             if veh.any():
-                band = _dilate(_edge(veh), se_road)
+                band = dilate(edge(veh), se_road)
                 empty |= band[sbox[0] - pb[0]: sbox[2] - pb[0], sbox[1] - pb[1]: sbox[3] - pb[1]] & m
         if cfg.vegetation_trim and c in veg:
             empty |= _band_in_frame(m, sbox, size, se_tree) & m
@@ -489,7 +477,7 @@ def _outer_elision(canvas, support, label, roles, C, cfg: CanvasConfig, size) ->
             py0, px0 = max(0, ys.start - pad), max(0, xs.start - pad)
             py1, px1 = min(H, ys.stop + pad), min(W, xs.stop + pad)
             cm = comp[py0:py1, px0:px1] == k
-            band = _dilate(_edge(cm), se)
+            band = dilate(edge(cm), se)
             # restrict to the extended box
             y0, y1 = max(by0, py0), min(by1, py1)
             x0, x1 = max(bx0, px0), min(bx1, px1)
@@ -507,8 +495,8 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
                     recolor_p: float = 0.2, elision: float = 0.05 * 512, elision_ratio: float = 0.5,
                     corrupt_deg: float = 2.5, order=None, white: int = 255) -> Canvas:
     """A synthesis-network training canvas for a real (layout, photo), the original way
-    (SPEC B.6.1, `train_generate_synthesis.m`). The one implementation: the trainer's
-    `SynthesisCanvases` calls it with retrievals precomputed once per draw.
+    (SPEC B.6.1, `train_generate_synthesis.m`); the `sims-synthesis` task's dataset
+    (`semsynth.tasks.sims.SynthesisCanvases`) calls it with retrievals precomputed once per draw.
 
     `retrieval` is the layout's search against a bank of *other* training images (the original:
     100 random ones), top-1 per segment. For every searched segment q, back to front in the
@@ -532,9 +520,6 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
     whole retrieved mask (B.8.12); a segment without any candidate is dropped instead of reusing
     the previous segment's retrieved mask (B.6.1's bug); the corruption shift is the intended one
     (the original's was ~0 by a bug, its random crop gives the shift used here)."""
-    from ..models.sims import jitter_theta, warp
-    from .color_transfer import _cov, mkl_matrix
-
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
@@ -549,8 +534,7 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
     q = retrieval.query
     Q = len(q)
     fr = _Frame(bank.size, size, bank.rgb_size)
-    order = list(order) if order is not None else full_order(bank.space)
-    rank = order_rank(order + [c for c in range(C) if c not in set(order)])
+    rank = order_rank(full_order(bank.space, order))
     se = CanvasConfig().px(elision, H)
     canvas = np.zeros((H, W, 3), np.uint8)
     support = np.zeros(size, bool)
@@ -587,15 +571,14 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
                 ref = seg.rgb[seg.rgb_mask]
             ref = ref.astype(np.float64) / 255.0
             if len(ref) > 1 and len(src) > 1:
-                px = img[t].astype(np.float64) / 255.0
-                px = np.clip((px - src.mean(0)) @ mkl_matrix(_cov(src), _cov(ref)) + ref.mean(0), 0, 1)
+                px = np.clip(mkl_map(img[t].astype(np.float64) / 255.0, src, ref), 0, 1)
                 content = img.copy()
                 content[t] = (px * 255 + 0.5).astype(np.uint8)
         canvas[t] = content[t]
         support[t] = True
         owner[t] = j
         if elision_ratio > 0:
-            band = _dilate(_edge(t), se)
+            band = dilate(edge(t), se)
             wsel = band & (rng.random(size) < elision_ratio)
             canvas[wsel] = white
             support[wsel] = True

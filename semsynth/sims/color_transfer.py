@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mkl_matrix", "mkl_transfer", "mkl_transfer_image"]
+__all__ = ["mkl_matrix", "mkl_map", "mkl_transfer", "mkl_transfer_image"]
 
 _EPS = 2.2204e-16  # MATLAB's eps, as the reference code
 
@@ -36,6 +36,12 @@ def mkl_matrix(a: np.ndarray, b: np.ndarray, eps: float = _EPS) -> np.ndarray:
     return ua @ (inv_da[:, None] * (uc @ (dc[:, None] * uc.T)) * inv_da[None, :]) @ ua.T
 
 
+def mkl_map(pixels: np.ndarray, source: np.ndarray, target: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    """Apply the MKL map fitted from `source` (N, 3) to `target` (M, 3) colours to `pixels` (P, 3):
+    (pixels - mean(source)) T + mean(target). Float in, float out (no clipping: callers clip)."""
+    return (pixels - source.mean(0)) @ mkl_matrix(_cov(source), _cov(target), eps) + target.mean(0)
+
+
 def mkl_transfer(source: np.ndarray, target: np.ndarray, eps: float = _EPS) -> np.ndarray:
     """Recolour `source` pixels (N, 3) so that their mean and covariance match `target`'s (M, 3).
     Float in, float out (no clipping: callers clip to their range)."""
@@ -43,9 +49,7 @@ def mkl_transfer(source: np.ndarray, target: np.ndarray, eps: float = _EPS) -> n
     x1 = np.asarray(target, dtype=np.float64).reshape(-1, np.shape(target)[-1])
     if len(x0) == 0 or len(x1) == 0:
         raise ValueError("mkl_transfer needs at least one source and one target pixel")
-    t = mkl_matrix(_cov(x0), _cov(x1), eps)
-    out = (x0 - x0.mean(0)) @ t + x1.mean(0)
-    return out.reshape(np.shape(source))
+    return mkl_map(x0, x0, x1, eps).reshape(np.shape(source))
 
 
 def mkl_transfer_image(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
@@ -59,6 +63,5 @@ def mkl_transfer_image(image: np.ndarray, reference: np.ndarray, mask: np.ndarra
     r = np.asarray(reference).astype(np.float64) / (255.0 if np.asarray(reference).dtype == np.uint8 else 1.0)
     src = x[mask] if mask is not None else x.reshape(-1, 3)
     tgt = r[ref_mask] if ref_mask is not None else r.reshape(-1, 3)
-    t = mkl_matrix(_cov(src), _cov(tgt))
-    out = np.clip((x - src.mean(0)) @ t + tgt.mean(0), 0.0, 1.0)
+    out = np.clip(mkl_map(x, src, tgt), 0.0, 1.0)
     return (out * 255.0 + 0.5).astype(np.uint8) if img.dtype == np.uint8 else out.astype(img.dtype)

@@ -37,17 +37,20 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from PIL import Image
+from scipy.io import loadmat
 
-from ..labels import LabelSpace, get_space
-from ..utils import atomic_path, shared_dir
-from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
+from ..data import resize_label
 from ..errors import InputError, MissingFileError, UnknownNameError
+from ..labels import LabelSpace, get_space
+from ..ops import dilate, edge
+from ..utils import atomic_path, shared_dir
+from .segments import REFERENCE_MIN_AREA, ClassRoles, SegmentSet, class_roles, extract_segments, scaled_area
 
 __all__ = [
     "ORIGINAL_ORDER_IDS", "full_order", "back_ratio", "order_from_counts", "original_order", "coarse_order",
     "load_order_frequency", "occlusion_counts", "pair_relations", "save_prior", "load_prior",
-    "order_rank",
+    "order_rank", "adjacent_pairs", "band_median", "object_override",
 ]
 
 #: `order.mat` of SIMS: 1-based Cityscapes train ids, back-most first.
@@ -94,8 +97,6 @@ def _is_cityscapes19(space: LabelSpace) -> bool:
 def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
     """The 19x19 `order_frequency.mat` (rows: behind, columns: in front), from `path` or
     `<shared>/reference/sims_priors/order_frequency.mat`."""
-    from scipy.io import loadmat
-
     p = Path(path) if path is not None else shared_dir() / "reference" / "sims_priors" / "order_frequency.mat"
     if not p.is_file():
         raise MissingFileError(f"{p}: SIMS order_frequency.mat not found")
@@ -108,16 +109,20 @@ def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
     return m["frequency"].astype(np.int64)
 
 
-def full_order(space: "LabelSpace | str") -> list[int]:
-    """Every class index of `space` back to front: the class-order prior (`coarse_order`) where
-    the space has one, then the remaining classes in index order. The pasting order of canvases
-    and the orientation of order pairs."""
+def full_order(space: "LabelSpace | str", order=None) -> list[int]:
+    """Every class index of `space` back to front: `order` (default: the class-order prior,
+    `coarse_order`, where the space has one), then the remaining classes in index order. The
+    pasting order of canvases and the orientation of order pairs; `order_rank` of it ranks them."""
     sp = get_space(space) if isinstance(space, str) else space
-    try:
-        out = [int(c) for c in coarse_order(sp)]
-    except KeyError:
-        out = []
-    return out + [c for c in range(sp.num_classes) if c not in out]
+    if order is not None:
+        out = [int(c) for c in order]
+    else:
+        try:
+            out = [int(c) for c in coarse_order(sp)]
+        except KeyError:
+            out = []
+    seen = set(out)
+    return out + [c for c in range(sp.num_classes) if c not in seen]
 
 
 def coarse_order(space: "LabelSpace | str" = "cityscapes", counts: np.ndarray | None = None,
@@ -169,27 +174,56 @@ def load_prior(path: str | Path, space: LabelSpace | None = None) -> dict:
 # ----------------------------------------------------------------------------- statistics
 
 
-def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
-    """Binary dilation by a size x size square (separable max filter)."""
-    if size <= 1:
-        return mask
-    return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant").view(bool)
+def adjacent_pairs(segs: SegmentSet, visit, adjacency: int = 3, band: int = 11):
+    """The pair enumeration of `train_generate_order.m` (B.4.2 steps 1-2), over segments `visit`
+    (indices into `segs`, in the order pairs are oriented): every (a, b), a before b, of
+    different classes where the adjacency x adjacency-dilated edge of a touches b. Yields
+    (a, b, in_a, in_b): the pixels of a and of b inside the boundary band, the intersection of
+    both edges dilated by band x band."""
+    visit = [int(i) for i in visit]
+    if len(visit) < 2:
+        return
+    masks = np.stack([segs.full_mask(i) for i in visit])
+    edges = edge(masks)
+    near, bands = dilate(edges, adjacency), dilate(edges, band)
+    cls = segs.cls[visit]
+    for x in range(len(visit)):
+        for y in range(x + 1, len(visit)):
+            if cls[x] == cls[y] or not (near[x] & masks[y]).any():
+                continue
+            bd = bands[x] & bands[y]
+            yield visit[x], visit[y], bd & masks[x], bd & masks[y]
 
 
-def _edge(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels on both sides (3x3 neighbourhood mixed), close to MATLAB's
-    `edge(mask, 'sobel', 0)` on a binary mask."""
-    return _dilate(mask, 3) & ~ndimage.minimum_filter(mask.view(np.uint8), size=3, mode="nearest").view(bool)
+def band_median(values: np.ndarray, where: np.ndarray) -> float | None:
+    """Median of the positive, finite `values` (disparity or nearness) at `where` (B.4.2 step 3);
+    None when there are none."""
+    v = values[where]
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.median(v)) if len(v) else None
+
+
+def object_override(ca: int, cb: int, roles: ClassRoles) -> int | None:
+    """The planar/object rule of B.4.2 step 4: a planar class (road, sidewalk, terrain) is behind
+    a thing (`roles.thing`). Returns the front class of (ca, cb), or None when the rule does not
+    decide. The original applied it in one orientation only; here in both."""
+    if ca in roles.planar and cb in roles.thing:
+        return cb
+    if cb in roles.planar and ca in roles.thing:
+        return ca
+    return None
 
 
 def pair_relations(label: np.ndarray, space: LabelSpace, disparity: np.ndarray | None = None,
                    min_area: float = REFERENCE_MIN_AREA, band: int = 11, adjacency: int = 3,
                    roles=None) -> list[tuple[int, int, int, int]]:
-    """Front/back relations of adjacent segment pairs of one layout.
+    """Front/back relations of adjacent segment pairs of one layout, for the order statistics.
 
     Returns (segment a, segment b, class behind, class in front) for each decided pair, segment
     indices into `extract_segments(label, ...)`. `min_area` is in pixels at 256x512 (scaled to
-    the label size); `band` and `adjacency` are square sizes at 256x512 (scaled too)."""
+    the label size); `band` and `adjacency` are square sizes at 256x512 (scaled too). Decided by,
+    in turn: the object override, thin-in-front, the larger band median of the disparity (ties
+    undecided), the lower side (module docstring)."""
     label = np.asarray(label).astype(np.int64)
     H, W = label.shape
     f = H / 256.0
@@ -198,48 +232,30 @@ def pair_relations(label: np.ndarray, space: LabelSpace, disparity: np.ndarray |
     roles = roles or class_roles(space)
     segs = extract_segments(label, space.num_classes, roles.thin, sig_grid=None)
     big = np.flatnonzero(segs.area > scaled_area(min_area, (H, W)))
-    if len(big) < 2:
-        return []
-    planar, things, thin = set(roles.planar), set(roles.thing), set(roles.thin)
-    masks = {i: segs.full_mask(i) for i in big}
-    edges = {i: _edge(masks[i]) for i in big}
-    near = {i: _dilate(edges[i], adj_px) for i in big}
-    bands = {i: _dilate(edges[i], band_px) for i in big}
+    thin = set(roles.thin)
     disp = None if disparity is None else np.asarray(disparity, dtype=np.float64)
     if disp is not None and disp.shape != (H, W):
         raise InputError(f"disparity map is {disp.shape[1]}x{disp.shape[0]}, layout is {W}x{H}")
     out = []
-    for x, a in enumerate(big):
-        for b in big[x + 1:]:
-            ca, cb = int(segs.cls[a]), int(segs.cls[b])
-            if ca == cb:
+    for a, b, ina, inb in adjacent_pairs(segs, big, adj_px, band_px):
+        ca, cb = int(segs.cls[a]), int(segs.cls[b])
+        over = object_override(ca, cb, roles)
+        if over is not None:
+            front = a if over == ca else b
+        elif (ca in thin) != (cb in thin):
+            front = a if ca in thin else b
+        elif disp is not None:
+            ma, mb = band_median(disp, ina), band_median(disp, inb)
+            if ma is None or mb is None or ma == mb:
                 continue
-            if not (near[a] & masks[b]).any():
+            front = a if ma > mb else b  # larger disparity = nearer
+        else:
+            ya, yb = np.nonzero(ina)[0], np.nonzero(inb)[0]
+            if len(ya) == 0 or len(yb) == 0 or ya.mean() == yb.mean():
                 continue
-            bd = bands[a] & bands[b]
-            ina, inb = bd & masks[a], bd & masks[b]
-            if ca in planar and cb in things:
-                front = b
-            elif cb in planar and ca in things:
-                front = a
-            elif (ca in thin) != (cb in thin):
-                front = a if ca in thin else b
-            elif disp is not None:
-                da, db = disp[ina], disp[inb]
-                da, db = da[(da > 0) & np.isfinite(da)], db[(db > 0) & np.isfinite(db)]
-                if len(da) == 0 or len(db) == 0:
-                    continue
-                ma, mb = np.median(da), np.median(db)
-                if ma == mb:
-                    continue
-                front = a if ma > mb else b  # larger disparity = nearer
-            else:
-                ya, yb = np.nonzero(ina)[0], np.nonzero(inb)[0]
-                if len(ya) == 0 or len(yb) == 0 or ya.mean() == yb.mean():
-                    continue
-                front = a if ya.mean() > yb.mean() else b  # the lower side is nearer
-            back = b if front == a else a
-            out.append((int(a), int(b), int(segs.cls[back]), int(segs.cls[front])))
+            front = a if ya.mean() > yb.mean() else b  # the lower side is nearer
+        back = b if front == a else a
+        out.append((int(a), int(b), int(segs.cls[back]), int(segs.cls[front])))
     return out
 
 
@@ -248,8 +264,6 @@ def occlusion_counts(layouts, space: "LabelSpace | str" = "cityscapes", disparit
     """(C, C) counts[i, j] = times class i was behind class j, over `layouts` (class-index maps;
     a LayoutDataset works too). disparities: matching maps or None. Layouts are resized to `size`
     (nearest) first, as the original works at 256x512."""
-    from ..data import resize_label
-
     space = get_space(space)
     C = space.num_classes
     counts = np.zeros((C, C), np.int64)
@@ -270,7 +284,6 @@ def occlusion_counts(layouts, space: "LabelSpace | str" = "cityscapes", disparit
         if size is not None and lab.shape != tuple(size):
             lab = resize_label(lab, size)
             if d is not None:
-                from PIL import Image
                 d = np.asarray(Image.fromarray(np.asarray(d, np.float32)).resize(
                     (size[1], size[0]), Image.Resampling.NEAREST))
         for _, _, back, front in pair_relations(lab, space, d, roles=roles, **kwargs):

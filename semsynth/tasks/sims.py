@@ -13,7 +13,7 @@ the original MATLAB data generators (SPEC B.3.1, B.4.2, B.6.1) instead of precom
   read from a disparity (or depth) map in the boundary band (B.4.2). **Fixed:** the planar/object
   override applies in both orientations; up to 10 *random* pairs per step with no stale slots
   (padding is ignored by the loss) instead of always the first 10 (B.8.8).
-* **sims-synthesis**: the original's training canvases (B.6.1, `canvas.training_canvas`): a
+* **sims-synthesis**: the original's training canvases (B.6.1, `sims.canvas.training_canvas`): a
   memory bank of the training images is built once into the run folder (`train-bank/`); for
   every draw of every image, each segment of more than 1000 px (at 256x512) is matched to the
   best-IoU segment of its class among 100 random *other* training images (precomputed when the
@@ -32,53 +32,39 @@ picked a random draw folder per step); `dataset()` turns them into the trainer's
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
+from ..data import cityscapes_frame
+from ..errors import MissingFileError
 from ..labels import LabelSpace, colorize, one_hot
+from ..losses import build_loss
 from ..models import build_model, model_config
 from ..models.sims import front_probability, invert_theta, jitter_theta, pair_input, warp
-from ..train import register_task
-from .order import full_order as coarse_order
-from .segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
-from ..errors import MissingFileError
+from ..sims.bank import Bank, build_bank
+from ..sims.canvas import training_canvas
+from ..sims.order import adjacent_pairs, band_median, full_order, object_override, order_rank
+from ..sims.retrieval import Retriever
+from ..sims.segments import REFERENCE_MIN_AREA, class_roles, extract_segments, scaled_area
+from .base import Task, data_paths, open_training_data, register_task
 
 __all__ = [
     "SynthesisTask", "TransformTask", "OrderTask", "SynthesisCanvases", "JitteredSegments",
-    "OrderPairs", "training_bank", "coarse_order", "transform_loss", "dilate", "boundary",
-    "schedule_lr",
+    "OrderPairs", "training_bank", "transform_loss", "schedule_lr",
 ]
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def dilate(m: torch.Tensor, k: int) -> torch.Tensor:
-    """Binary dilation of boolean (..., H, W) masks with a k x k square (MATLAB strel('square', k);
-    an even k reaches one pixel further down/right). Box sums by cumulative sums, separably: O(1)
-    per pixel whatever k."""
-    if k <= 1:
-        return m.bool()
-    a, b = (k - 1) // 2, k // 2
-    x = F.pad(m.to(torch.int32), (0, 0, a + 1, b))
-    c = x.cumsum(-2)
-    x = F.pad(c[..., k:, :] - c[..., :-k, :], (a + 1, b, 0, 0))
-    c = x.cumsum(-1)
-    return (c[..., k:] - c[..., :-k]) > 0
-
-
-def boundary(m: torch.Tensor) -> torch.Tensor:
-    """The pixels on either side of a mask's outline (where a Sobel filter of the mask is
-    non-zero, as MATLAB's edge(mask, 'sobel', 0) up to its thinning). The image border is not
-    an outline."""
-    m = m.bool()
-    return dilate(m, 3) & dilate(~m, 3)
 
 
 def schedule_lr(sched: dict | None, epoch: int, base: float) -> float:
@@ -98,12 +84,6 @@ def schedule_lr(sched: dict | None, epoch: int, base: float) -> float:
 
 def _world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _base_dataset(cfg: dict, space: LabelSpace):
-    from ..train import open_training_data
-
-    return open_training_data(cfg, space)
 
 
 class _Draws(Dataset):
@@ -126,11 +106,8 @@ class _Draws(Dataset):
 
     def arrays(self, i: int):
         """(label (H, W) int64, photo (H, W, 3) uint8) of image i."""
-        if hasattr(self.base, "arrays"):
-            ids, rgb = self.base.arrays(i)
-            return np.asarray(ids, dtype=np.int64), np.asarray(rgb)
-        s = self.base[i]
-        return s["label"].numpy(), (s["image"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        ids, rgb = self.base.arrays(i)
+        return np.asarray(ids, dtype=np.int64), np.asarray(rgb)
 
     def segments(self, i: int, ids: np.ndarray):
         if i not in self._segs:
@@ -161,7 +138,7 @@ def _steps_from_epochs(cfg: dict, images: int) -> None:
         cfg["steps"] = int(cfg.get("epochs", 1)) * math.ceil(images / (b * _world()))
 
 
-class _TaskBase:
+class _TaskBase(Task):
     def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
         self.cfg, self.space, self.device = cfg, space, device
         self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
@@ -174,7 +151,7 @@ class _TaskBase:
         self.images = None
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimisation step `step` (0-based); epochs count passes over images."""
+        """Learning rate of optimisation step `step` (0-based); epochs count passes over images."""
         if not self.images:
             return self.base_lr
         epoch = 1 + (step * self.batch * _world()) // self.images
@@ -260,7 +237,7 @@ def transform_loss(theta: torch.Tensor, segments: torch.Tensor, masks: torch.Ten
 class TransformTask(_TaskBase):
     def dataset(self, cfg: dict, out: Path | None = None):
         j = cfg.get("jitter", {})
-        ds = JitteredSegments(_base_dataset(cfg, self.space), self.space, draws=cfg.get("data", {}).get("draws", 2),
+        ds = JitteredSegments(open_training_data(cfg, self.space), self.space, draws=cfg.get("data", {}).get("draws", 2),
                               seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
                               min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
                               scale=j.get("scale", (0.9, 1.1)), shift=float(j.get("shift", 0.0625)),
@@ -324,8 +301,6 @@ def _depth_index(folder: Path) -> dict[str, Path]:
 def read_nearness(path: Path, kind: str, size: tuple[int, int]) -> np.ndarray:
     """A map where larger = closer, NaN = unknown, at `size` (nearest resize: never averaged across
     object boundaries). Cityscapes disparity PNGs: d = (p - 1) / 256 for p > 0, 0 = invalid."""
-    from PIL import Image
-
     if path.suffix.lower() == ".npy":
         raw = np.load(path).astype(np.float64)
         valid = np.isfinite(raw) & (raw > 0)
@@ -347,12 +322,6 @@ def read_nearness(path: Path, kind: str, size: tuple[int, int]) -> np.ndarray:
     return val
 
 
-# The "object" classes of train_generate_order.m:22-23 ({6,7,8,15,16,17,14,18,19,12,13}), by name
-# (plus CamVid's names), which are always in front of a planar class (road, sidewalk, terrain).
-_THINGS = {"pole", "traffic light", "traffic sign", "truck", "bus", "train", "car", "motorcycle",
-           "bicycle", "person", "rider", "sign symbol", "pedestrian", "bicyclist"}
-
-
 class OrderPairs(_Draws):
     """Example: {"label", "mask_a", "mask_b" (P, H, W) bool, "target" (P,) class index in front,
     -100 for empty slots}. Pairs are adjacent segments (3x3-dilated outline of a touches b) of
@@ -364,11 +333,7 @@ class OrderPairs(_Draws):
         super().__init__(base, space, draws, seed)
         self.depth_files, self.kind = depth_files, kind
         self.slots, self.min_area, self.adjacency, self.band = int(slots), float(min_area), adjacency, band
-        order = coarse_order(space)
-        self.rank = np.empty(space.num_classes, dtype=np.int64)
-        self.rank[order] = np.arange(len(order))
-        names = [n.lower() for n in space.names]
-        self.things = {i for i, n in enumerate(names) if n in _THINGS}
+        self.rank = order_rank(full_order(space))
         self._pairs: dict[int, tuple] = {}
 
     def pairs(self, i: int, ids: np.ndarray):
@@ -379,30 +344,17 @@ class OrderPairs(_Draws):
         segs = self.segments(i, ids)
         big = np.flatnonzero(segs.area > scaled_area(self.min_area, (H, W)))
         big = big[np.argsort(self.rank[segs.cls[big]], kind="stable")]
-        near = torch.from_numpy(read_nearness(self.depth_files[i], self.kind, (H, W)))
+        near = read_nearness(self.depth_files[i], self.kind, (H, W))
         out = []
-        if len(big) > 1:
-            m = torch.stack([torch.from_numpy(segs.full_mask(int(s))) for s in big])
-            edge = boundary(m)
-            touch = dilate(edge, self.adjacency).flatten(1).float() @ m.flatten(1).float().T > 0
-            wide = dilate(edge, self.band)
-            cls = segs.cls[big]
-            planar, objects = set(self.roles.planar), self.things
-            for a, b in zip(*np.nonzero(np.triu(touch.numpy(), 1))):
-                if cls[a] == cls[b]:
-                    continue
-                band = wide[a] & wide[b]
-                va, vb = near[band & m[a]], near[band & m[b]]
-                va, vb = va[~torch.isnan(va)], vb[~torch.isnan(vb)]
-                if not len(va) or not len(vb):
-                    continue
-                # larger nearness is closer; ties go to b as in the original (median_j <= median_k)
-                front = cls[b] if float(va.median()) <= float(vb.median()) else cls[a]
-                if cls[a] in planar and cls[b] in objects:
-                    front = cls[b]
-                elif cls[b] in planar and cls[a] in objects:  # the original's override was one-way
-                    front = cls[a]
-                out.append((int(big[a]), int(big[b]), int(front)))
+        for a, b, in_a, in_b in adjacent_pairs(segs, big, self.adjacency, self.band):
+            ma, mb = band_median(near, in_a), band_median(near, in_b)
+            if ma is None or mb is None:  # kept only where both sides have depth (B.4.2 l.85)
+                continue
+            ca, cb = int(segs.cls[a]), int(segs.cls[b])
+            front = object_override(ca, cb, self.roles)
+            if front is None:  # larger nearness is closer; ties go to b (median_j <= median_k)
+                front = cb if ma <= mb else ca
+            out.append((int(a), int(b), front))
         self._pairs[i] = (out, segs)
         return self._pairs[i]
 
@@ -426,35 +378,35 @@ class OrderPairs(_Draws):
 @register_task("sims-order")
 class OrderTask(_TaskBase):
     def dataset(self, cfg: dict, out: Path | None = None):
-        base = _base_dataset(cfg, self.space)
+        base = open_training_data(cfg, self.space)
         d = cfg.get("data", {})
         kind = "depth" if d.get("depth") else "disparity"
         folder = d.get("depth") or d.get("disparity")
-        root = Path(getattr(base, "root", None) or d["path"])
-        if not folder or folder == "auto":
-            folder = root / "disparity" / d.get("split", "train")
-            if not folder.is_dir():
-                folder = root / "disparity"
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise MissingFileError(
-                f"{folder}: no disparity maps. The order network learns front/back from disparity or "
-                f"depth: use a dataset with Cityscapes' disparity/<split>/<city>/*_disparity.png, or "
-                f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)")
-        index = _depth_index(folder)
+        if not folder or folder == "auto":  # <data>/disparity/<split> (else <data>/disparity) of every folder
+            split = d.get("split", "train")
+            folders = [r / "disparity" / split if (r / "disparity" / split).is_dir() else r / "disparity"
+                       for r in data_paths(cfg)]
+        else:
+            folders = [Path(folder)]
+        for f in folders:
+            if not f.is_dir():
+                raise MissingFileError(
+                    f"{f}: no disparity maps. The order network learns front/back from disparity or "
+                    f"depth: use a dataset with Cityscapes' disparity/<split>/<city>/*_disparity.png, or "
+                    f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)")
+        index: dict[str, Path] = {}
+        for f in folders:
+            for k, v in _depth_index(f).items():
+                index.setdefault(k, v)
         keep, files = [], []
         for k, it in enumerate(base.items):
-            stem = Path(str(it.label)).stem
-            for suffix in ("_gtFine_labelIds", "_gtFine_trainIds", "_gtFine_color", "_gtFine_instanceIds",
-                           "_gtCoarse_labelIds", "_gtCoarse_trainIds"):
-                stem = stem[: -len(suffix)] if stem.endswith(suffix) else stem
-            hit = index.get(stem) or index.get(it.name)
+            hit = index.get(cityscapes_frame(Path(str(it.label)).stem)) or index.get(it.name)
             if hit is not None:
                 keep.append(k)
                 files.append(hit)
         if not keep:
-            raise MissingFileError(f"{folder}: none of the {len(base)} images has a depth/disparity map "
-                                    f"(looked for <frame>_disparity.png / <frame>.png / .npy)")
+            raise MissingFileError(f"{', '.join(map(str, folders))}: none of the {len(base)} images has a "
+                                   f"depth/disparity map (looked for <frame>_disparity.png / <frame>.png / .npy)")
         ds = OrderPairs(_Subset(base, keep), self.space, files, kind=kind, draws=d.get("draws", 1),
                         seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
                         min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)))
@@ -521,31 +473,23 @@ class SynthesisCanvases(_Draws):
     def __init__(self, base, space, bank, draws=5, seed=0, pool=100, min_area=REFERENCE_MIN_AREA,
                  colour_transfer=0.2, corrupt_rotation_deg=2.5, elision_band=0.05, elision_ratio=0.5,
                  progress=True):
-        from .retrieval import Retriever
-
         super().__init__(base, space, draws, seed)
         self.bank, self.pool, self.min_area = bank, int(pool), float(min_area)
         self.p_ct, self.corrupt = float(colour_transfer), float(corrupt_rotation_deg)
         self.elision = (float(elision_band) * 512, float(elision_ratio))
-        self.order = coarse_order(space)
+        self.order = full_order(space)
         # bank image id -> dataset index (the bank was built from this dataset, by name)
         names = {n: k for k, n in enumerate(bank.image_names)}
-        self.bank_of = np.array([names.get(self._name(i), -1) for i in range(self.num_images)], np.int64)
+        self.bank_of = np.array([names.get(self.base.items[i].name, -1) for i in range(self.num_images)], np.int64)
         self.image_of = {int(b): i for i, b in enumerate(self.bank_of) if b >= 0}
         self.retriever = Retriever(bank)
         self._ret: dict[int, object] = {}      # image -> Retrieval of draw 0 (query segments)
         self._ids: dict[tuple[int, int], np.ndarray] = {}
         self.precompute(progress)
 
-    def _name(self, i: int) -> str:
-        items = getattr(self.base, "items", None)
-        return items[i].name if items is not None else str(self.base[i]["name"])
-
     def precompute(self, progress: bool = True) -> None:
         """Top-1 retrieval of every segment of every image for every draw, each draw against
         `pool` random other images of the bank (seeded by (seed, i, d))."""
-        from tqdm import tqdm
-
         n_img = self.bank.num_images
         todo = [(i, d) for d in range(self.draws) for i in range(self.num_images)]
         for i, d in tqdm(todo, desc="training-canvas retrieval", disable=not progress, unit="canvas"):
@@ -562,10 +506,6 @@ class SynthesisCanvases(_Draws):
         return self.arrays(self.image_of[bank_image])[1]
 
     def __getitem__(self, idx):
-        import dataclasses
-
-        from .canvas import training_canvas
-
         i, d = idx % self.num_images, idx // self.num_images
         ids, rgb = self.arrays(i)
         r = self._ret[i]
@@ -582,8 +522,6 @@ class SynthesisCanvases(_Draws):
 def training_bank(base, space: LabelSpace, folder: Path, size, progress: bool = True):
     """The memory bank of the training images that training canvases retrieve from, built once
     into `folder` (resumable, like any bank) at the training size."""
-    from .bank import Bank, build_bank
-
     if (folder / "bank.json").is_file():
         bank = Bank.open(folder)
         if len(bank.image_names) >= len(base):
@@ -594,8 +532,6 @@ def training_bank(base, space: LabelSpace, folder: Path, size, progress: bool = 
 @register_task("sims-synthesis")
 class SynthesisTask(_TaskBase):
     def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
-        from ..losses import build_loss
-
         super().__init__(cfg, space, device)
         loss_cfg = dict(cfg.get("loss", {}))
         self.ce_weight = float(loss_cfg.pop("ce_weight", 10.0))
@@ -603,12 +539,11 @@ class SynthesisTask(_TaskBase):
 
     def dataset(self, cfg: dict, out: Path | None = None):
         d, c = cfg.get("data", {}), cfg.get("canvas", {})
-        base = _base_dataset(cfg, self.space)
+        base = open_training_data(cfg, self.space)
         size = tuple(d["size"]) if d.get("size") else tuple(base[0]["label"].shape[-2:])
         if c.get("bank"):
             folder = Path(c["bank"])
         else:  # the run folder keeps it (a resumed run reuses it); without one, a temporary folder
-            import tempfile
             folder = Path(out) / "train-bank" if out else Path(tempfile.mkdtemp(prefix="semsynth-train-bank-"))
         bank = training_bank(base, self.space, folder, size)
         ds = SynthesisCanvases(base, self.space, bank, draws=d.get("draws", 5), seed=int(cfg.get("seed", 0)),
