@@ -432,3 +432,21 @@ def test_cli_sims_train(cs, tmp_path):
                  "--device", "cpu", "--set", "model=sims-transform-tiny", "data.size=[32,64]",
                  "data.workers=0"]) == 0
     assert read_metadata(tmp_path / "t")["task"] == "sims-transform"
+
+
+def test_sims_tasks_take_the_data_path_forms_crn_takes(tmp_path, monkeypatch):
+    # data.path as a list of folders and as 'shared:<folder>', as for crn; the order task finds
+    # each folder's own disparity maps
+    from semsynth.labels import get_space as gs
+    from semsynth.tasks.sims import OrderTask, TransformTask
+    from semsynth.train import load_config
+
+    make_cityscapes(tmp_path / "shared" / "a", n=2, seed=1)
+    make_cityscapes(tmp_path / "b", n=3, seed=2)
+    monkeypatch.setenv("SEMSYNTH_SHARED", str(tmp_path / "shared"))
+    paths = ["shared:a", str(tmp_path / "b")]
+    cfg = load_config("sims-order", {"data.path": paths, "model": "sims-order-tiny"})
+    ds = OrderTask(cfg, gs("cityscapes"), torch.device("cpu")).dataset(cfg)
+    assert ds.num_images == 5 and len({p.parent.parent.parent.parent.name for p in ds.depth_files}) == 2
+    cfg = load_config("sims-transform", {"data.path": "shared:a", "model": "sims-transform-tiny"})
+    assert TransformTask(cfg, gs("cityscapes"), torch.device("cpu")).dataset(cfg).num_images == 2

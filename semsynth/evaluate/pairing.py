@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..data import cityscapes_frame
+from ..data import _scan, cityscapes_frame, list_label_files
 from .common import EvaluationError
 
 _VARIANT = re.compile(r"^(?P<stem>.+)_k(?P<k>\d+)$")
@@ -30,8 +30,6 @@ class Group:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from ..data import _scan
-
     if not folder.is_dir():
         raise EvaluationError(f"{folder}: no such folder")
     return _scan(folder)
@@ -47,8 +45,6 @@ def pair_files(label_dir, images_dir=None, real_dir=None) -> tuple[list[Group], 
     (``<stem>.*``). Returns the groups that have images (sorted by stem) and notes (counts of
     layouts without images, real photos without layouts). Raises EvaluationError for images
     without a layout, duplicate names, or when nothing pairs."""
-    from ..data import list_label_files
-
     label_dir = Path(label_dir)
     if not label_dir.exists():
         raise EvaluationError(f"{label_dir}: label folder not found")

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.io import loadmat
+from tqdm import tqdm
 
 from ..data import resize_label
 from ..errors import InputError, MissingFileError, UnknownNameError
@@ -276,7 +277,6 @@ def occlusion_counts(layouts, space: "LabelSpace | str" = "cityscapes", disparit
         total = len(layouts) if hasattr(layouts, "__len__") else None
     disp_iter = iter(disparities) if disparities is not None else None
     if progress:
-        from tqdm import tqdm
         layouts = tqdm(layouts, total=total, desc="order statistics", unit="layout")
     for lab in layouts:
         lab = np.asarray(lab.numpy() if hasattr(lab, "numpy") else lab)

@@ -461,8 +461,8 @@ class OrderTask(_TaskBase):
 
 class SynthesisCanvases(_Draws):
     """Example (i, d) = photo i, its real layout, and the d-th training canvas of it made the
-    original way (`semsynth.sims.canvas.training_canvas`, SPEC B.6.1): every segment pasted
-    from the photo's own pixels where it overlaps the best-IoU segment of its class among
+    original way (`semsynth.sims.canvas.training_canvas`, SPEC B.6.1): every segment is pasted
+    with the photo's own pixels where it overlaps the best-IoU segment of its class among
     `pool` random *other* training images, which come from `bank`, a memory bank of this
     dataset's images. The retrievals of all draws are computed once, up front
     (`precompute`), so no search sits on a training step's critical path.
