@@ -8,6 +8,7 @@ run (a shared or throttled machine moves every number; the ratios stay comparabl
 Each round times every variant once (after one warm-up pass each) and measures the fp32/bf16
 3x3-conv peak again; the table gives the best round, as `semsynth bench` does.
 """
+
 import argparse
 
 import torch
@@ -38,11 +39,12 @@ def main():
     for _ in range(args.rounds):
         peak = max(peak, conv_peak(args.precision))
         for name, ctx in variants.items():
-            with (ctx() if ctx else torch.inference_mode()), torch.inference_mode(), autocast("cpu", args.precision):
+            with ctx() if ctx else torch.inference_mode(), torch.inference_mode(), autocast("cpu", args.precision):
                 sec, out = time_forward(model, label, repeats=1)
             best[name] = min(best[name], sec)
             outs[name] = out.float()
     from semsynth.bench import count_macs
+
     macs, _ = count_macs(model, label)
     print(f"{args.preset} {args.precision}: {macs / 1e9:.0f} GMACs; {args.precision} 3x3-conv peak {peak:.0f} GFLOP/s")
     for name, sec in best.items():
@@ -51,8 +53,9 @@ def main():
     print(f"  max |fast - reference| = {(outs['fast'] - outs['reference']).abs().max().item():.2e}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
+
         for name, ctx in variants.items():
-            with (ctx() if ctx else torch.inference_mode()), torch.inference_mode(), autocast("cpu", args.precision):
+            with ctx() if ctx else torch.inference_mode(), torch.inference_mode(), autocast("cpu", args.precision):
                 with profile(activities=[ProfilerActivity.CPU]) as p:
                     model(label)
             print(f"--- {name}")

@@ -11,6 +11,7 @@ validation label maps of ../shared/data/cityscapes (not in the bank). The replic
 every row of the bank once per copy, each copy with its own image ids (`benchmark_retrieval`);
 the mask runs are read from the source rows, as a real bank of that size would read its own.
 """
+
 import argparse
 import json
 import resource
@@ -30,22 +31,33 @@ from semsynth.utils import shared_dir
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bank", help="an existing bank (default: build one from --data)")
-    ap.add_argument("--data", help="dataset the bank is built from (default ../shared/data/"
-                    "cityscapes_sequences; --smoke: ../shared/data/cityscapes, 3 images)")
-    ap.add_argument("--queries", help="Cityscapes-layout folder whose val label maps are the queries "
-                    "(default ../shared/data/cityscapes; --smoke: --data if given)")
+    ap.add_argument(
+        "--data",
+        help="dataset the bank is built from (default ../shared/data/"
+        "cityscapes_sequences; --smoke: ../shared/data/cityscapes, 3 images)",
+    )
+    ap.add_argument(
+        "--queries",
+        help="Cityscapes-layout folder whose val label maps are the queries "
+        "(default ../shared/data/cityscapes; --smoke: --data if given)",
+    )
     ap.add_argument("--segments", type=int, nargs="+", default=[106_000, 1_000_000])
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=1, help="passes over the query layouts")
-    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "semsynth-bench-retrieval"),
-                    help="where the default bank is built (reused)")
+    ap.add_argument(
+        "--cache",
+        default=str(Path(tempfile.gettempdir()) / "semsynth-bench-retrieval"),
+        help="where the default bank is built (reused)",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny bank and sizes: checks that it runs")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
     shared = shared_dir()
     cs = Path(a.queries or (a.data if a.smoke and a.data else shared / "data" / "cityscapes"))
     if not (cs / "gtFine").is_dir():
-        sys.exit(f"benchmarks/retrieval.py: no Cityscapes-layout query folder at {cs} (set SEMSYNTH_SHARED or --queries)")
+        sys.exit(
+            f"benchmarks/retrieval.py: no Cityscapes-layout query folder at {cs} (set SEMSYNTH_SHARED or --queries)"
+        )
     space = get_space("cityscapes")
     if a.bank:
         bank = Bank.open(a.bank)
@@ -58,10 +70,11 @@ def main(argv=None):
     n_lay = 2 if a.smoke else len(val)
     layouts = [np.asarray(val.arrays(i)[0]) for i in range(n_lay)]
     sizes = [2000] if a.smoke else a.segments
-    print(f"bank {bank.path}: {len(bank)} indexed segments, {bank.num_images} images; "
-          f"{n_lay} query layouts, k={a.k}")
-    print(f"{'mode':8s} {'segments':>9s} {'mean s':>8s} {'median s':>9s} {'max s':>7s} "
-          f"{'index MB':>9s} {'B/segment':>10s} {'runs B/seg':>11s}")
+    print(f"bank {bank.path}: {len(bank)} indexed segments, {bank.num_images} images; {n_lay} query layouts, k={a.k}")
+    print(
+        f"{'mode':8s} {'segments':>9s} {'mean s':>8s} {'median s':>9s} {'max s':>7s} "
+        f"{'index MB':>9s} {'B/segment':>10s} {'runs B/seg':>11s}"
+    )
     results = []
     for n in sizes:
         r = benchmark_retrieval(bank, layouts, n_segments=n, k=a.k, repeat=a.repeat)
@@ -69,8 +82,10 @@ def main(argv=None):
         results.append(r)
         for mode in ("iou", "context"):
             m = r[mode]
-            print(f"{mode:8s} {r['segments']:9d} {m['mean_s']:8.3f} {m['median_s']:9.3f} {m['max_s']:7.3f} "
-                  f"{r['index_mb']:9.1f} {r['index_bytes_per_segment']:10.0f} {r['runs_bytes_per_segment']:11.0f}")
+            print(
+                f"{mode:8s} {r['segments']:9d} {m['mean_s']:8.3f} {m['median_s']:9.3f} {m['max_s']:7.3f} "
+                f"{r['index_mb']:9.1f} {r['index_bytes_per_segment']:10.0f} {r['runs_bytes_per_segment']:11.0f}"
+            )
         print(f"  (warm-up {r['warm_seconds']:.1f} s, peak RSS so far {r['maxrss_mb']:.0f} MB)")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

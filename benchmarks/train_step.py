@@ -8,6 +8,7 @@ A variant is `name=` followed by comma-separated config overrides (`--set` synta
 what `semsynth train` does: the critic's update (adversarial presets), then the task loss,
 backward, optimiser step; rounds interleave the variants.
 """
+
 import argparse
 import statistics
 import time
@@ -68,6 +69,7 @@ def main():
         print(f"{name:12s} median {med:.3f} s/step  min {min(times):.3f}  speed-up x{base / med:.2f}")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
+
         step = runs[a.profile][0]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(2):

@@ -9,6 +9,7 @@ Writes OUT/canvas-MODE (the composed canvases: retrieved photo pixels, holes bla
 OUT/oracle-MODE (the canvas's photo pixels, everything else from the real photo: the synthesis network
 at its best, given retrieval), ready for `semsynth evaluate ... --labels LABELS`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,14 @@ def main() -> None:
     ap.add_argument("--mode", default="iou", choices=["iou", "context"], help="retrieval score")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
-    pipe = SIMSPipeline.from_pretrained(a.model, bank=a.bank, device="cpu",
-                                        retrieval_mode=a.mode)
+    pipe = SIMSPipeline.from_pretrained(a.model, bank=a.bank, device="cpu", retrieval_mode=a.mode)
     out = Path(a.out)
     cover = []
     for f in list_label_files([a.labels]):
         cv = pipe.compose_canvas(pipe.retrieve(f))
-        real = (load_image(Path(a.real) / f"{f.stem}.png", size=pipe.size).permute(1, 2, 0).numpy() * 255
-                + 0.5).astype(np.uint8)
+        real = (load_image(Path(a.real) / f"{f.stem}.png", size=pipe.size).permute(1, 2, 0).numpy() * 255 + 0.5).astype(
+            np.uint8
+        )
         known = cv.support & ~(cv.rgb == 255).all(-1)
         cover.append(known.mean())
         save_image(out / f"canvas-{a.mode}" / f"{f.stem}.png", cv.rgb)

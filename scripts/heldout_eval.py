@@ -10,6 +10,7 @@ Writes OUT/labels, OUT/real (photos resized to 128x256), OUT/<name>/ (synthesize
 runs `semsynth evaluate` on each into OUT/report-<name>/, then prints the reports' headline rows.
 A model given as NAME=PATH is written to OUT/NAME; SIMS models need --bank.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,20 @@ def main() -> int:
         print(" ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
         if a.evaluate:
-            subprocess.run(["semsynth", "evaluate", str(dest), "--labels", str(labels), "--real", str(real),
-                            "-o", str(out / f"report-{name}")], check=True)
+            subprocess.run(
+                [
+                    "semsynth",
+                    "evaluate",
+                    str(dest),
+                    "--labels",
+                    str(labels),
+                    "--real",
+                    str(real),
+                    "-o",
+                    str(out / f"report-{name}"),
+                ],
+                check=True,
+            )
     return 0
 
 

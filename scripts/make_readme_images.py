@@ -18,6 +18,7 @@ The real label maps and photos are read from the shared folder (`SEMSYNTH_SHARED
 ../shared); without it only procedural.png is made. Each figure is a palette PNG (256 colours,
 dithered) so it stays well under 300 KB. Everything is deterministic for a given model file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,26 @@ SEEDS = (0, 1, 2)  # the first layouts of `semsynth demo`
 # Held out of the default model's training data (data.exclude: seq0005_*, aachen_000005_*) or
 # from the validation split (frankfurt, label maps only): (caption, label map, photo or None).
 HELD_OUT = (
-    ("aachen, ground truth", "data/cityscapes/gtFine/train/aachen/aachen_000005_000019_gtFine_labelIds.png",
-     "data/cityscapes/leftImg8bit/train/aachen/aachen_000005_000019_leftImg8bit.png"),
-    ("seq0005, pseudo-label", "data/cityscapes_sequences/labels/seq0005_aachen_000005_000006.png",
-     "data/cityscapes_sequences/images/seq0005_aachen_000005_000006.jpg"),
-    ("frankfurt val, ground truth", "data/cityscapes/gtFine/val/frankfurt/frankfurt_000000_000576_gtFine_labelIds.png",
-     None),
-    ("frankfurt val, ground truth", "data/cityscapes/gtFine/val/frankfurt/frankfurt_000001_055387_gtFine_labelIds.png",
-     None),
+    (
+        "aachen, ground truth",
+        "data/cityscapes/gtFine/train/aachen/aachen_000005_000019_gtFine_labelIds.png",
+        "data/cityscapes/leftImg8bit/train/aachen/aachen_000005_000019_leftImg8bit.png",
+    ),
+    (
+        "seq0005, pseudo-label",
+        "data/cityscapes_sequences/labels/seq0005_aachen_000005_000006.png",
+        "data/cityscapes_sequences/images/seq0005_aachen_000005_000006.jpg",
+    ),
+    (
+        "frankfurt val, ground truth",
+        "data/cityscapes/gtFine/val/frankfurt/frankfurt_000000_000576_gtFine_labelIds.png",
+        None,
+    ),
+    (
+        "frankfurt val, ground truth",
+        "data/cityscapes/gtFine/val/frankfurt/frankfurt_000001_055387_gtFine_labelIds.png",
+        None,
+    ),
 )
 GAP, HEAD = 4, 22
 MAX_BYTES = 300_000
@@ -118,8 +131,14 @@ SIMS_BANK_EXCLUDE = ("seq0005_*", "aachen_000005_*")
 def sims_bank(shared: Path, folder: Path):
     from semsynth.sims.bank import build_bank_from_paths
 
-    return build_bank_from_paths([shared / d for d in SIMS_BANK_DATA], folder, size=(128, 256), rgb_scale=1,
-                                 exclude=SIMS_BANK_EXCLUDE, progress=False)
+    return build_bank_from_paths(
+        [shared / d for d in SIMS_BANK_DATA],
+        folder,
+        size=(128, 256),
+        rgb_scale=1,
+        exclude=SIMS_BANK_EXCLUDE,
+        progress=False,
+    )
 
 
 def sims_figure(crn, present, shared: Path, out: Path, record: dict, args) -> None:
@@ -133,20 +152,26 @@ def sims_figure(crn, present, shared: Path, out: Path, record: dict, args) -> No
     for caption, lab, photo in present:
         ids = resize_label(space.read(lab), size)
         res = sims.run(ids)
-        real = (resize_image(np.asarray(Image.open(photo).convert("RGB")), size)
-                if photo is not None and photo.is_file() else _blank(size, "no photo (label map only)"))
+        real = (
+            resize_image(np.asarray(Image.open(photo).convert("RGB")), size)
+            if photo is not None and photo.is_file()
+            else _blank(size, "no photo (label map only)")
+        )
         crn_out = crn([resize_label(ids, tuple(crn.size))])[0][0]
-        rows.append([_tag(colorize(ids, space), caption), res.canvas.rgb, res.image,
-                     resize_image(crn_out, size), real])
+        rows.append([_tag(colorize(ids, space), caption), res.canvas.rgb, res.image, resize_image(crn_out, size), real])
     path = out / "sims_cityscapes.png"
-    n = save_small(figure(rows, ["layout (held out)", "SIMS canvas", "SIMS output", "CRN default", "real photo"],
-                          size), path)
+    n = save_small(
+        figure(rows, ["layout (held out)", "SIMS canvas", "SIMS output", "CRN default", "real photo"], size), path
+    )
     model_file = resolve(args.sims_model)
     record["figures"]["sims_cityscapes.png"] = {
-        "bytes": n, "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present],
-        "sims_model": str(args.sims_model), "sims_step": read_metadata(model_file)["step"],
+        "bytes": n,
+        "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present],
+        "sims_model": str(args.sims_model),
+        "sims_step": read_metadata(model_file)["step"],
         "sims_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-        "bank": f"{bank.num_images} images, {len(bank)} indexed segments"}
+        "bank": f"{bank.num_images} images, {len(bank)} indexed segments",
+    }
     print(f"wrote {path} ({n / 1000:.0f} KB)")
 
 
@@ -155,8 +180,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default", help="bundled model name or checkpoint (default: default)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "images"), help="output folder (default: docs/images)")
     ap.add_argument("--sims-model", default="sims-cityscapes", help="SIMS synthesis model (default: sims-cityscapes)")
-    ap.add_argument("--bank", default=str(ROOT / "runs" / "bank-sims-cityscapes"),
-                    help="where the SIMS figure's bank is built (reused when present)")
+    ap.add_argument(
+        "--bank",
+        default=str(ROOT / "runs" / "bank-sims-cityscapes"),
+        help="where the SIMS figure's bank is built (reused when present)",
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
@@ -165,9 +193,14 @@ def main(argv=None) -> int:
     size, k, space = tuple(pipe.size), pipe.k, pipe.space
     model_file = resolve(args.model)
     meta = read_metadata(model_file)
-    record = {"model": str(args.model), "step": meta["step"],
-              "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
-              "size": list(size), "k": k, "figures": {}}
+    record = {
+        "model": str(args.model),
+        "step": meta["step"],
+        "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "size": list(size),
+        "k": k,
+        "figures": {},
+    }
     outputs = [f"output {i + 1}" for i in range(k)]
 
     # procedural layouts
@@ -189,13 +222,18 @@ def main(argv=None) -> int:
         rows = []
         for caption, lab, photo in present:
             ids = resize_label(space.read(lab), size)
-            real = (resize_image(np.asarray(Image.open(photo).convert("RGB")), size)
-                    if photo is not None and photo.is_file() else _blank(size, "no photo (label map only)"))
+            real = (
+                resize_image(np.asarray(Image.open(photo).convert("RGB")), size)
+                if photo is not None and photo.is_file()
+                else _blank(size, "no photo (label map only)")
+            )
             rows.append([_tag(colorize(ids, space), caption), *pipe([ids])[0], real])
         path = out / "cityscapes.png"
         n = save_small(figure(rows, ["layout (held out)", *outputs, "real photo"], size), path)
         record["figures"]["cityscapes.png"] = {
-            "bytes": n, "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present]}
+            "bytes": n,
+            "inputs": [str(lab.relative_to(shared)) for _, lab, _ in present],
+        }
         print(f"wrote {path} ({n / 1000:.0f} KB)")
 
         sims_figure(pipe, present, shared, out, record, args)

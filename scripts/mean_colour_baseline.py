@@ -4,6 +4,7 @@
     python scripts/mean_colour_baseline.py --data ../shared/data/cityscapes_sequences \
         --exclude 'seq0005*' LABELS/ -o baseline/
 writes baseline/<stem>.png at --size (default 128 256) for every layout in LABELS/."""
+
 from __future__ import annotations
 
 import argparse

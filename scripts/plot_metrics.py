@@ -5,6 +5,7 @@ axis after the previous one, with a grey line at each stage boundary.
     python scripts/plot_metrics.py runs/default -o loss.png [--key loss]
     python scripts/plot_metrics.py runs/default runs/default-gan -o docs/images/default_loss.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def plot(runs: list[Path], out: Path, keys: list[str], size=(640, 320)) -> None:
     d = ImageDraw.Draw(img)
 
     def px(x, y):
-        return (left + (x - xs[0]) / (xs[-1] - xs[0]) * (W - left - right),
-                top + (hi - y) / (hi - lo or 1) * (H - top - bottom))
+        return (
+            left + (x - xs[0]) / (xs[-1] - xs[0]) * (W - left - right),
+            top + (hi - y) / (hi - lo or 1) * (H - top - bottom),
+        )
 
     d.rectangle([left, top, W - right, H - bottom], outline="black")
     for i in range(5):  # y grid with values
@@ -62,8 +65,7 @@ def plot(runs: list[Path], out: Path, keys: list[str], size=(640, 320)) -> None:
         d.line([xx, top, xx, H - bottom], fill=(150, 150, 150), width=1)
     d.line([px(x, y) for x, y in zip(xs, ys)], fill=(200, 30, 30), width=2)
     title = " + ".join(r.name for r in runs)
-    d.text((left, 5), f"{title}: {' / '.join(dict.fromkeys(keys))} (mean per logging interval) vs. step",
-           fill="black")
+    d.text((left, 5), f"{title}: {' / '.join(dict.fromkeys(keys))} (mean per logging interval) vs. step", fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
 

@@ -13,6 +13,7 @@ no photos). Prints Markdown tables and writes OUT/precision.json.
 bf16 on a CPU without AVX512-BF16/AMX is emulated (several times slower than fp32): keep the
 sets small there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,7 @@ LAYOUTS = {"cityscapes": "data/cityscapes/gtFine/val/frankfurt", "camvid": "data
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def layout_files(space: str, n: int) -> list[Path]:
@@ -65,9 +66,16 @@ def fidelity(name: str, n: int, bank) -> dict | None:
         secs[p] = round((time.perf_counter() - t) / len(files), 2)
     vals = [psnr(a, b) for A, B in zip(out["fp32"], out["bf16"]) for a, b in zip(A, B)]
     diff = max(int(np.abs(A.astype(int) - B.astype(int)).max()) for A, B in zip(out["fp32"], out["bf16"]))
-    return {"model": name, "layouts": len(files), "images": len(vals), "size": list(pipes["fp32"].size),
-            "psnr_mean": round(float(np.mean(vals)), 2), "psnr_min": round(float(np.min(vals)), 2),
-            "max_abs_diff": diff, "seconds_per_layout": secs}
+    return {
+        "model": name,
+        "layouts": len(files),
+        "images": len(vals),
+        "size": list(pipes["fp32"].size),
+        "psnr_mean": round(float(np.mean(vals)), 2),
+        "psnr_min": round(float(np.min(vals)), 2),
+        "max_abs_diff": diff,
+        "seconds_per_layout": secs,
+    }
 
 
 def scores(n: int, out: Path) -> list[dict]:
@@ -82,20 +90,34 @@ def scores(n: int, out: Path) -> list[dict]:
     for synth in ("fp32", "bf16"):
         images = out / f"eval_{synth}"
         load_pipeline("default", device="cpu", precision=synth).synthesize_files(
-            [labels], images, k=1, overwrite=True, progress=False)
+            [labels], images, k=1, overwrite=True, progress=False
+        )
         for judge in ("fp32", "bf16"):
             t = time.perf_counter()
             rep = evaluate(images, labels, precision=judge, device="cpu", bootstrap=200, thumbnails=0)
             s = rep.data["segmentation"][next(iter(rep.data["segmentation"]))]
             ci = s.get("intervals", {}).get("miou")
-            rows.append({"synthesis": synth, "segmenter": judge, "layouts": s["layouts"],
-                         "miou": round(s["miou"], 4), "miou_interval": ci,
-                         "pixel_accuracy": round(s["pixel_accuracy"], 4),
-                         "seconds": round(time.perf_counter() - t, 1)})
+            rows.append(
+                {
+                    "synthesis": synth,
+                    "segmenter": judge,
+                    "layouts": s["layouts"],
+                    "miou": round(s["miou"], 4),
+                    "miou_interval": ci,
+                    "pixel_accuracy": round(s["pixel_accuracy"], 4),
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
     # bf16 end to end against fp32 end to end, paired on the same layouts (the shared
     # layout-to-layout variation cancels): the mIoU difference and its bootstrap interval
-    rep = evaluate({"fp32": out / "eval_fp32", "bf16": out / "eval_bf16"}, labels, precision="fp32",
-                   device="cpu", bootstrap=1000, thumbnails=0)
+    rep = evaluate(
+        {"fp32": out / "eval_fp32", "bf16": out / "eval_bf16"},
+        labels,
+        precision="fp32",
+        device="cpu",
+        bootstrap=1000,
+        thumbnails=0,
+    )
     c = rep.data["comparisons"][0]["miou"]
     rows.append({"paired": "bf16 images - fp32 images (ESPNet fp32)", "diff": c["diff"], "interval": c["interval"]})
     return rows
@@ -114,9 +136,11 @@ def main() -> int:
     print("| model | size | layouts (images) | PSNR bf16 vs fp32, mean (min) | max abs diff | s/layout fp32, bf16 |")
     print("|---|---|---|---|---|---|")
     for r in fid:
-        print(f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['layouts']} ({r['images']}) | "
-              f"{r['psnr_mean']:.1f} dB ({r['psnr_min']:.1f}) | {r['max_abs_diff']} | "
-              f"{r['seconds_per_layout']['fp32']}, {r['seconds_per_layout']['bf16']} |")
+        print(
+            f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['layouts']} ({r['images']}) | "
+            f"{r['psnr_mean']:.1f} dB ({r['psnr_min']:.1f}) | {r['max_abs_diff']} | "
+            f"{r['seconds_per_layout']['fp32']}, {r['seconds_per_layout']['bf16']} |"
+        )
     ev = scores(a.eval_layouts, out) if a.eval_layouts else []
     if ev:
         print("\n| synthesis | segmenter | layouts | mIoU [95% interval] | pixel accuracy | s |")
@@ -126,12 +150,16 @@ def main() -> int:
                 continue
             ci = r["miou_interval"]
             ci = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, (list, tuple)) else ""
-            print(f"| {r['synthesis']} | {r['segmenter']} | {r['layouts']} | {r['miou']:.3f}{ci} | "
-                  f"{r['pixel_accuracy']:.3f} | {r['seconds']} |")
+            print(
+                f"| {r['synthesis']} | {r['segmenter']} | {r['layouts']} | {r['miou']:.3f}{ci} | "
+                f"{r['pixel_accuracy']:.3f} | {r['seconds']} |"
+            )
         for r in ev:
             if "paired" in r:
-                print(f"\npaired mIoU difference, {r['paired']}: {r['diff']:+.4f}, 95% interval "
-                      f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}]")
+                print(
+                    f"\npaired mIoU difference, {r['paired']}: {r['diff']:+.4f}, 95% interval "
+                    f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}]"
+                )
     (out / "precision.json").write_text(json.dumps({"fidelity": fid, "evaluation": ev}, indent=1))
     return 0
 

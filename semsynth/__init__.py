@@ -9,6 +9,7 @@
 The names below are imported on first use (module `__getattr__`), so `import semsynth` stays
 light and `import semsynth.pipelines` loads no training code.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -19,13 +20,18 @@ __version__ = "0.1.0"  # the one place (pyproject.toml reads it: dynamic version
 
 # public name -> module that defines it
 _EXPORTS = {
-    "Pipeline": "pipeline_base", "PipelineOutput": "pipeline_base",
-    "CRNPipeline": "pipelines", "load_pipeline": "pipelines",
+    "Pipeline": "pipeline_base",
+    "PipelineOutput": "pipeline_base",
+    "CRNPipeline": "pipelines",
+    "load_pipeline": "pipelines",
     "SIMSPipeline": "sims.pipeline",
     "load_config": "config",
     "open_dataset": "data",
-    "build_model": "models", "count_parameters": "models",
-    "LabelSpace": "labels", "LabelError": "labels", "get_space": "labels",
+    "build_model": "models",
+    "count_parameters": "models",
+    "LabelSpace": "labels",
+    "LabelError": "labels",
+    "get_space": "labels",
     "SemsynthError": "errors",
 }
 __all__ = sorted([*_EXPORTS, "train", "evaluate"]) + ["__version__"]
@@ -45,8 +51,7 @@ class _CallableModule(types.ModuleType):
 
 class _Package(types.ModuleType):
     def __setattr__(self, name, value):
-        if name in _CALLABLE_MODULES and isinstance(value, types.ModuleType) \
-                and value.__name__ == f"{__name__}.{name}":
+        if name in _CALLABLE_MODULES and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
             value.__class__ = _CallableModule
         super().__setattr__(name, value)
 

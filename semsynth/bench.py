@@ -12,6 +12,7 @@ Networks: any preset of `build_model` (CRN, SIMS synthesis), a bundled model's n
 `camvid`, `sims-cityscapes`), and `espnet-cityscapes` / `espnet-camvid` (the evaluation segmenter
 at its input size, 1024x512 for Cityscapes, randomly initialised: time does not depend on weights).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -129,8 +130,14 @@ def network(name: str, size: tuple[int, int] | None = None, num_classes: int | N
     return model, (label,), (h, w)
 
 
-def bench_model(name: str, size: tuple[int, int] | None = None, device: str = "cpu", repeats: int = 3,
-                precision: str = "fp32", peak: float | None = None) -> dict:
+def bench_model(
+    name: str,
+    size: tuple[int, int] | None = None,
+    device: str = "cpu",
+    repeats: int = 3,
+    precision: str = "fp32",
+    peak: float | None = None,
+) -> dict:
     """One row of the table. `peak` (GFLOP/s) is measured now unless given."""
     dev = torch.device(device)
     precision = resolve_precision(precision, dev)
@@ -143,18 +150,33 @@ def bench_model(name: str, size: tuple[int, int] | None = None, device: str = "c
         torch.cuda.reset_peak_memory_stats(dev)
     rss = _rss_peak_reset()
     seconds, _ = time_forward(model, *inputs, repeats=repeats, precision=precision)
-    mem = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_peak() if rss else act)
+    mem = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_peak() if rss else act
     gflops = 2 * macs / seconds / 1e9
-    return {"model": name, "size": f"{h}x{w}", "k": getattr(getattr(model, "config", None), "k", 1),
-            "params": count_parameters(model), "gmacs": macs / 1e9, "precision": precision,
-            "seconds": seconds, "gflops": gflops, "peak_gflops": peak, "of_peak": gflops / peak,
-            "memory_mb": mem / 2 ** 20, "device": str(dev)}
+    return {
+        "model": name,
+        "size": f"{h}x{w}",
+        "k": getattr(getattr(model, "config", None), "k", 1),
+        "params": count_parameters(model),
+        "gmacs": macs / 1e9,
+        "precision": precision,
+        "seconds": seconds,
+        "gflops": gflops,
+        "peak_gflops": peak,
+        "of_peak": gflops / peak,
+        "memory_mb": mem / 2**20,
+        "device": str(dev),
+    }
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| model | size | k | parameters | GMACs | precision | s / forward | GFLOP/s | conv peak | of peak "
-            "| peak memory (MB) | device |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | {r['precision']} | "
-             f"{r['seconds']:.3f} | {r['gflops']:.0f} | {r['peak_gflops']:.0f} | {r['of_peak']:.2f} | "
-             f"{r['memory_mb']:.0f} | {r['device']} |" for r in rows]
+    head = (
+        "| model | size | k | parameters | GMACs | precision | s / forward | GFLOP/s | conv peak | of peak "
+        "| peak memory (MB) | device |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [
+        f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | {r['precision']} | "
+        f"{r['seconds']:.3f} | {r['gflops']:.0f} | {r['peak_gflops']:.0f} | {r['of_peak']:.2f} | "
+        f"{r['memory_mb']:.0f} | {r['device']} |"
+        for r in rows
+    ]
     return "\n".join([head, *lines])

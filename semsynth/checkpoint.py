@@ -21,14 +21,15 @@ non-finite weights instead. Resuming walks the step folders newest first and tak
 intact one (a missing latest.json does not mean "start over"); damaged ones are reported by path
 and moved to `checkpoints/damaged/`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -69,9 +70,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_model(path: str | Path, model: torch.nn.Module, model_config: dict, space: LabelSpace,
-               task: str, step: int = 0, extra: dict | None = None,
-               companions: dict[str, str] | None = None) -> Path:
+def save_model(
+    path: str | Path,
+    model: torch.nn.Module,
+    model_config: dict,
+    space: LabelSpace,
+    task: str,
+    step: int = 0,
+    extra: dict | None = None,
+    companions: dict[str, str] | None = None,
+) -> Path:
     """Write weights + description to `path` (a .safetensors file), atomically, with the content
     hash; `companions` maps file names next to it (train_state.pt) to their sha256."""
     state = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
@@ -97,8 +105,10 @@ def _raw_metadata(f: Path) -> dict:
         with safe_open(str(f), framework="pt") as sf:
             meta = dict(sf.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for truncated/garbage files
-        raise CheckpointError(f"{f}: cannot read as a semsynth checkpoint: the file is damaged, truncated "
-                              f"or not a .safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{f}: cannot read as a semsynth checkpoint: the file is damaged, truncated "
+            f"or not a .safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{f}: not a semsynth checkpoint (metadata format={meta.get('format')!r})")
     return meta
@@ -130,26 +140,31 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         state = load_file(str(f))
     except Exception as e:
-        raise CheckpointError(f"{f}: damaged checkpoint: its tensors cannot be read "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{f}: damaged checkpoint: its tensors cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from None
     recorded = raw.get("sha256")
     if recorded:
         now = content_hash(state, raw)
         if now != recorded:
-            raise CheckpointError(f"{f}: damaged checkpoint: content hash {now[:12]}... does not match the "
-                                  f"recorded {recorded[:12]}... (the file changed after it was written)")
+            raise CheckpointError(
+                f"{f}: damaged checkpoint: content hash {now[:12]}... does not match the "
+                f"recorded {recorded[:12]}... (the file changed after it was written)"
+            )
     else:  # written before hashes existed: the one damage we can still see is non-finite weights
         bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise CheckpointError(f"{f}: damaged checkpoint: non-finite values in {len(bad)} tensor(s), "
-                                  f"e.g. {bad[0]}")
+            raise CheckpointError(f"{f}: damaged checkpoint: non-finite values in {len(bad)} tensor(s), e.g. {bad[0]}")
     return state, _decode(raw, f)
 
 
 ASSETS = Path(__file__).parent / "assets"
 # Models shipped inside the package, usable by name wherever a checkpoint path is taken.
-BUNDLED = {"default": ASSETS / "default", "camvid": ASSETS / "camvid",
-           "sims-cityscapes": ASSETS / "sims-cityscapes"}  # SIMS: needs a bank the user builds
+BUNDLED = {
+    "default": ASSETS / "default",
+    "camvid": ASSETS / "camvid",
+    "sims-cityscapes": ASSETS / "sims-cityscapes",
+}  # SIMS: needs a bank the user builds
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -170,8 +185,9 @@ def resolve(path: str | Path) -> Path:
         try:
             latest = json.loads((p / "latest.json").read_text())["path"]
         except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{p / 'latest.json'}: damaged (not the JSON semsynth writes); delete it to "
-                                  "use the newest step folder") from None
+            raise CheckpointError(
+                f"{p / 'latest.json'}: damaged (not the JSON semsynth writes); delete it to use the newest step folder"
+            ) from None
         target = p / latest
         if not (target / "model.safetensors").is_file():
             raise CheckpointError(f"{p / 'latest.json'} names {latest}, which has no model.safetensors")
@@ -193,8 +209,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{resolve(path)}: weights do not fit the model described in its metadata "
-                              f"({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{resolve(path)}: weights do not fit the model described in its metadata ({str(e).splitlines()[0][:160]})"
+        ) from None
     meta["label_space"] = get_space(meta["label_space"])
     return model.to(device).eval(), meta
 
@@ -235,8 +252,9 @@ def _quarantine(folder: Path) -> Path:
     return dest
 
 
-def latest_train_state(run_dir: str | Path, report: Callable[[str], None] = print, repair: bool = True
-                       ) -> tuple[Path, dict, dict[str, torch.Tensor]] | None:
+def latest_train_state(
+    run_dir: str | Path, report: Callable[[str], None] = print, repair: bool = True
+) -> tuple[Path, dict, dict[str, torch.Tensor]] | None:
     """(step folder, train_state, model state) of the newest intact checkpoint of a run, or None
     when there is none. Damaged newer ones are reported, moved to checkpoints/damaged/, and the
     intact one used instead is marked KEEP so retention never deletes it. Raises when checkpoints
@@ -261,16 +279,28 @@ def latest_train_state(run_dir: str | Path, report: Callable[[str], None] = prin
         if damaged and repair:
             (folder / KEEP_MARK).write_text(
                 "kept by semsynth: the newest intact checkpoint when a resume found damaged newer ones:\n"
-                + "\n".join(damaged) + "\nDelete this file to let retention prune the folder.\n")
+                + "\n".join(damaged)
+                + "\nDelete this file to let retention prune the folder.\n"
+            )
             report(f"resuming from {folder} (intact; marked {KEEP_MARK}, never pruned)")
         return folder, train_state, state
-    raise CheckpointError(f"{run_dir}: every checkpoint is damaged ({len(damaged)}; moved to "
-                          f"checkpoints/damaged/): {damaged[0]}. Start a new --out (or --no-resume)")
+    raise CheckpointError(
+        f"{run_dir}: every checkpoint is damaged ({len(damaged)}; moved to "
+        f"checkpoints/damaged/): {damaged[0]}. Start a new --out (or --no-resume)"
+    )
 
 
-def save_training(run_dir: str | Path, step: int, model: torch.nn.Module, model_config: dict,
-                  space: LabelSpace, task: str, train_state: dict, keep: int = 3,
-                  extra: dict | None = None) -> Path:
+def save_training(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    model_config: dict,
+    space: LabelSpace,
+    task: str,
+    train_state: dict,
+    keep: int = 3,
+    extra: dict | None = None,
+) -> Path:
     """Write `run_dir/checkpoints/step_<step>/` atomically, verify it, point latest.json at it,
     then prune old folders: never a KEEP one, never the one just verified."""
     run_dir = Path(run_dir)
@@ -281,8 +311,16 @@ def save_training(run_dir: str | Path, step: int, model: torch.nn.Module, model_
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(train_state, tmp / "train_state.pt")
-    save_model(tmp / "model.safetensors", model, model_config, space, task, step, extra,
-               companions={"train_state.pt": file_sha256(tmp / "train_state.pt")})
+    save_model(
+        tmp / "model.safetensors",
+        model,
+        model_config,
+        space,
+        task,
+        step,
+        extra,
+        companions={"train_state.pt": file_sha256(tmp / "train_state.pt")},
+    )
     load_state(tmp / "model.safetensors")  # read back: what was written is what will be resumed
     if final.exists():
         shutil.rmtree(final)
@@ -290,7 +328,7 @@ def save_training(run_dir: str | Path, step: int, model: torch.nn.Module, model_
     with atomic_path(run_dir / "latest.json") as t:
         t.write_text(json.dumps({"path": f"checkpoints/{final.name}", "step": step}))
     if keep:
-        for old in [f for f in step_folders(ckpts) if f != final][:-(keep - 1) or None]:
+        for old in [f for f in step_folders(ckpts) if f != final][: -(keep - 1) or None]:
             if not (old / KEEP_MARK).exists():
                 shutil.rmtree(old, ignore_errors=True)
     return final

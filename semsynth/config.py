@@ -14,14 +14,16 @@ Plug-in tasks add their keys with `register_keys`.
 Keys whose default depends on something else (the loss preset's layers, a model's own
 architecture options) are declared with `ABSENT`: checked when given, not filled in.
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -181,8 +183,11 @@ class List(Type):
         return f"({self.item.describe()})"
 
     def describe(self):
-        return f"list of {self.describe_items()}" if self.length is None else \
-            f"list of {self.length} {self.describe_items()}"
+        return (
+            f"list of {self.describe_items()}"
+            if self.length is None
+            else f"list of {self.length} {self.describe_items()}"
+        )
 
 
 class Tuple(Type):
@@ -231,7 +236,7 @@ Pair = List(Float(), length=2)
 
 @dataclass(frozen=True)
 class Key:
-    path: str                         # dotted: "optim.lr"
+    path: str  # dotted: "optim.lr"
     type: Type
     default: Any = ABSENT
     help: str = ""
@@ -260,10 +265,20 @@ SCHEMA: list[Key | Section] = [
     Key("model_overrides", Mapping(), ABSENT, "options merged into the model preset"),
     Key("label_space", Str(), "cityscapes", "label space name or a label-space YAML file"),
     Key("init_from", Opt(Str()), None, "checkpoint of the previous stage: tensors of equal name and shape are copied"),
-    Key("previous_stage", Opt(Str()), None, "preset this one fine-tunes; training refuses to start without init_from "
-        "(or a checkpoint to resume); set null to train from scratch on purpose"),
+    Key(
+        "previous_stage",
+        Opt(Str()),
+        None,
+        "preset this one fine-tunes; training refuses to start without init_from "
+        "(or a checkpoint to resume); set null to train from scratch on purpose",
+    ),
     Key("train_only", Opt(List(Str())), None, "parameter-name prefixes to train; the rest stay frozen"),
-    Key("data.path", Opt(Either(Str(), List(Str(), min_length=1))), None, "dataset folder(s); 'shared:x' = under ../shared"),
+    Key(
+        "data.path",
+        Opt(Either(Str(), List(Str(), min_length=1))),
+        None,
+        "dataset folder(s); 'shared:x' = under ../shared",
+    ),
     Key("data.split", Str(), "train"),
     Key("data.size", Opt(Size), None, "[H, W] of training samples (null: as stored)"),
     Key("data.flip", Bool(), False, "random horizontal flips"),
@@ -271,22 +286,58 @@ SCHEMA: list[Key | Section] = [
     Key("data.workers", Int(0, 64), 0, "DataLoader worker processes"),
     Key("data.label_encoding", Opt(Str()), None, "id encoding of grey label maps (default: by file name)"),
     Key("data.exclude", Opt(List(Str())), None, "glob patterns of sample names to leave out"),
-    Key("data.vivid", Bool(), False, "tone-map photos the original's 'vivid' way (SPEC A.1.2; crn-512p/1024p)",
-        tasks=("crn",)),
+    Key(
+        "data.vivid",
+        Bool(),
+        False,
+        "tone-map photos the original's 'vivid' way (SPEC A.1.2; crn-512p/1024p)",
+        tasks=("crn",),
+    ),
     Key("data.draws", Int(1), ABSENT, "random canvases / jitters per image (default: the task's)", tasks=SIMS),
-    Key("data.disparity", Opt(Str()), None, "disparity maps: 'auto' (<data>/disparity/<split>) or a folder", tasks=ORDER),
+    Key(
+        "data.disparity", Opt(Str()), None, "disparity maps: 'auto' (<data>/disparity/<split>) or a folder", tasks=ORDER
+    ),
     Key("data.depth", Opt(Str()), None, "depth maps folder (smaller = closer), instead of disparity", tasks=ORDER),
     Key("loss.preset", Opt(Str()), ABSENT, "perceptual-loss preset (losses.LOSS_PRESETS)", tasks=CRN_LOSS),
     Key("loss.backbone", Str(), ABSENT, "feature network (default: the preset's)", tasks=CRN_LOSS),
-    Key("loss.layers", List(Tuple(Str(), Float(0))), ABSENT, "[[layer, weight], ...] (default: the preset's)", tasks=CRN_LOSS),
-    Key("loss.mode", Str(("diversity", "mean")), ABSENT, "per-class min-over-k or plain mean (default: the preset's)", tasks=CRN_LOSS),
-    Key("loss.mix", Pair, ABSENT, "diversity mode: weights of the min and mean terms (default [0.999, 0.001])", tasks=CRN_LOSS),
-    Key("loss.backbone_path", Opt(Str()), None, "weight file of the feature network (default: looked up)", tasks=CRN_LOSS),
+    Key(
+        "loss.layers",
+        List(Tuple(Str(), Float(0))),
+        ABSENT,
+        "[[layer, weight], ...] (default: the preset's)",
+        tasks=CRN_LOSS,
+    ),
+    Key(
+        "loss.mode",
+        Str(("diversity", "mean")),
+        ABSENT,
+        "per-class min-over-k or plain mean (default: the preset's)",
+        tasks=CRN_LOSS,
+    ),
+    Key(
+        "loss.mix",
+        Pair,
+        ABSENT,
+        "diversity mode: weights of the min and mean terms (default [0.999, 0.001])",
+        tasks=CRN_LOSS,
+    ),
+    Key(
+        "loss.backbone_path",
+        Opt(Str()),
+        None,
+        "weight file of the feature network (default: looked up)",
+        tasks=CRN_LOSS,
+    ),
     Key("loss.backbone_options", Mapping(), ABSENT, "options of the feature network", tasks=CRN_LOSS),
     Key("loss.pretrained", Bool(), ABSENT, "false: random feature network (smoke tests)", tasks=CRN_LOSS),
     Key("loss.ce_weight", Float(0), 10.0, "weight of the semantic cross-entropy term", tasks=SYN),
-    Section("loss.adversarial", "optional conditional PatchGAN (not CRN; see losses.AdversarialLoss)",
-            nullable=True, optional=True, tasks=("crn",)),
+    Section(
+        "loss.adversarial",
+        "optional conditional PatchGAN (not CRN; see losses.AdversarialLoss)",
+        nullable=True,
+        optional=True,
+        tasks=("crn",),
+    ),
     Key("loss.adversarial.weight", Float(0), 1.0, tasks=("crn",)),
     Key("loss.adversarial.feature_matching", Float(0), 10.0, tasks=("crn",)),
     Key("loss.adversarial.width", Int(1), 64, tasks=("crn",)),
@@ -298,20 +349,30 @@ SCHEMA: list[Key | Section] = [
     Key("optim.betas", List(Float(0, 1), length=2), [0.9, 0.999]),
     Key("optim.eps", Float(positive=True), 1e-8),
     Key("optim.batch_size", Int(1, 4096), 1, "samples per step (per process)"),
-    Section("optim.schedule", "per-epoch lr(e) = min(start * factor^(e-1), cap(e)) (the SIMS warm-ups)",
-            nullable=True, optional=True, tasks=SIMS),
+    Section(
+        "optim.schedule",
+        "per-epoch lr(e) = min(start * factor^(e-1), cap(e)) (the SIMS warm-ups)",
+        nullable=True,
+        optional=True,
+        tasks=SIMS,
+    ),
     Key("optim.schedule.start", Float(positive=True), ABSENT, tasks=SIMS),
     Key("optim.schedule.factor", Float(positive=True), 1.0, tasks=SIMS),
     Key("optim.schedule.caps", List(Tuple(Int(1), Float(positive=True))), [], "[[from_epoch, cap], ...]", tasks=SIMS),
     Key("steps", Opt(Int(1)), None, "optimisation steps (null: epochs x steps per epoch)"),
     Key("epochs", Opt(Int(1)), 1, "passes over the data when steps is null"),
-    Key("seed", Int(0, 2 ** 32 - 1), 0),
+    Key("seed", Int(0, 2**32 - 1), 0),
     Key("log_every", Int(1), 50, "steps between metrics.jsonl lines"),
     Key("sample_every", Int(1), 1000, "steps between sample grids"),
     Key("save_every", Int(1), 1000, "steps between checkpoints (and one at the end)"),
     Key("keep", Int(0), 3, "newest checkpoints kept (0: all); the last intact one is never deleted"),
-    Key("amp", Opt(Str(("bf16", "fp16"))), None, "autocast dtype where the device has native support "
-        "(CUDA; bf16 on CPUs with AVX512-BF16/AMX); null = fp32 (the original)"),
+    Key(
+        "amp",
+        Opt(Str(("bf16", "fp16"))),
+        None,
+        "autocast dtype where the device has native support "
+        "(CUDA; bf16 on CPUs with AVX512-BF16/AMX); null = fp32 (the original)",
+    ),
     Key("grad_checkpoint", Bool(), False, "recompute activations in backward (CUDA; saves memory)"),
     Key("channels_last", Bool(), False, "channels-last memory format for the model and batches"),
     Key("compile", Bool(), False, "torch.compile the loss (not in the official presets)"),
@@ -322,13 +383,24 @@ SCHEMA: list[Key | Section] = [
     Key("canvas.colour_transfer", Float(0, 1), 0.2, "probability of MKL recolouring", tasks=SYN),
     Key("canvas.elision_band", Float(0, 1), 0.05, "band around the pasted support, fraction of H", tasks=SYN),
     Key("canvas.elision_ratio", Float(0, 1), 0.5, "share of the band set to white", tasks=SYN),
-    Key("canvas.pool", Int(1), 100, "training canvases: retrieval among this many random other training images", tasks=SYN),
+    Key(
+        "canvas.pool",
+        Int(1),
+        100,
+        "training canvases: retrieval among this many random other training images",
+        tasks=SYN,
+    ),
     Key("canvas.bank", Opt(Str()), None, "bank of the training images (null: built into <out>/train-bank)", tasks=SYN),
     Key("canvas.corrupt_rotation_deg", Float(0, 45), 2.5, "layout corruption rotation, +- degrees", tasks=SYN),
     Key("jitter.scale", List(Float(positive=True), length=2), [0.9, 1.1], "random scale range", tasks=TRANS),
     Key("jitter.shift", Float(0, 1), 0.0625, "shift of up to this fraction of the segment box", tasks=TRANS),
-    Key("jitter.rotation_deg", Float(0, 45), 0.0, "rotation, +- degrees (the original draws one but never "
-        "applies it, SPEC B.8.5)", tasks=TRANS),
+    Key(
+        "jitter.rotation_deg",
+        Float(0, 45),
+        0.0,
+        "rotation, +- degrees (the original draws one but never applies it, SPEC B.8.5)",
+        tasks=TRANS,
+    ),
 ]
 
 
@@ -382,15 +454,25 @@ def _walk(node: dict, tree: dict, prefix: str, task: str, source: str) -> dict:
             siblings = [k for k in tree if k != "_decl"]
             close = difflib.get_close_matches(str(name), siblings, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"{source}: unknown config key {path}{hint}; "
-                              f"{prefix.rstrip('.') or 'the top level'} takes: {', '.join(sorted(siblings))}")
+            raise ConfigError(
+                f"{source}: unknown config key {path}{hint}; "
+                f"{prefix.rstrip('.') or 'the top level'} takes: {', '.join(sorted(siblings))}"
+            )
         decl = sub["_decl"]
-        if not _applies(decl, task) or (decl is None and not any(
-                _applies(c["_decl"], task) for k, c in sub.items() if k != "_decl" and c["_decl"])):
-            users = sorted(set(decl.tasks)) if decl else sorted({t for k, c in sub.items() if k != "_decl"
-                                                                 for t in ((c["_decl"] and c["_decl"].tasks) or ())})
-            raise ConfigError(f"{source}: config key {path} is read by task(s) {', '.join(users)}, "
-                              f"not by this config's task {task!r}; remove it")
+        if not _applies(decl, task) or (
+            decl is None and not any(_applies(c["_decl"], task) for k, c in sub.items() if k != "_decl" and c["_decl"])
+        ):
+            users = (
+                sorted(set(decl.tasks))
+                if decl
+                else sorted(
+                    {t for k, c in sub.items() if k != "_decl" for t in ((c["_decl"] and c["_decl"].tasks) or ())}
+                )
+            )
+            raise ConfigError(
+                f"{source}: config key {path} is read by task(s) {', '.join(users)}, "
+                f"not by this config's task {task!r}; remove it"
+            )
         value = node[name]
         if isinstance(decl, Key):
             try:
@@ -401,8 +483,10 @@ def _walk(node: dict, tree: dict, prefix: str, task: str, source: str) -> dict:
             if value is None and isinstance(decl, Section) and decl.nullable:
                 continue
             if not isinstance(value, dict):
-                raise ConfigError(f"{source}: config key {path} must be a mapping of "
-                                  f"{', '.join(k for k in sub if k != '_decl')}, got {value!r}")
+                raise ConfigError(
+                    f"{source}: config key {path} must be a mapping of "
+                    f"{', '.join(k for k in sub if k != '_decl')}, got {value!r}"
+                )
             node[name] = _walk(value, sub, f"{path}.", task, source)
     # defaults of the keys (and implied sections) that apply to this task
     for name, sub in tree.items():
@@ -430,7 +514,9 @@ def preset_path(preset_or_path: str | Path) -> Path:
         p = CONFIG_DIR / f"{preset_or_path}.yaml"
     if not p.is_file():
         names = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml"))
-        raise MissingFileError(f"no training preset or config file {str(preset_or_path)!r}; presets: {', '.join(names)}")
+        raise MissingFileError(
+            f"no training preset or config file {str(preset_or_path)!r}; presets: {', '.join(names)}"
+        )
     return p
 
 
@@ -447,8 +533,10 @@ def apply_overrides(cfg: dict, overrides: dict, source: str = "command line") ->
             if nxt is None:
                 nxt = node[k] = {}
             elif not isinstance(nxt, dict):
-                raise ConfigError(f"{source}: cannot set {key}: config key {'.'.join(parts[:i + 1])} is a "
-                                  f"value ({nxt!r}), not a section")
+                raise ConfigError(
+                    f"{source}: cannot set {key}: config key {'.'.join(parts[: i + 1])} is a "
+                    f"value ({nxt!r}), not a section"
+                )
             node = nxt
         node[parts[-1]] = value
     return cfg

@@ -20,22 +20,33 @@ non_shared, varint value_length, key suffix, value), then uint32 restart offsets
 The index block's values are the BlockHandles of the data blocks. The entry with the empty key is
 the bundle header (`BundleHeaderProto`: num_shards, endianness).
 """
+
 from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import CheckpointError, MissingFileError, UnknownNameError
 
 __all__ = [
-    "TFCheckpointError", "TensorEntry", "BundleEntry", "read_tf_index", "read_tf_entries", "read_tf_header",
+    "TFCheckpointError",
+    "TensorEntry",
+    "BundleEntry",
+    "read_tf_index",
+    "read_tf_entries",
+    "read_tf_header",
     "read_tf_checkpoint",
-    "is_optimizer_variable", "crc32c", "official_crn_mapping", "infer_crn_config",
-    "load_official_crn", "convert_official_crn",
+    "is_optimizer_variable",
+    "crc32c",
+    "official_crn_mapping",
+    "infer_crn_config",
+    "load_official_crn",
+    "convert_official_crn",
 ]
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -71,13 +82,34 @@ class BundleEntry(NamedTuple):
 
 # TF DataType enum -> numpy dtype name (types.proto). bfloat16 is widened to float32 on read.
 _TF_DTYPES = {
-    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
-    9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 19: "float16", 22: "uint32", 23: "uint64",
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    5: "int16",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    14: "bfloat16",
+    17: "uint16",
+    19: "float16",
+    22: "uint32",
+    23: "uint64",
 }
 
 # Slot/bookkeeping variables of TF optimizers and training loops: never model parameters.
-_OPTIMIZER_SLOTS = {"Adam", "Adam_1", "Momentum", "RMSProp", "RMSProp_1", "Adagrad", "Ftrl", "Ftrl_1",
-                    "ExponentialMovingAverage"}
+_OPTIMIZER_SLOTS = {
+    "Adam",
+    "Adam_1",
+    "Momentum",
+    "RMSProp",
+    "RMSProp_1",
+    "Adagrad",
+    "Ftrl",
+    "Ftrl_1",
+    "ExponentialMovingAverage",
+}
 _BOOKKEEPING = ("beta1_power", "beta2_power", "global_step")
 
 
@@ -114,7 +146,7 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _proto_fields(buf: bytes) -> list[tuple[int, int, "int | bytes"]]:
+def _proto_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
     """A protobuf message as (field number, wire type, value) triples (varint/fixed -> int,
     length-delimited -> bytes). Groups (wire types 3/4) are not used by these messages."""
     out, pos = [], 0
@@ -127,7 +159,7 @@ def _proto_fields(buf: bytes) -> list[tuple[int, int, "int | bytes"]]:
             value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = bytes(buf[pos:pos + n]), pos + n
+            value, pos = bytes(buf[pos : pos + n]), pos + n
             if pos > len(buf):
                 raise TFCheckpointError("truncated length-delimited protobuf field")
         elif wire == 5:
@@ -193,8 +225,9 @@ def _pow2_tables(j: int) -> np.ndarray:
     op(x) = T[0][x & 255] ^ T[1][(x >> 8) & 255] ^ T[2][(x >> 16) & 255] ^ T[3][x >> 24]."""
     if j == 0:  # one zero byte: x -> TABLE[x & 255] ^ (x >> 8), with the byte position k
         v = np.arange(256, dtype=np.uint32)
-        return np.stack([_TABLE[v] if k == 0 else (v << np.uint32(8 * k)) >> np.uint32(8)
-                         for k in range(4)]).astype(np.uint32)
+        return np.stack([_TABLE[v] if k == 0 else (v << np.uint32(8 * k)) >> np.uint32(8) for k in range(4)]).astype(
+            np.uint32
+        )
     prev = _pow2_tables(j - 1)
     return _apply_tables(prev, prev)  # op_{2^j}(x) = op_{2^(j-1)}(op_{2^(j-1)}(x)), per table entry
 
@@ -211,18 +244,20 @@ def _shift(x: np.ndarray, nbytes: int) -> np.ndarray:
 
 
 def _apply_tables(tables: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return (tables[0][x & 0xFF] ^ tables[1][(x >> 8) & 0xFF] ^ tables[2][(x >> 16) & 0xFF]
-            ^ tables[3][(x >> 24) & 0xFF])
+    return tables[0][x & 0xFF] ^ tables[1][(x >> 8) & 0xFF] ^ tables[2][(x >> 16) & 0xFF] ^ tables[3][(x >> 24) & 0xFF]
 
 
-def crc32c(data: "bytes | bytearray | memoryview | np.ndarray") -> int:
+def crc32c(data: bytes | bytearray | memoryview | np.ndarray) -> int:
     """CRC-32C (Castagnoli) of `data`, as used by TF checkpoints and LevelDB tables.
 
     Vectorised: the data is cut into up to 2^16 equal lanes whose (zero-initialised) CRCs advance
     in lockstep one byte column at a time, then the lane CRCs are combined pairwise with the linear
     'shift by L zero bytes' operator; the 0xFFFFFFFF initial value is added last (CRC linearity)."""
-    a = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) if not isinstance(data, np.ndarray) \
+    a = (
+        np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+        if not isinstance(data, np.ndarray)
         else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    )
     n = a.size
     if n == 0:
         return 0
@@ -231,7 +266,7 @@ def crc32c(data: "bytes | bytearray | memoryview | np.ndarray") -> int:
         lanes *= 2
     length = -(-n // lanes)
     padded = np.zeros(lanes * length, dtype=np.uint8)
-    padded[lanes * length - n:] = a  # leading zeros leave a zero register unchanged
+    padded[lanes * length - n :] = a  # leading zeros leave a zero register unchanged
     cols = np.ascontiguousarray(padded.reshape(lanes, length).T)  # (length, lanes) byte columns
     state = np.zeros(lanes, dtype=np.uint32)
     for row in cols:
@@ -260,20 +295,22 @@ def _mask(crc: int) -> int:
 def _read_block(buf: bytes, offset: int, size: int, source: str, verify: bool) -> bytes:
     end = offset + size
     if end + 5 > len(buf):
-        raise TFCheckpointError(f"{source}: block at {offset} (+{size}) runs past the end of the file "
-                                f"({len(buf)} bytes); the file is truncated")
+        raise TFCheckpointError(
+            f"{source}: block at {offset} (+{size}) runs past the end of the file "
+            f"({len(buf)} bytes); the file is truncated"
+        )
     kind = buf[end]
     if verify:
         stored = _unmask(struct.unpack_from("<I", buf, end + 1)[0])
-        if crc32c(buf[offset:end + 1]) != stored:
-            raise TFCheckpointError(f"{source}: CRC mismatch in the block at offset {offset}; "
-                                    f"the file is corrupt")
+        if crc32c(buf[offset : end + 1]) != stored:
+            raise TFCheckpointError(f"{source}: CRC mismatch in the block at offset {offset}; the file is corrupt")
     if kind == 0:
         return bytes(buf[offset:end])
     names = {1: "snappy", 2: "zlib", 3: "lz4", 4: "lz4hc", 5: "zstd"}
     raise TFCheckpointError(
         f"{source}: block at offset {offset} is {names.get(kind, f'type-{kind}')}-compressed; only "
-        f"uncompressed tables (type 0, what TensorFlow writes for checkpoints) are supported")
+        f"uncompressed tables (type 0, what TensorFlow writes for checkpoints) are supported"
+    )
 
 
 def _block_entries(block: bytes, source: str) -> Iterable[tuple[bytes, bytes]]:
@@ -290,9 +327,9 @@ def _block_entries(block: bytes, source: str) -> Iterable[tuple[bytes, bytes]]:
         vlen, pos = _varint(block, pos)
         if shared > len(key) or pos + non_shared + vlen > limit:
             raise TFCheckpointError(f"{source}: corrupt block entry at {pos}")
-        key = key[:shared] + block[pos:pos + non_shared]
+        key = key[:shared] + block[pos : pos + non_shared]
         pos += non_shared
-        yield key, block[pos:pos + vlen]
+        yield key, block[pos : pos + vlen]
         pos += vlen
 
 
@@ -303,9 +340,11 @@ def _table_items(path: Path, verify: bool = True) -> list[tuple[bytes, bytes]]:
         raise TFCheckpointError(f"{source}: {len(buf)} bytes is too short for a TensorFlow checkpoint index")
     magic = struct.unpack_from("<Q", buf, len(buf) - 8)[0]
     if magic != TABLE_MAGIC:
-        raise TFCheckpointError(f"{source}: not a TensorFlow checkpoint index (bad table magic "
-                                f"{magic:#018x}); pass the '.index' file or the checkpoint prefix")
-    footer = buf[len(buf) - FOOTER_SIZE:]
+        raise TFCheckpointError(
+            f"{source}: not a TensorFlow checkpoint index (bad table magic "
+            f"{magic:#018x}); pass the '.index' file or the checkpoint prefix"
+        )
+    footer = buf[len(buf) - FOOTER_SIZE :]
     _, p = _varint(footer, 0)  # metaindex offset
     _, p = _varint(footer, p)  # metaindex size
     idx_off, p = _varint(footer, p)
@@ -318,7 +357,7 @@ def _table_items(path: Path, verify: bool = True) -> list[tuple[bytes, bytes]]:
     return items
 
 
-def _index_path(path: "str | Path") -> Path:
+def _index_path(path: str | Path) -> Path:
     p = Path(path)
     if p.suffix != ".index" and not p.is_file():
         p = p.with_name(p.name + ".index")
@@ -327,14 +366,14 @@ def _index_path(path: "str | Path") -> Path:
     return p
 
 
-def _prefix(path: "str | Path") -> Path:
+def _prefix(path: str | Path) -> Path:
     p = Path(path)
     if p.suffix == ".index" or ".data-" in p.name:
         return p.with_name(p.name.split(".index")[0].split(".data-")[0])
     return p
 
 
-def read_tf_header(path: "str | Path") -> dict:
+def read_tf_header(path: str | Path) -> dict:
     """The bundle header: {"num_shards", "endianness" ("little"/"big"), "producer"}."""
     for key, value in _table_items(_index_path(path)):
         if key == b"":
@@ -350,7 +389,7 @@ def read_tf_header(path: "str | Path") -> dict:
     return {"num_shards": 1, "endianness": "little", "producer": 0}
 
 
-def read_tf_entries(path: "str | Path", verify: bool = True) -> dict[str, BundleEntry]:
+def read_tf_entries(path: str | Path, verify: bool = True) -> dict[str, BundleEntry]:
     """Every variable's full bundle entry (shard, CRC, ...), in name order; see `read_tf_index`."""
     out = {}
     for key, value in _table_items(_index_path(path), verify):
@@ -360,15 +399,19 @@ def read_tf_entries(path: "str | Path", verify: bool = True) -> dict[str, Bundle
     return out
 
 
-def read_tf_index(path: "str | Path", verify: bool = True) -> dict[str, TensorEntry]:
+def read_tf_index(path: str | Path, verify: bool = True) -> dict[str, TensorEntry]:
     """Variables of a TF checkpoint: name -> TensorEntry(dtype, shape, offset, size), in name
     order. `path` is the `.index` file or the checkpoint prefix; the blocks' CRCs are checked
     when `verify`."""
     return {k: TensorEntry(*e[:4]) for k, e in read_tf_entries(path, verify).items()}
 
 
-def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[str], bool] | None" = None,
-                       skip_optimizer: bool = False, verify: bool = True) -> dict[str, np.ndarray]:
+def read_tf_checkpoint(
+    prefix: str | Path,
+    names: Iterable[str] | Callable[[str], bool] | None = None,
+    skip_optimizer: bool = False,
+    verify: bool = True,
+) -> dict[str, np.ndarray]:
     """Read tensors of a TF checkpoint into numpy arrays: name -> array (in the stored shape, e.g.
     HWIO conv kernels). `names` selects variables (a collection or a predicate); `skip_optimizer`
     drops Adam slots and counters. Each tensor's CRC32C is checked when `verify`."""
@@ -383,8 +426,9 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
         wanted = list(names)
         missing = [n for n in wanted if n not in index]
         if missing:
-            raise UnknownNameError(f"{prefix}: checkpoint has no variable(s) {missing[:5]}"
-                           f"{' ...' if len(missing) > 5 else ''}")
+            raise UnknownNameError(
+                f"{prefix}: checkpoint has no variable(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            )
     if skip_optimizer:
         wanted = [n for n in wanted if not is_optimizer_variable(n)]
     order = ">" if header["endianness"] == "big" else "<"
@@ -394,8 +438,9 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
         for name in sorted(wanted, key=lambda n: (index[n].shard_id, index[n].offset)):
             e = index[name]
             if e.sliced:
-                raise TFCheckpointError(f"{prefix}: variable {name!r} is partitioned into slices; "
-                                        f"partitioned variables are not supported")
+                raise TFCheckpointError(
+                    f"{prefix}: variable {name!r} is partitioned into slices; partitioned variables are not supported"
+                )
             if e.dtype in ("string",) or e.dtype.startswith("tf_dtype_"):
                 raise TFCheckpointError(f"{prefix}: variable {name!r} has unsupported dtype {e.dtype}")
             if e.shard_id not in files:
@@ -403,17 +448,20 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
                 if not data.is_file():
                     raise MissingFileError(
                         f"{data}: checkpoint data file not found (only the index is present?); the "
-                        f"released CRN models need the .data file from the authors' 'result_*' folder")
+                        f"released CRN models need the .data file from the authors' 'result_*' folder"
+                    )
                 files[e.shard_id] = open(data, "rb")
             f = files[e.shard_id]
             f.seek(e.offset)
             raw = f.read(e.size)
             if len(raw) != e.size:
-                raise TFCheckpointError(f"{prefix}: data for {name!r} is truncated "
-                                        f"({len(raw)} of {e.size} bytes at offset {e.offset})")
+                raise TFCheckpointError(
+                    f"{prefix}: data for {name!r} is truncated ({len(raw)} of {e.size} bytes at offset {e.offset})"
+                )
             if verify and e.crc32c is not None and crc32c(raw) != _unmask(e.crc32c):
-                raise TFCheckpointError(f"{prefix}: CRC mismatch for {name!r}; the data file is corrupt "
-                                        f"or does not belong to this index")
+                raise TFCheckpointError(
+                    f"{prefix}: CRC mismatch for {name!r}; the data file is corrupt or does not belong to this index"
+                )
             count = int(np.prod(e.shape, dtype=np.int64))
             if e.dtype == "bfloat16":
                 bits = np.frombuffer(raw, dtype=order + "u2", count=count).astype(np.uint32) << 16
@@ -421,8 +469,10 @@ def read_tf_checkpoint(prefix: "str | Path", names: "Iterable[str] | Callable[[s
             else:
                 dt = np.dtype(e.dtype).newbyteorder(order)
                 if dt.itemsize * count != e.size:
-                    raise TFCheckpointError(f"{prefix}: {name!r} has {e.size} bytes, expected "
-                                            f"{dt.itemsize * count} for {e.dtype}{list(e.shape)}")
+                    raise TFCheckpointError(
+                        f"{prefix}: {name!r} has {e.size} bytes, expected "
+                        f"{dt.itemsize * count} for {e.dtype}{list(e.shape)}"
+                    )
                 arr = np.frombuffer(raw, dtype=dt, count=count).astype(dt.newbyteorder("="))
             out[name] = arr.reshape(e.shape)
     finally:
@@ -454,8 +504,7 @@ def official_crn_mapping(model, index: dict[str, TensorEntry]) -> dict[str, str]
         if tf_name not in index:
             problems.append(f"missing {tf_name} {list(want)} (for {key})")
         elif tuple(index[tf_name].shape) != want:
-            problems.append(f"{tf_name}: checkpoint shape {list(index[tf_name].shape)}, "
-                            f"model needs {list(want)}")
+            problems.append(f"{tf_name}: checkpoint shape {list(index[tf_name].shape)}, model needs {list(want)}")
     used = set(names.values())
     extra = [n for n in index if n not in used and not is_optimizer_variable(n)]
     problems += [f"unused checkpoint variable {n} {list(index[n].shape)}" for n in extra]
@@ -465,8 +514,11 @@ def official_crn_mapping(model, index: dict[str, TensorEntry]) -> dict[str, str]
         except TFCheckpointError:
             hint = "the index does not look like a CRN checkpoint"
         raise TFCheckpointError(
-            f"checkpoint does not match the model ({len(problems)} problem(s)): " + "; ".join(problems[:6])
-            + (" ..." if len(problems) > 6 else "") + f". Wrong --preset? {hint}")
+            f"checkpoint does not match the model ({len(problems)} problem(s)): "
+            + "; ".join(problems[:6])
+            + (" ..." if len(problems) > 6 else "")
+            + f". Wrong --preset? {hint}"
+        )
     return names
 
 
@@ -482,8 +534,13 @@ def _preset_hint(cfg: dict) -> str:
         if p.get("arch") != "crn":
             continue
         c = config_from_dict(CRNConfig, {k: v for k, v in p.items() if k != "arch"})
-        if (c.num_classes, c.levels, c.k, tuple(c.base), c.module_widths()) == \
-                (want.num_classes, want.levels, want.k, tuple(want.base), want.module_widths()):
+        if (c.num_classes, c.levels, c.k, tuple(c.base), c.module_widths()) == (
+            want.num_classes,
+            want.levels,
+            want.k,
+            tuple(want.base),
+            want.module_widths(),
+        ):
             match.append(name)
     desc = f"the checkpoint has levels={want.levels}, k={want.k}, widths={want.module_widths()}"
     if not match:
@@ -491,15 +548,19 @@ def _preset_hint(cfg: dict) -> str:
     return desc + f"; matching preset(s): {', '.join(match)}"
 
 
-def infer_crn_config(index: "dict[str, TensorEntry] | str | Path") -> dict:
+def infer_crn_config(index: dict[str, TensorEntry] | str | Path) -> dict:
     """A `build_model` config ({"arch": "crn", num_classes, levels, k, widths}) read off a released
     CRN index: modules g_4 ... g_<top>, their conv widths, conv1's input channels and the head's
     3k outputs."""
     if not isinstance(index, dict):
         index = read_tf_index(index)
-    heights = sorted({int(n.split("_")[1]) for n in index
-                      if n.startswith("g_") and n.split("/")[0].endswith("_conv1")
-                      and not is_optimizer_variable(n)})
+    heights = sorted(
+        {
+            int(n.split("_")[1])
+            for n in index
+            if n.startswith("g_") and n.split("/")[0].endswith("_conv1") and not is_optimizer_variable(n)
+        }
+    )
     if not heights or heights[0] != 4:
         raise TFCheckpointError("index has no CRN modules g_4_conv1 ... (not a CRN checkpoint?)")
     widths = [int(index[f"g_{h}_conv1/weights"].shape[3]) for h in heights]
@@ -507,11 +568,16 @@ def infer_crn_config(index: "dict[str, TensorEntry] | str | Path") -> dict:
     if head is None:
         raise TFCheckpointError(f"index has no head g_{heights[-1]}_conv100/weights")
     in_ch = int(index["g_4_conv1/weights"].shape[2])
-    return {"arch": "crn", "num_classes": in_ch - 1, "levels": len(heights),
-            "k": int(head.shape[3]) // 3, "widths": widths}
+    return {
+        "arch": "crn",
+        "num_classes": in_ch - 1,
+        "levels": len(heights),
+        "k": int(head.shape[3]) // 3,
+        "widths": widths,
+    }
 
 
-def load_official_crn(prefix: "str | Path", preset: "str | dict | None" = None, verify: bool = True):
+def load_official_crn(prefix: str | Path, preset: str | dict | None = None, verify: bool = True):
     """Build `preset` (default: the structure inferred from the index) with `build_model` and load
     the released TF weights (Adam slots and beta powers are skipped)."""
     import torch
@@ -529,8 +595,9 @@ def load_official_crn(prefix: "str | Path", preset: "str | dict | None" = None, 
     return model.eval()
 
 
-def convert_official_crn(prefix: "str | Path", out: "str | Path", preset: "str | None" = None,
-                         label_space: str = "cityscapes", verify: bool = True) -> Path:
+def convert_official_crn(
+    prefix: str | Path, out: str | Path, preset: str | None = None, label_space: str = "cityscapes", verify: bool = True
+) -> Path:
     """Convert a released CRN checkpoint into a semsynth checkpoint folder: returns
     `out/model.safetensors`, written by `semsynth.checkpoint.save_model` (weights, model config,
     label space, task "crn"), so `checkpoint.load_model(out)` restores the network."""
@@ -542,6 +609,13 @@ def convert_official_crn(prefix: "str | Path", out: "str | Path", preset: "str |
     cfg = model_config(preset) if preset is not None else infer_crn_config(index)
     model = load_official_crn(prefix, cfg, verify=verify)
     target = Path(out) / "model.safetensors"
-    save_model(target, model, cfg, get_space(label_space), task="crn", step=0,
-               extra={"converted_from": str(_prefix(prefix)), "preset": preset})
+    save_model(
+        target,
+        model,
+        cfg,
+        get_space(label_space),
+        task="crn",
+        step=0,
+        extra={"converted_from": str(_prefix(prefix)), "preset": preset},
+    )
     return target

@@ -13,6 +13,7 @@ Decoded (and resized) uint8 arrays are cached, in memory by default or as .npy f
 bicubic filter (the same Keys a = -0.5 kernel, widened when shrinking, as MATLAB's imresize used by
 the original CRN data preparation), labels with nearest neighbour on the decoded class map.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -20,26 +21,35 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .errors import InputError
 from .labels import LabelError, LabelSpace, get_space
 from .utils import atomic_path
-from .errors import InputError
 
 __all__ = [
-    "DatasetError", "LayoutDataset", "open_dataset", "list_label_files", "load_image", "save_image",
-    "resize_label", "resize_image", "IMAGE_EXTENSIONS", "cache_root", "cityscapes_frame", "CS_PHOTO_SUFFIX",
+    "DatasetError",
+    "LayoutDataset",
+    "open_dataset",
+    "list_label_files",
+    "load_image",
+    "save_image",
+    "resize_label",
+    "resize_image",
+    "IMAGE_EXTENSIONS",
+    "cache_root",
+    "cityscapes_frame",
+    "CS_PHOTO_SUFFIX",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
-                              ".pgm", ".gif"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 _CACHE_VERSION = 1  # bump when the cached arrays' meaning changes
 
 
@@ -170,8 +180,11 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 def _scan(folder: Path) -> list[Path]:
     """Image files under `folder`, recursive, sorted; hidden files (e.g. our temp files) skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, folder))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not _is_hidden(p, folder)
+    )
 
 
 def _keyed(folder: Path, files: Iterable[Path], strip: str = "") -> dict[str, Path]:
@@ -182,8 +195,7 @@ def _keyed(folder: Path, files: Iterable[Path], strip: str = "") -> dict[str, Pa
         if strip and rel.endswith(strip):
             rel = rel[: -len(strip)]
         if rel in out:
-            raise DatasetError(f"{folder}: {out[rel].name} and {f.name} have the same name; "
-                               f"keep one of them")
+            raise DatasetError(f"{folder}: {out[rel].name} and {f.name} have the same name; keep one of them")
         out[rel] = f
     return out
 
@@ -209,7 +221,7 @@ def _pick_cityscapes(files: Sequence[Path], encoding: str | None) -> list[Path]:
     return sorted(others + [f for _, f in best.values()])
 
 
-def list_label_files(inputs: "str | Path | Iterable[str | Path]") -> list[Path]:
+def list_label_files(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     """Label-map files from files and folders (folders: recursive, sorted, by image extension; of
     Cityscapes ground truth only one file per frame). Errors on a missing path or a folder without
     label maps."""
@@ -220,8 +232,9 @@ def list_label_files(inputs: "str | Path | Iterable[str | Path]") -> list[Path]:
         if p.is_dir():
             files = _pick_cityscapes(_scan(p), None)
             if not files:
-                raise DatasetError(f"{p}: folder holds no label maps "
-                                   f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise DatasetError(
+                    f"{p}: folder holds no label maps (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
             out.extend(files)
         elif p.is_file():
             out.append(p)
@@ -236,8 +249,9 @@ def _examples(keys: Sequence[str], n: int = 5) -> str:
     return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _pair(img_dir: Path, lab_dir: Path, photos: dict[str, Path], labels: dict[str, Path],
-          require_images: bool) -> list[Item]:
+def _pair(
+    img_dir: Path, lab_dir: Path, photos: dict[str, Path], labels: dict[str, Path], require_images: bool
+) -> list[Item]:
     if not labels:
         raise DatasetError(f"{lab_dir}: no label maps found")
     if require_images:
@@ -245,21 +259,24 @@ def _pair(img_dir: Path, lab_dir: Path, photos: dict[str, Path], labels: dict[st
         no_label = sorted(set(photos) - set(labels))
         problems = []
         if no_photo:
-            problems.append(f"{len(no_photo)} label map(s) in {lab_dir} have no photo in {img_dir}: "
-                            f"{_examples(no_photo)}")
+            problems.append(
+                f"{len(no_photo)} label map(s) in {lab_dir} have no photo in {img_dir}: {_examples(no_photo)}"
+            )
         if no_label:
-            problems.append(f"{len(no_label)} photo(s) in {img_dir} have no label map in {lab_dir}: "
-                            f"{_examples(no_label)}")
+            problems.append(
+                f"{len(no_label)} photo(s) in {img_dir} have no label map in {lab_dir}: {_examples(no_label)}"
+            )
         if problems:
-            raise DatasetError("; ".join(problems) + ". Remove or add the files (or pass "
-                               "require_images=False to use the label maps alone).")
+            raise DatasetError(
+                "; ".join(problems) + ". Remove or add the files (or pass "
+                "require_images=False to use the label maps alone)."
+            )
     keys = sorted(labels)
     stems = [k.rsplit("/", 1)[-1] for k in keys]
     # Names are file stems; only if two subfolders hold the same stem does the relative path
     # become the name, so outputs named after samples cannot collide.
     unique = len(set(stems)) == len(stems)
-    return [Item(s if unique else k, labels[k], photos[k] if require_images else None)
-            for k, s in zip(keys, stems)]
+    return [Item(s if unique else k, labels[k], photos[k] if require_images else None) for k, s in zip(keys, stems)]
 
 
 def _need_dir(path: Path, what: str, hint: str = "") -> Path:
@@ -291,11 +308,15 @@ def _detect(root: Path, split: str, require_images: bool, encoding: str | None):
         photos = {}
         img_dir = root / "leftImg8bit" / split
         if require_images:
-            _need_dir(img_dir, "Cityscapes photo folder",
-                      f": split {split!r} has {len(labels)} label maps but no photos here; pass "
-                      f"require_images=False to use the label maps alone")
-            photos = _keyed(img_dir, [p for p in _scan(img_dir) if p.stem.endswith(CS_PHOTO_SUFFIX)],
-                            strip=CS_PHOTO_SUFFIX)
+            _need_dir(
+                img_dir,
+                "Cityscapes photo folder",
+                f": split {split!r} has {len(labels)} label maps but no photos here; pass "
+                f"require_images=False to use the label maps alone",
+            )
+            photos = _keyed(
+                img_dir, [p for p in _scan(img_dir) if p.stem.endswith(CS_PHOTO_SUFFIX)], strip=CS_PHOTO_SUFFIX
+            )
         return "cityscapes", "cityscapes", _pair(img_dir, lab_dir, photos, labels, require_images)
 
     candidates = [
@@ -323,8 +344,11 @@ def _detect(root: Path, split: str, require_images: bool, encoding: str | None):
         labels = _keyed(lab_dir, _pick_cityscapes(_scan(lab_dir), encoding))
         photos = {}
         if require_images:
-            _need_dir(img_dir, f"photo folder of the {layout} layout",
-                      f" (labels are in {lab_dir}); pass require_images=False to use the label maps alone")
+            _need_dir(
+                img_dir,
+                f"photo folder of the {layout} layout",
+                f" (labels are in {lab_dir}); pass require_images=False to use the label maps alone",
+            )
             photos = _keyed(img_dir, _scan(img_dir))
         return layout, natural, _pair(img_dir, lab_dir, photos, labels, require_images)
 
@@ -339,7 +363,8 @@ def _detect(root: Path, split: str, require_images: bool, encoding: str | None):
         f"{root}: no dataset layout for split {split!r} found{hint}. Expected Cityscapes (gtFine/ + "
         f"leftImg8bit/), images/ + labels/, CamVid (<split>/ + <split>annot/), COCO-Stuff "
         f"(<split>_img/ + <split>_label/) or ADE20K (images/ + annotations/); for a folder of "
-        f"label maps alone pass require_images=False")
+        f"label maps alone pass require_images=False"
+    )
 
 
 # --------------------------------------------------------------------------- dataset
@@ -369,9 +394,20 @@ class LayoutDataset(Dataset):
     False. flip: random horizontal flip of label and photo together, from torch's RNG. vivid: the
     original CRN's tone mapping of the photos (`semsynth.vivid`, after resizing; cached)."""
 
-    def __init__(self, items: Sequence[Item], space: LabelSpace | str, *, size=None, flip: bool = False,
-                 cache: bool | str = True, label_encoding: str | None = None, layout: str = "custom",
-                 root: str | Path | None = None, cache_dir: str | Path | None = None, vivid: bool = False):
+    def __init__(
+        self,
+        items: Sequence[Item],
+        space: LabelSpace | str,
+        *,
+        size=None,
+        flip: bool = False,
+        cache: bool | str = True,
+        label_encoding: str | None = None,
+        layout: str = "custom",
+        root: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        vivid: bool = False,
+    ):
         if cache not in (True, False, "disk", "memory"):
             raise InputError(f"cache must be True, False or 'disk', got {cache!r}")
         if not items:
@@ -389,8 +425,7 @@ class LayoutDataset(Dataset):
         self.root = Path(root) if root is not None else None
         self.cache_dir = cache_root(cache_dir) / "arrays" if self.cache == "disk" else None
         self._memory: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        self._space_key = hashlib.sha1(
-            json.dumps(self.space.to_dict(), sort_keys=True).encode()).hexdigest()
+        self._space_key = hashlib.sha1(json.dumps(self.space.to_dict(), sort_keys=True).encode()).hexdigest()
         self._label_dtype = np.uint8 if self.space.void <= 255 else np.int32
 
     @property
@@ -405,8 +440,10 @@ class LayoutDataset(Dataset):
         return len(self.items)
 
     def __repr__(self) -> str:
-        return (f"LayoutDataset({self.layout}, {len(self)} samples, space={self.space.name}, "
-                f"size={self.size}, images={self.has_images}, cache={self.cache})")
+        return (
+            f"LayoutDataset({self.layout}, {len(self)} samples, space={self.space.name}, "
+            f"size={self.size}, images={self.has_images}, cache={self.cache})"
+        )
 
     # ------------------------------------------------------------------ decoding + cache
     def _decode(self, it: Item) -> tuple[np.ndarray, np.ndarray | None]:
@@ -417,7 +454,8 @@ class LayoutDataset(Dataset):
             if rgb.shape[:2] != ids.shape:
                 raise DatasetError(
                     f"{it.image} is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but its label map {it.label} "
-                    f"is {ids.shape[1]}x{ids.shape[0]}; photo and label must have the same size")
+                    f"is {ids.shape[1]}x{ids.shape[0]}; photo and label must have the same size"
+                )
         if self.size is not None:
             ids = resize_label(ids, self.size)
             rgb = resize_image(rgb, self.size) if rgb is not None else None
@@ -428,8 +466,10 @@ class LayoutDataset(Dataset):
         return ids.astype(self._label_dtype), rgb
 
     def _disk_paths(self, it: Item) -> tuple[Path, Path]:
-        key = json.dumps([_CACHE_VERSION, _stat_key(it.label), _stat_key(it.image), self._space_key,
-                          self.label_encoding, self.size] + (["vivid"] if self.vivid else []))
+        key = json.dumps(
+            [_CACHE_VERSION, _stat_key(it.label), _stat_key(it.image), self._space_key, self.label_encoding, self.size]
+            + (["vivid"] if self.vivid else [])
+        )
         h = hashlib.sha1(key.encode()).hexdigest()
         base = self.cache_dir / h[:2] / h
         return base.with_name(h + "-label.npy"), base.with_name(h + "-image.npy")
@@ -493,15 +533,25 @@ class LayoutDataset(Dataset):
             except Exception as e:
                 raise DatasetError(f"{it.label} / {it.image}: cannot read ({e})") from e
             if la != lb:
-                raise DatasetError(f"{it.image} is {lb[0]}x{lb[1]} (WxH) but its label map {it.label} "
-                                   f"is {la[0]}x{la[1]}; photo and label must have the same size")
+                raise DatasetError(
+                    f"{it.image} is {lb[0]}x{lb[1]} (WxH) but its label map {it.label} "
+                    f"is {la[0]}x{la[1]}; photo and label must have the same size"
+                )
 
 
-def open_dataset(path: "str | Path | Sequence[str | Path]", space: "str | LabelSpace | None" = None,
-                 split: str = "train", size=None, flip: bool = False, require_images: bool = True,
-                 cache: bool | str = True, label_encoding: str | None = None,
-                 exclude: "Iterable[str] | None" = None, cache_dir: str | Path | None = None,
-                 vivid: bool = False) -> LayoutDataset:
+def open_dataset(
+    path: str | Path | Sequence[str | Path],
+    space: str | LabelSpace | None = None,
+    split: str = "train",
+    size=None,
+    flip: bool = False,
+    require_images: bool = True,
+    cache: bool | str = True,
+    label_encoding: str | None = None,
+    exclude: Iterable[str] | None = None,
+    cache_dir: str | Path | None = None,
+    vivid: bool = False,
+) -> LayoutDataset:
     """Open a dataset folder, detecting its layout (see the module docstring), or a list of label
     files (label-only; needs require_images=False).
 
@@ -521,8 +571,9 @@ def open_dataset(path: "str | Path | Sequence[str | Path]", space: "str | LabelS
             raise DatasetError(f"{root}: dataset folder not found")
         if root.is_file():
             if require_images:
-                raise DatasetError(f"{root}: is a single file; pass require_images=False to use it as "
-                                   f"a label-only dataset")
+                raise DatasetError(
+                    f"{root}: is a single file; pass require_images=False to use it as a label-only dataset"
+                )
             layout, natural, items = "files", "cityscapes", [Item(root.stem, root, None)]
         else:
             layout, natural, items = _detect(root, split, require_images, label_encoding)
@@ -531,6 +582,15 @@ def open_dataset(path: "str | Path | Sequence[str | Path]", space: "str | LabelS
         items = [it for it in items if not any(fnmatch.fnmatchcase(it.name, p) for p in pats)]
         if not items:
             raise DatasetError(f"{root or 'the given files'}: every sample is excluded by {pats}")
-    return LayoutDataset(items, space if space is not None else natural, size=size, flip=flip,
-                         cache=cache, label_encoding=label_encoding, layout=layout, root=root,
-                         cache_dir=cache_dir, vivid=vivid)
+    return LayoutDataset(
+        items,
+        space if space is not None else natural,
+        size=size,
+        flip=flip,
+        cache=cache,
+        label_encoding=label_encoding,
+        layout=layout,
+        root=root,
+        cache_dir=cache_dir,
+        vivid=vivid,
+    )

@@ -12,6 +12,7 @@ The output folder holds::
 The page links its images relatively, so the folder can be moved or zipped as a whole. Colour
 layouts decode exactly, so `semsynth evaluate DIR/outputs --labels DIR/layouts` scores a demo.
 """
+
 from __future__ import annotations
 
 import html
@@ -51,8 +52,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder; choose another output folder with -o")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out} already exists and is not empty; choose another folder with -o, "
-                              "or pass --overwrite (overwrite=True) to replace the demo files in it")
+        raise OutputExistsError(
+            f"{out} already exists and is not empty; choose another folder with -o, "
+            "or pass --overwrite (overwrite=True) to replace the demo files in it"
+        )
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -87,17 +90,29 @@ def _layouts(inputs, n: int, seed: int, space, size, read=None) -> list[tuple[st
     if n < 1:
         raise InputError(f"the demo needs at least one layout (n={n})")
     if space.name != "cityscapes" or space.num_classes != 19:
-        raise InputError(f"procedural layouts are Cityscapes street scenes, but this model uses the "
-                         f"{space.name!r} label space; pass label maps of that space to the demo")
-    return [(f"street_{s:04d}", f"procedural street, seed {s}", street_layout(s, size))
-            for s in range(seed, seed + n)]
+        raise InputError(
+            f"procedural layouts are Cityscapes street scenes, but this model uses the "
+            f"{space.name!r} label space; pass label maps of that space to the demo"
+        )
+    return [(f"street_{s:04d}", f"procedural street, seed {s}", street_layout(s, size)) for s in range(seed, seed + n)]
 
 
-def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int = 0, k: int | None = None,
-             model: str | Path = "default", device: str | None = None, progress: bool = True,
-             overwrite: bool = False, bank: str | Path | None = None,
-             sims_model: str | Path = "sims-cityscapes", label_space=None,
-             label_encoding: str | None = None, precision: str | None = "auto") -> Path:
+def run_demo(
+    out: str | Path | None = None,
+    inputs=None,
+    n: int = 4,
+    seed: int = 0,
+    k: int | None = None,
+    model: str | Path = "default",
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    bank: str | Path | None = None,
+    sims_model: str | Path = "sims-cityscapes",
+    label_space=None,
+    label_encoding: str | None = None,
+    precision: str | None = "auto",
+) -> Path:
     """Synthesize k photos for each of a few layouts with `model` and write a browsable page.
 
     out: output folder; None means `./semsynth-demo`, or `semsynth-demo-2`, ... when that one is
@@ -121,8 +136,10 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
 
     meta = read_metadata(model)
     if pipeline_class(meta["task"]) is not CRNPipeline:
-        raise InputError(f"{model}: is a {meta['task']!r} checkpoint; the demo runs CRN models "
-                         "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`, or --bank here)")
+        raise InputError(
+            f"{model}: is a {meta['task']!r} checkpoint; the demo runs CRN models "
+            "(SIMS: `semsynth synthesize CHECKPOINT LABELS --bank BANK`, or --bank here)"
+        )
     pipe = CRNPipeline.from_pretrained(model, device=device, precision=precision)
     sims = None
     if bank is not None:
@@ -159,18 +176,27 @@ def run_demo(out: str | Path | None = None, inputs=None, n: int = 4, seed: int =
     facts = {
         "model": f"{model} (bundled)" if str(model) in BUNDLED else str(model),
         "training step": f"{meta.get('step', 0):,}",
-        "architecture": (f"{meta['model'].get('arch', '?')}, {meta['model'].get('levels', '?')} levels, "
-                         f"native {size[0]}x{size[1]}, k = {pipe.k}"),
+        "architecture": (
+            f"{meta['model'].get('arch', '?')}, {meta['model'].get('levels', '?')} levels, "
+            f"native {size[0]}x{size[1]}, k = {pipe.k}"
+        ),
         "label space": f"{space.name} ({space.num_classes} classes + void)",
-        "device": (f"cpu ({torch.get_num_threads()} threads, {platform.machine()})" if pipe.device.type == "cpu"
-                   else str(pipe.device)) + f", {pipe.precision}",
-        "wall time": (f"{time.perf_counter() - t0:.1f} s (model {t_load:.1f} s, {len(rows)} layout(s) "
-                      f"x {k} image(s) {t_synth:.1f} s)"),
+        "device": (
+            f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+            if pipe.device.type == "cpu"
+            else str(pipe.device)
+        )
+        + f", {pipe.precision}",
+        "wall time": (
+            f"{time.perf_counter() - t0:.1f} s (model {t_load:.1f} s, {len(rows)} layout(s) "
+            f"x {k} image(s) {t_synth:.1f} s)"
+        ),
         "semsynth": __version__,
     }
     if sims is not None:
-        facts["SIMS model"] = (f"{sims_model} (bundled)" if str(sims_model) in BUNDLED else str(sims_model)) + \
-            f", bank {bank} ({sims.bank.num_images} images, {len(sims.bank)} segments)"
+        facts["SIMS model"] = (
+            f"{sims_model} (bundled)" if str(sims_model) in BUNDLED else str(sims_model)
+        ) + f", bank {bank} ({sims.bank.num_images} images, {len(sims.bank)} segments)"
     columns = [f"output {i + 1}" for i in range(k)] + (["SIMS canvas", "SIMS output"] if sims is not None else [])
     card = resolve_checkpoint(model)
     card = (card if card.is_dir() else card.parent) / "MODEL_CARD.md"
@@ -209,15 +235,18 @@ def _page(rows, facts: dict, space, present, size, columns: list[str]) -> str:
     width = (k + 1) * (disp + 8) + 160  # ... and narrower to fit the window (table-layout: fixed)
 
     def img(rel, alt):
-        return (f'<a href="{quote(rel)}"><img src="{quote(rel)}" width="{w}" height="{h}" '
-                f'alt="{e(alt)}" loading="lazy"></a>')
+        return (
+            f'<a href="{quote(rel)}"><img src="{quote(rel)}" width="{w}" height="{h}" '
+            f'alt="{e(alt)}" loading="lazy"></a>'
+        )
 
     head = "<tr><th></th><th>layout</th>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
     body = []
     for name, caption, lay, outs in rows:
         cells = "".join(f"<td>{img(o, f'{name} {c}')}</td>" for c, o in zip(columns, outs))
-        body.append(f'<tr><td class="name">{e(caption)}</td><td class="layout">{img(lay, name + " layout")}</td>'
-                    f"{cells}</tr>")
+        body.append(
+            f'<tr><td class="name">{e(caption)}</td><td class="layout">{img(lay, name + " layout")}</td>{cells}</tr>'
+        )
     legend = []
     for c in (int(x) for x in present):
         rgb = (0, 0, 0) if c == space.void else tuple(int(v) for v in space.colors[c])
@@ -227,10 +256,11 @@ def _page(rows, facts: dict, space, present, size, columns: list[str]) -> str:
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>semsynth demo: {e(facts['model'])}</title><style>{_STYLE}</style></head><body>\n"
-        f"<h1>semsynth demo</h1>\n<table class=\"facts\">{fact_rows}</table>\n"
+        f'<h1>semsynth demo</h1>\n<table class="facts">{fact_rows}</table>\n'
         f'<table class="grid" style="max-width:{width}px">{head}\n' + "\n".join(body) + "</table>\n"
         f'<div class="legend"><b>classes:</b> {"".join(legend)}</div>\n'
         "<footer>Layouts are shown as colour maps at the size the model saw them; each row's outputs "
         "are the model's k variants for that layout (with a bank: then the SIMS canvas of retrieved "
         "photo segments and the SIMS network's photo). Files: <code>layouts/</code>, "
-        "<code>outputs/</code>.</footer>\n</body></html>\n")
+        "<code>outputs/</code>.</footer>\n</body></html>\n"
+    )

@@ -8,6 +8,7 @@ anything else is a bug and keeps its traceback (`--debug` shows tracebacks for b
 Each class also derives from the built-in exception a Python caller would expect (ValueError,
 FileNotFoundError, ...), so `except ValueError` around library calls keeps working.
 """
+
 from __future__ import annotations
 
 

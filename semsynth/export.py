@@ -12,6 +12,7 @@ The label space (class names, colours), the model config and the input conventio
 file's metadata (ONNX `metadata_props`, TorchScript extra file `semsynth.json`). After writing,
 the file is run (onnxruntime or `torch.jit.load`) on a random layout and compared with PyTorch.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,15 +59,18 @@ def _names(task: str) -> tuple[list[str], list[str]]:
     return (["layout"], ["images"]) if task == "crn" else (["layout", "canvas", "support"], ["image", "logits"])
 
 
-def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None, size=None,
-                 verify: bool = True) -> dict:
+def export_model(
+    checkpoint: str | Path, out: str | Path, fmt: str | None = None, size=None, verify: bool = True
+) -> dict:
     """Export `checkpoint` to `out` (.onnx, or .pt/.ts for TorchScript); returns a summary with
     the agreement figures when `verify` (max and mean absolute difference against PyTorch)."""
     out = Path(out)
     fmt = fmt or FORMATS.get(out.suffix.lower())
     if fmt not in ("onnx", "torchscript"):
-        raise InputError(f"{out}: cannot tell the format from the suffix; use .onnx or .pt (TorchScript), "
-                         f"or --format onnx|torchscript")
+        raise InputError(
+            f"{out}: cannot tell the format from the suffix; use .onnx or .pt (TorchScript), "
+            f"or --format onnx|torchscript"
+        )
     model, meta = ckpt.load_model(checkpoint, "cpu")  # bundled names resolve there
     task = meta["task"]
     if task not in EXPORTABLE:
@@ -78,9 +82,16 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None
     with torch.no_grad():  # fail here, with the model's own message, on a size it cannot take
         net(*example)
     in_names, out_names = _names(task)
-    info = {"format": "semsynth-export-1", "task": task, "model": meta["model"],
-            "label_space": meta["label_space"].to_dict(), "size": list(size), "inputs": in_names,
-            "outputs": out_names, "step": meta["step"]}
+    info = {
+        "format": "semsynth-export-1",
+        "task": task,
+        "model": meta["model"],
+        "label_space": meta["label_space"].to_dict(),
+        "size": list(size),
+        "inputs": in_names,
+        "outputs": out_names,
+        "step": meta["step"],
+    }
     # The graph is traced from the plain ops: the in-place CPU fast path (models/layers.py) is
     # shape-specialised Python that exporters would bake in.
     with reference_ops():
@@ -88,8 +99,15 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str | None = None
             _export_onnx(net, example, out, in_names, out_names, info)
         else:
             _export_torchscript(net, example, out, info)
-    summary = {"path": str(out), "format": fmt, "task": task, "size": list(size),
-               "bytes": out.stat().st_size, "inputs": in_names, "outputs": out_names}
+    summary = {
+        "path": str(out),
+        "format": fmt,
+        "task": task,
+        "size": list(size),
+        "bytes": out.stat().st_size,
+        "inputs": in_names,
+        "outputs": out_names,
+    }
     if verify:
         summary.update(check_export(out, net, task, model, size, fmt))
     return summary
@@ -100,15 +118,24 @@ def _export_onnx(net, example, out: Path, in_names, out_names, info: dict) -> No
         import onnx
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
     except ImportError as e:
-        raise InputError(f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): "
-                         f"pip install 'semsynth[export]'") from None
+        raise InputError(
+            f"ONNX export needs the onnx and onnxscript packages ({e.name} is missing): pip install 'semsynth[export]'"
+        ) from None
 
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes = tuple({0: batch} for _ in example)
     params = sum(p.numel() for p in net.parameters()) * 4
     with atomic_path(out) as tmp:
-        prog = torch.onnx.export(net, example, dynamo=True, input_names=in_names, output_names=out_names,
-                                 dynamic_shapes=shapes, external_data=False, verbose=False)
+        prog = torch.onnx.export(
+            net,
+            example,
+            dynamo=True,
+            input_names=in_names,
+            output_names=out_names,
+            dynamic_shapes=shapes,
+            external_data=False,
+            verbose=False,
+        )
         proto = prog.model_proto
         for key, value in (("semsynth", json.dumps(info)),):
             entry = proto.metadata_props.add()
@@ -156,9 +183,13 @@ def check_export(path: str | Path, net, task: str, model, size, fmt: str, batch:
         got = [t.numpy() for t in ([got] if torch.is_tensor(got) else got)]
         runner = f"torch.jit {torch.__version__}"
     diffs = [np.abs(np.asarray(g).reshape(r.shape) - r.numpy()) for g, r in zip(got, ref)]
-    return {"verified": True, "runner": runner, "batch": batch,
-            "max_abs_diff": float(max(d.max() for d in diffs)),
-            "mean_abs_diff": float(np.mean([d.mean() for d in diffs]))}
+    return {
+        "verified": True,
+        "runner": runner,
+        "batch": batch,
+        "max_abs_diff": float(max(d.max() for d in diffs)),
+        "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
+    }
 
 
 def read_export_metadata(path: str | Path) -> dict:

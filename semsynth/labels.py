@@ -9,9 +9,9 @@ naming the file, the offending value or colour and how many pixels carry it.
 Networks see `one_hot(ids, C)`: C class channels plus a void channel (CRN's 19 + 1 = 20), and the
 coarser CRN modules see `pyramid(...)`, the area-downsampled (soft) versions of it.
 """
+
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -25,8 +25,16 @@ from PIL import Image
 from .errors import InputError
 
 __all__ = [
-    "LabelError", "LabelWarning", "LabelSpace", "get_space", "layout_reader", "register_space", "available_spaces",
-    "one_hot", "pyramid", "colorize",
+    "LabelError",
+    "LabelWarning",
+    "LabelSpace",
+    "get_space",
+    "layout_reader",
+    "register_space",
+    "available_spaces",
+    "one_hot",
+    "pyramid",
+    "colorize",
 ]
 
 
@@ -119,7 +127,8 @@ class LabelSpace:
             if encoding not in ("color", "index") and encoding not in self.encodings:
                 raise LabelError(
                     f"label space {self.name!r} has no encoding {encoding!r}; "
-                    f"choose from {sorted(self.encodings) + ['color', 'index']}")
+                    f"choose from {sorted(self.encodings) + ['color', 'index']}"
+                )
             return encoding
         name = Path(path).name if path is not None else ""
         for pattern, enc in self.filename_encodings:
@@ -166,7 +175,8 @@ class LabelSpace:
             raise LabelError(
                 f"{source}: value(s) {desc} are not valid {self.name} {encoding}s "
                 f"({int(bad.sum()):,} px in {len(values)} value(s); valid: {_ranges(valid)}). "
-                f"Wrong --label-space or --label-encoding?")
+                f"Wrong --label-space or --label-encoding?"
+            )
         return mapped
 
     def decode_colors(self, rgb: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -180,14 +190,20 @@ class LabelSpace:
             worst = np.argsort(-counts)[:5]
             desc = ", ".join(
                 f"({int(values[i]) >> 16}, {(int(values[i]) >> 8) & 255}, {int(values[i]) & 255}) "
-                f"on {int(counts[i]):,} px" for i in worst)
+                f"on {int(counts[i]):,} px"
+                for i in worst
+            )
             grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-            hint = (" All pixels are grey: is this an id map saved as RGB? Save it as a"
-                    " single-channel (L) PNG." if grey else "")
+            hint = (
+                " All pixels are grey: is this an id map saved as RGB? Save it as a single-channel (L) PNG."
+                if grey
+                else ""
+            )
             raise LabelError(
                 f"{source}: colour(s) {desc} are not in the {self.name} palette "
                 f"({int(bad.sum()):,} px in {len(values)} unknown colours). Was the map saved lossily "
-                f"(JPEG) or resized with interpolation, or is it in another label space?{hint}")
+                f"(JPEG) or resized with interpolation, or is it in another label space?{hint}"
+            )
         return mapped
 
     def decode(self, arr: np.ndarray, encoding: str | None = None, source: str = "<array>") -> np.ndarray:
@@ -199,8 +215,7 @@ class LabelSpace:
                 raise LabelError(f"{source}: is a colour map but encoding {encoding!r} was requested")
             return self.decode_colors(arr[..., :3], source=source)
         if arr.ndim != 2:
-            raise LabelError(f"{source}: a label map must be (H, W) ids or (H, W, 3) colours, "
-                             f"got shape {arr.shape}")
+            raise LabelError(f"{source}: a label map must be (H, W) ids or (H, W, 3) colours, got shape {arr.shape}")
         enc = self.encoding_for(None, encoding)
         if enc == "color":
             raise LabelError(f"{source}: encoding 'color' requested but the map is single-channel")
@@ -215,8 +230,7 @@ class LabelSpace:
         palette indices when an id encoding is named explicitly."""
         path = Path(path)
         if not path.is_file():
-            raise LabelError(f"{path}: label map not found" if not path.exists()
-                             else f"{path}: is not a file")
+            raise LabelError(f"{path}: label map not found" if not path.exists() else f"{path}: is not a file")
         explicit_ids = encoding not in (None, "auto", "color")
         try:
             with Image.open(path) as im:
@@ -234,21 +248,30 @@ class LabelSpace:
             raise LabelError(f"{path}: cannot read label map ({type(e).__name__}: {e})") from e
         if arr.ndim == 3:
             if explicit_ids:
-                raise LabelError(f"{path}: is a colour image ({mode}) but encoding {encoding!r} was "
-                                 f"requested; colour maps are decoded with encoding 'color'")
+                raise LabelError(
+                    f"{path}: is a colour image ({mode}) but encoding {encoding!r} was "
+                    f"requested; colour maps are decoded with encoding 'color'"
+                )
             out = self.decode_colors(arr, source=str(path))
         else:
             enc = self.encoding_for(path, encoding)
             if enc == "color":
                 raise LabelError(f"{path}: encoding 'color' requested but the file is single-channel ({mode})")
             out = self.decode_ids(arr, enc, source=str(path))
-            if enc == self.default_encoding and encoding in (None, "auto") and \
-                    not any(re.search(pat, path.name) for pat, _ in self.filename_encodings):
+            if (
+                enc == self.default_encoding
+                and encoding in (None, "auto")
+                and not any(re.search(pat, path.name) for pat, _ in self.filename_encodings)
+            ):
                 self._warn_if_misread(arr, out, enc, path)
         if fmt == "JPEG":
-            warnings.warn(LabelWarning(
-                f"{path}: is a JPEG; lossy compression changes label values along edges, so some pixels "
-                f"may have silently changed class. Save label maps as PNG"), stacklevel=2)
+            warnings.warn(
+                LabelWarning(
+                    f"{path}: is a JPEG; lossy compression changes label values along edges, so some pixels "
+                    f"may have silently changed class. Save label maps as PNG"
+                ),
+                stacklevel=2,
+            )
         return out
 
     def _warn_if_misread(self, raw: np.ndarray, decoded: np.ndarray, enc: str, path: Path) -> None:
@@ -267,10 +290,14 @@ class LabelSpace:
                 continue
             alt_void = float((mapped == self.void).mean())
             if alt_void < void / 2:
-                warnings.warn(LabelWarning(
-                    f"{path}: read as {self.name} {enc}s (the default when the file name does not say), "
-                    f"{void:.1%} of pixels are void; as {alt}s only {alt_void:.1%} would be. If it holds "
-                    f"{alt}s, pass --label-encoding {alt}"), stacklevel=3)
+                warnings.warn(
+                    LabelWarning(
+                        f"{path}: read as {self.name} {enc}s (the default when the file name does not say), "
+                        f"{void:.1%} of pixels are void; as {alt}s only {alt_void:.1%} would be. If it holds "
+                        f"{alt}s, pass --label-encoding {alt}"
+                    ),
+                    stacklevel=3,
+                )
                 return
 
     def to_dict(self) -> dict:
@@ -285,7 +312,7 @@ class LabelSpace:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabelSpace":
+    def from_dict(cls, d: dict) -> LabelSpace:
         return cls(
             name=d["name"],
             names=tuple(c["name"] for c in d["classes"]),
@@ -297,7 +324,7 @@ class LabelSpace:
         )
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "LabelSpace":
+    def from_file(cls, path: str | Path) -> LabelSpace:
         """A user-defined space from YAML or JSON::
 
             name: my-space
@@ -343,15 +370,19 @@ class LabelSpace:
         clash = sorted(set(ids) & set(void_ids))
         bad_void = [v for v in void_ids if not 0 <= v <= _MAX_FILE_ID]
         if clash or bad_void:
-            raise LabelError(f"{path}: void id(s) {clash or bad_void} "
-                             f"{'are also class ids' if clash else f'outside 0..{_MAX_FILE_ID}'}")
+            raise LabelError(
+                f"{path}: void id(s) {clash or bad_void} "
+                f"{'are also class ids' if clash else f'outside 0..{_MAX_FILE_ID}'}"
+            )
         dup_names = sorted({v for v in names if names.count(v) > 1})
         if dup_names:
             raise LabelError(f"{path}: class name(s) {dup_names} appear more than once")
         shared = sorted({tuple(c) for c in colors if colors.count(c) > 1})
         if shared:
-            raise LabelError(f"{path}: colour(s) {shared} are given to several classes, so colour "
-                             f"maps could not be decoded; give each class its own colour")
+            raise LabelError(
+                f"{path}: colour(s) {shared} are given to several classes, so colour "
+                f"maps could not be decoded; give each class its own colour"
+            )
         void_clash = [c for c in void_colors if c in colors]
         if void_clash:
             raise LabelError(f"{path}: void colour(s) {void_clash} are also class colours")
@@ -359,9 +390,14 @@ class LabelSpace:
         lut[ids] = np.arange(n)
         lut[void_ids] = n
         extra = {tuple(c): n for c in void_colors}
-        return cls(name=str(d.get("name", path.stem)), names=tuple(names),
-                   colors=np.array(colors, dtype=np.uint8), encodings={"id": lut},
-                   default_encoding="id", extra_colors=extra)
+        return cls(
+            name=str(d.get("name", path.stem)),
+            names=tuple(names),
+            colors=np.array(colors, dtype=np.uint8),
+            encodings={"id": lut},
+            default_encoding="id",
+            extra_colors=extra,
+        )
 
 
 _MAX_FILE_ID = 65535  # 16-bit PNGs are the widest id maps in use
@@ -420,22 +456,39 @@ def _ranges(values: np.ndarray) -> str:
 
 # Cityscapes: (labelId, name, trainId or None, colour) from the official label definition.
 _CITYSCAPES = [
-    (0, "unlabeled", None, (0, 0, 0)), (1, "ego vehicle", None, (0, 0, 0)),
-    (2, "rectification border", None, (0, 0, 0)), (3, "out of roi", None, (0, 0, 0)),
-    (4, "static", None, (20, 20, 20)), (5, "dynamic", None, (111, 74, 0)),
-    (6, "ground", None, (81, 0, 81)), (7, "road", 0, (128, 64, 128)),
-    (8, "sidewalk", 1, (244, 35, 232)), (9, "parking", None, (250, 170, 160)),
-    (10, "rail track", None, (230, 150, 140)), (11, "building", 2, (70, 70, 70)),
-    (12, "wall", 3, (102, 102, 156)), (13, "fence", 4, (190, 153, 153)),
-    (14, "guard rail", None, (180, 165, 180)), (15, "bridge", None, (150, 100, 100)),
-    (16, "tunnel", None, (150, 120, 90)), (17, "pole", 5, (153, 153, 153)),
-    (18, "polegroup", None, (153, 153, 153)), (19, "traffic light", 6, (250, 170, 30)),
-    (20, "traffic sign", 7, (220, 220, 0)), (21, "vegetation", 8, (107, 142, 35)),
-    (22, "terrain", 9, (152, 251, 152)), (23, "sky", 10, (70, 130, 180)),
-    (24, "person", 11, (220, 20, 60)), (25, "rider", 12, (255, 0, 0)),
-    (26, "car", 13, (0, 0, 142)), (27, "truck", 14, (0, 0, 70)), (28, "bus", 15, (0, 60, 100)),
-    (29, "caravan", None, (0, 0, 90)), (30, "trailer", None, (0, 0, 110)),
-    (31, "train", 16, (0, 80, 100)), (32, "motorcycle", 17, (0, 0, 230)),
+    (0, "unlabeled", None, (0, 0, 0)),
+    (1, "ego vehicle", None, (0, 0, 0)),
+    (2, "rectification border", None, (0, 0, 0)),
+    (3, "out of roi", None, (0, 0, 0)),
+    (4, "static", None, (20, 20, 20)),
+    (5, "dynamic", None, (111, 74, 0)),
+    (6, "ground", None, (81, 0, 81)),
+    (7, "road", 0, (128, 64, 128)),
+    (8, "sidewalk", 1, (244, 35, 232)),
+    (9, "parking", None, (250, 170, 160)),
+    (10, "rail track", None, (230, 150, 140)),
+    (11, "building", 2, (70, 70, 70)),
+    (12, "wall", 3, (102, 102, 156)),
+    (13, "fence", 4, (190, 153, 153)),
+    (14, "guard rail", None, (180, 165, 180)),
+    (15, "bridge", None, (150, 100, 100)),
+    (16, "tunnel", None, (150, 120, 90)),
+    (17, "pole", 5, (153, 153, 153)),
+    (18, "polegroup", None, (153, 153, 153)),
+    (19, "traffic light", 6, (250, 170, 30)),
+    (20, "traffic sign", 7, (220, 220, 0)),
+    (21, "vegetation", 8, (107, 142, 35)),
+    (22, "terrain", 9, (152, 251, 152)),
+    (23, "sky", 10, (70, 130, 180)),
+    (24, "person", 11, (220, 20, 60)),
+    (25, "rider", 12, (255, 0, 0)),
+    (26, "car", 13, (0, 0, 142)),
+    (27, "truck", 14, (0, 0, 70)),
+    (28, "bus", 15, (0, 60, 100)),
+    (29, "caravan", None, (0, 0, 90)),
+    (30, "trailer", None, (0, 0, 110)),
+    (31, "train", 16, (0, 80, 100)),
+    (32, "motorcycle", 17, (0, 0, 230)),
     (33, "bicycle", 18, (119, 11, 32)),
 ]
 
@@ -465,19 +518,28 @@ def _cityscapes() -> LabelSpace:
     inst_lut[:34] = label_lut
     inst_lut[1000:] = np.repeat(label_lut[1:], 1000)
     return LabelSpace(
-        name="cityscapes", names=names, colors=colors,
+        name="cityscapes",
+        names=names,
+        colors=colors,
         encodings={"labelId": label_lut, "trainId": train_lut, "instanceId": inst_lut},
-        default_encoding="labelId", extra_colors=extra,
-        filename_encodings=((r"labelIds", "labelId"), (r"trainIds", "trainId"),
-                            (r"instanceIds", "instanceId")),
+        default_encoding="labelId",
+        extra_colors=extra,
+        filename_encodings=((r"labelIds", "labelId"), (r"trainIds", "trainId"), (r"instanceIds", "instanceId")),
     )
 
 
 _CAMVID = [
-    ("sky", (128, 128, 128)), ("building", (128, 0, 0)), ("pole", (192, 192, 128)),
-    ("road", (128, 64, 128)), ("pavement", (60, 40, 222)), ("tree", (128, 128, 0)),
-    ("sign symbol", (192, 128, 128)), ("fence", (64, 64, 128)), ("car", (64, 0, 128)),
-    ("pedestrian", (64, 64, 0)), ("bicyclist", (0, 128, 192)),
+    ("sky", (128, 128, 128)),
+    ("building", (128, 0, 0)),
+    ("pole", (192, 192, 128)),
+    ("road", (128, 64, 128)),
+    ("pavement", (60, 40, 222)),
+    ("tree", (128, 128, 0)),
+    ("sign symbol", (192, 128, 128)),
+    ("fence", (64, 64, 128)),
+    ("car", (64, 0, 128)),
+    ("pedestrian", (64, 64, 0)),
+    ("bicyclist", (0, 128, 192)),
 ]
 
 
@@ -486,9 +548,13 @@ def _camvid() -> LabelSpace:
     lut[:11] = np.arange(11)
     lut[11] = 11  # SegNet's "unlabelled"
     return LabelSpace(
-        name="camvid", names=tuple(n for n, _ in _CAMVID),
+        name="camvid",
+        names=tuple(n for n, _ in _CAMVID),
         colors=np.array([c for _, c in _CAMVID], dtype=np.uint8),
-        encodings={"id": lut}, default_encoding="id", extra_colors={(0, 0, 0): 11})
+        encodings={"id": lut},
+        default_encoding="id",
+        extra_colors={(0, 0, 0): 11},
+    )
 
 
 def _bit_palette(n: int) -> np.ndarray:
@@ -506,31 +572,190 @@ def _bit_palette(n: int) -> np.ndarray:
 # COCO-Stuff (Caesar et al.): the 91 COCO thing ids (11 never annotated, kept as placeholders so
 # indices line up) then the 91 stuff classes. Files use "id - 1": value v is class v, 255 unlabelled.
 _COCO_THINGS = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
-    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
-    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
-    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
-    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
-    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
-    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush", None,
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    None,
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    None,
+    "backpack",
+    "umbrella",
+    None,
+    None,
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    None,
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    None,
+    "dining table",
+    None,
+    None,
+    "toilet",
+    None,
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    None,
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+    None,
 )
 _COCO_STUFF = (
-    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
-    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds", "counter",
-    "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
-    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit",
-    "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves", "light", "mat",
-    "metal", "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement",
-    "pillow", "plant-other", "plastic", "platform", "playingfield", "railing", "railroad", "river",
-    "road", "rock", "roof", "rug", "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow",
-    "solid-other", "stairs", "stone", "straw", "structural-other", "table", "tent", "textile-other",
-    "towel", "tree", "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel",
-    "wall-stone", "wall-tile", "wall-wood", "water-other", "waterdrops", "window-blind",
-    "window-other", "wood",
+    "banner",
+    "blanket",
+    "branch",
+    "bridge",
+    "building-other",
+    "bush",
+    "cabinet",
+    "cage",
+    "cardboard",
+    "carpet",
+    "ceiling-other",
+    "ceiling-tile",
+    "cloth",
+    "clothes",
+    "clouds",
+    "counter",
+    "cupboard",
+    "curtain",
+    "desk-stuff",
+    "dirt",
+    "door-stuff",
+    "fence",
+    "floor-marble",
+    "floor-other",
+    "floor-stone",
+    "floor-tile",
+    "floor-wood",
+    "flower",
+    "fog",
+    "food-other",
+    "fruit",
+    "furniture-other",
+    "grass",
+    "gravel",
+    "ground-other",
+    "hill",
+    "house",
+    "leaves",
+    "light",
+    "mat",
+    "metal",
+    "mirror-stuff",
+    "moss",
+    "mountain",
+    "mud",
+    "napkin",
+    "net",
+    "paper",
+    "pavement",
+    "pillow",
+    "plant-other",
+    "plastic",
+    "platform",
+    "playingfield",
+    "railing",
+    "railroad",
+    "river",
+    "road",
+    "rock",
+    "roof",
+    "rug",
+    "salad",
+    "sand",
+    "sea",
+    "shelf",
+    "sky-other",
+    "skyscraper",
+    "snow",
+    "solid-other",
+    "stairs",
+    "stone",
+    "straw",
+    "structural-other",
+    "table",
+    "tent",
+    "textile-other",
+    "towel",
+    "tree",
+    "vegetable",
+    "wall-brick",
+    "wall-concrete",
+    "wall-other",
+    "wall-panel",
+    "wall-stone",
+    "wall-tile",
+    "wall-wood",
+    "water-other",
+    "waterdrops",
+    "window-blind",
+    "window-other",
+    "wood",
 )
 
 
@@ -541,8 +766,13 @@ def _cocostuff() -> LabelSpace:
     lut[:n] = np.arange(n)
     lut[255] = n
     return LabelSpace(
-        name="cocostuff", names=names, colors=_bit_palette(n), encodings={"id": lut},
-        default_encoding="id", extra_colors={(0, 0, 0): n})
+        name="cocostuff",
+        names=names,
+        colors=_bit_palette(n),
+        encodings={"id": lut},
+        default_encoding="id",
+        extra_colors={(0, 0, 0): n},
+    )
 
 
 # ADE20K scene-parsing benchmark (SceneParsing150): (name, colour) for file values 1..150, in the
@@ -550,57 +780,156 @@ def _cocostuff() -> LabelSpace:
 # ("television receiver" is its second, as the benchmark's own short list has it); colours are
 # color150.mat. Road and skyscraper share (140, 140, 140) in that palette.
 _ADE20K = [
-    ("wall", (120, 120, 120)), ("building", (180, 120, 120)), ("sky", (6, 230, 230)),
-    ("floor", (80, 50, 50)), ("tree", (4, 200, 3)), ("ceiling", (120, 120, 80)),
-    ("road", (140, 140, 140)), ("bed", (204, 5, 255)), ("windowpane", (230, 230, 230)),
-    ("grass", (4, 250, 7)), ("cabinet", (224, 5, 255)), ("sidewalk", (235, 255, 7)),
-    ("person", (150, 5, 61)), ("earth", (120, 120, 70)), ("door", (8, 255, 51)),
-    ("table", (255, 6, 82)), ("mountain", (143, 255, 140)), ("plant", (204, 255, 4)),
-    ("curtain", (255, 51, 7)), ("chair", (204, 70, 3)), ("car", (0, 102, 200)),
-    ("water", (61, 230, 250)), ("painting", (255, 6, 51)), ("sofa", (11, 102, 255)),
-    ("shelf", (255, 7, 71)), ("house", (255, 9, 224)), ("sea", (9, 7, 230)),
-    ("mirror", (220, 220, 220)), ("rug", (255, 9, 92)), ("field", (112, 9, 255)),
-    ("armchair", (8, 255, 214)), ("seat", (7, 255, 224)), ("fence", (255, 184, 6)),
-    ("desk", (10, 255, 71)), ("rock", (255, 41, 10)), ("wardrobe", (7, 255, 255)),
-    ("lamp", (224, 255, 8)), ("bathtub", (102, 8, 255)), ("railing", (255, 61, 6)),
-    ("cushion", (255, 194, 7)), ("base", (255, 122, 8)), ("box", (0, 255, 20)),
-    ("column", (255, 8, 41)), ("signboard", (255, 5, 153)), ("chest of drawers", (6, 51, 255)),
-    ("counter", (235, 12, 255)), ("sand", (160, 150, 20)), ("sink", (0, 163, 255)),
-    ("skyscraper", (140, 140, 140)), ("fireplace", (250, 10, 15)), ("refrigerator", (20, 255, 0)),
-    ("grandstand", (31, 255, 0)), ("path", (255, 31, 0)), ("stairs", (255, 224, 0)),
-    ("runway", (153, 255, 0)), ("case", (0, 0, 255)), ("pool table", (255, 71, 0)),
-    ("pillow", (0, 235, 255)), ("screen door", (0, 173, 255)), ("stairway", (31, 0, 255)),
-    ("river", (11, 200, 200)), ("bridge", (255, 82, 0)), ("bookcase", (0, 255, 245)),
-    ("blind", (0, 61, 255)), ("coffee table", (0, 255, 112)), ("toilet", (0, 255, 133)),
-    ("flower", (255, 0, 0)), ("book", (255, 163, 0)), ("hill", (255, 102, 0)),
-    ("bench", (194, 255, 0)), ("countertop", (0, 143, 255)), ("stove", (51, 255, 0)),
-    ("palm", (0, 82, 255)), ("kitchen island", (0, 255, 41)), ("computer", (0, 255, 173)),
-    ("swivel chair", (10, 0, 255)), ("boat", (173, 255, 0)), ("bar", (0, 255, 153)),
-    ("arcade machine", (255, 92, 0)), ("hovel", (255, 0, 255)), ("bus", (255, 0, 245)),
-    ("towel", (255, 0, 102)), ("light", (255, 173, 0)), ("truck", (255, 0, 20)),
-    ("tower", (255, 184, 184)), ("chandelier", (0, 31, 255)), ("awning", (0, 255, 61)),
-    ("streetlight", (0, 71, 255)), ("booth", (255, 0, 204)),
-    ("television receiver", (0, 255, 194)), ("airplane", (0, 255, 82)),
-    ("dirt track", (0, 10, 255)), ("apparel", (0, 112, 255)), ("pole", (51, 0, 255)),
-    ("land", (0, 194, 255)), ("bannister", (0, 122, 255)), ("escalator", (0, 255, 163)),
-    ("ottoman", (255, 153, 0)), ("bottle", (0, 255, 10)), ("buffet", (255, 112, 0)),
-    ("poster", (143, 255, 0)), ("stage", (82, 0, 255)), ("van", (163, 255, 0)),
-    ("ship", (255, 235, 0)), ("fountain", (8, 184, 170)), ("conveyer belt", (133, 0, 255)),
-    ("canopy", (0, 255, 92)), ("washer", (184, 0, 255)), ("plaything", (255, 0, 31)),
-    ("swimming pool", (0, 184, 255)), ("stool", (0, 214, 255)), ("barrel", (255, 0, 112)),
-    ("basket", (92, 255, 0)), ("waterfall", (0, 224, 255)), ("tent", (112, 224, 255)),
-    ("bag", (70, 184, 160)), ("minibike", (163, 0, 255)), ("cradle", (153, 0, 255)),
-    ("oven", (71, 255, 0)), ("ball", (255, 0, 163)), ("food", (255, 204, 0)),
-    ("step", (255, 0, 143)), ("tank", (0, 255, 235)), ("trade name", (133, 255, 0)),
-    ("microwave", (255, 0, 235)), ("pot", (245, 0, 255)), ("animal", (255, 0, 122)),
-    ("bicycle", (255, 245, 0)), ("lake", (10, 190, 212)), ("dishwasher", (214, 255, 0)),
-    ("screen", (0, 204, 255)), ("blanket", (20, 0, 255)), ("sculpture", (255, 255, 0)),
-    ("hood", (0, 153, 255)), ("sconce", (0, 41, 255)), ("vase", (0, 255, 204)),
-    ("traffic light", (41, 0, 255)), ("tray", (41, 255, 0)), ("ashcan", (173, 0, 255)),
-    ("fan", (0, 245, 255)), ("pier", (71, 0, 255)), ("crt screen", (122, 0, 255)),
-    ("plate", (0, 255, 184)), ("monitor", (0, 92, 255)), ("bulletin board", (184, 255, 0)),
-    ("shower", (0, 133, 255)), ("radiator", (255, 214, 0)), ("glass", (25, 194, 194)),
-    ("clock", (102, 255, 0)), ("flag", (92, 0, 255)),
+    ("wall", (120, 120, 120)),
+    ("building", (180, 120, 120)),
+    ("sky", (6, 230, 230)),
+    ("floor", (80, 50, 50)),
+    ("tree", (4, 200, 3)),
+    ("ceiling", (120, 120, 80)),
+    ("road", (140, 140, 140)),
+    ("bed", (204, 5, 255)),
+    ("windowpane", (230, 230, 230)),
+    ("grass", (4, 250, 7)),
+    ("cabinet", (224, 5, 255)),
+    ("sidewalk", (235, 255, 7)),
+    ("person", (150, 5, 61)),
+    ("earth", (120, 120, 70)),
+    ("door", (8, 255, 51)),
+    ("table", (255, 6, 82)),
+    ("mountain", (143, 255, 140)),
+    ("plant", (204, 255, 4)),
+    ("curtain", (255, 51, 7)),
+    ("chair", (204, 70, 3)),
+    ("car", (0, 102, 200)),
+    ("water", (61, 230, 250)),
+    ("painting", (255, 6, 51)),
+    ("sofa", (11, 102, 255)),
+    ("shelf", (255, 7, 71)),
+    ("house", (255, 9, 224)),
+    ("sea", (9, 7, 230)),
+    ("mirror", (220, 220, 220)),
+    ("rug", (255, 9, 92)),
+    ("field", (112, 9, 255)),
+    ("armchair", (8, 255, 214)),
+    ("seat", (7, 255, 224)),
+    ("fence", (255, 184, 6)),
+    ("desk", (10, 255, 71)),
+    ("rock", (255, 41, 10)),
+    ("wardrobe", (7, 255, 255)),
+    ("lamp", (224, 255, 8)),
+    ("bathtub", (102, 8, 255)),
+    ("railing", (255, 61, 6)),
+    ("cushion", (255, 194, 7)),
+    ("base", (255, 122, 8)),
+    ("box", (0, 255, 20)),
+    ("column", (255, 8, 41)),
+    ("signboard", (255, 5, 153)),
+    ("chest of drawers", (6, 51, 255)),
+    ("counter", (235, 12, 255)),
+    ("sand", (160, 150, 20)),
+    ("sink", (0, 163, 255)),
+    ("skyscraper", (140, 140, 140)),
+    ("fireplace", (250, 10, 15)),
+    ("refrigerator", (20, 255, 0)),
+    ("grandstand", (31, 255, 0)),
+    ("path", (255, 31, 0)),
+    ("stairs", (255, 224, 0)),
+    ("runway", (153, 255, 0)),
+    ("case", (0, 0, 255)),
+    ("pool table", (255, 71, 0)),
+    ("pillow", (0, 235, 255)),
+    ("screen door", (0, 173, 255)),
+    ("stairway", (31, 0, 255)),
+    ("river", (11, 200, 200)),
+    ("bridge", (255, 82, 0)),
+    ("bookcase", (0, 255, 245)),
+    ("blind", (0, 61, 255)),
+    ("coffee table", (0, 255, 112)),
+    ("toilet", (0, 255, 133)),
+    ("flower", (255, 0, 0)),
+    ("book", (255, 163, 0)),
+    ("hill", (255, 102, 0)),
+    ("bench", (194, 255, 0)),
+    ("countertop", (0, 143, 255)),
+    ("stove", (51, 255, 0)),
+    ("palm", (0, 82, 255)),
+    ("kitchen island", (0, 255, 41)),
+    ("computer", (0, 255, 173)),
+    ("swivel chair", (10, 0, 255)),
+    ("boat", (173, 255, 0)),
+    ("bar", (0, 255, 153)),
+    ("arcade machine", (255, 92, 0)),
+    ("hovel", (255, 0, 255)),
+    ("bus", (255, 0, 245)),
+    ("towel", (255, 0, 102)),
+    ("light", (255, 173, 0)),
+    ("truck", (255, 0, 20)),
+    ("tower", (255, 184, 184)),
+    ("chandelier", (0, 31, 255)),
+    ("awning", (0, 255, 61)),
+    ("streetlight", (0, 71, 255)),
+    ("booth", (255, 0, 204)),
+    ("television receiver", (0, 255, 194)),
+    ("airplane", (0, 255, 82)),
+    ("dirt track", (0, 10, 255)),
+    ("apparel", (0, 112, 255)),
+    ("pole", (51, 0, 255)),
+    ("land", (0, 194, 255)),
+    ("bannister", (0, 122, 255)),
+    ("escalator", (0, 255, 163)),
+    ("ottoman", (255, 153, 0)),
+    ("bottle", (0, 255, 10)),
+    ("buffet", (255, 112, 0)),
+    ("poster", (143, 255, 0)),
+    ("stage", (82, 0, 255)),
+    ("van", (163, 255, 0)),
+    ("ship", (255, 235, 0)),
+    ("fountain", (8, 184, 170)),
+    ("conveyer belt", (133, 0, 255)),
+    ("canopy", (0, 255, 92)),
+    ("washer", (184, 0, 255)),
+    ("plaything", (255, 0, 31)),
+    ("swimming pool", (0, 184, 255)),
+    ("stool", (0, 214, 255)),
+    ("barrel", (255, 0, 112)),
+    ("basket", (92, 255, 0)),
+    ("waterfall", (0, 224, 255)),
+    ("tent", (112, 224, 255)),
+    ("bag", (70, 184, 160)),
+    ("minibike", (163, 0, 255)),
+    ("cradle", (153, 0, 255)),
+    ("oven", (71, 255, 0)),
+    ("ball", (255, 0, 163)),
+    ("food", (255, 204, 0)),
+    ("step", (255, 0, 143)),
+    ("tank", (0, 255, 235)),
+    ("trade name", (133, 255, 0)),
+    ("microwave", (255, 0, 235)),
+    ("pot", (245, 0, 255)),
+    ("animal", (255, 0, 122)),
+    ("bicycle", (255, 245, 0)),
+    ("lake", (10, 190, 212)),
+    ("dishwasher", (214, 255, 0)),
+    ("screen", (0, 204, 255)),
+    ("blanket", (20, 0, 255)),
+    ("sculpture", (255, 255, 0)),
+    ("hood", (0, 153, 255)),
+    ("sconce", (0, 41, 255)),
+    ("vase", (0, 255, 204)),
+    ("traffic light", (41, 0, 255)),
+    ("tray", (41, 255, 0)),
+    ("ashcan", (173, 0, 255)),
+    ("fan", (0, 245, 255)),
+    ("pier", (71, 0, 255)),
+    ("crt screen", (122, 0, 255)),
+    ("plate", (0, 255, 184)),
+    ("monitor", (0, 92, 255)),
+    ("bulletin board", (184, 255, 0)),
+    ("shower", (0, 133, 255)),
+    ("radiator", (255, 214, 0)),
+    ("glass", (25, 194, 194)),
+    ("clock", (102, 255, 0)),
+    ("flag", (92, 0, 255)),
 ]
 
 
@@ -608,11 +937,15 @@ def _ade20k() -> LabelSpace:
     n = len(_ADE20K)
     lut = np.full(256, -1, dtype=np.int64)
     lut[0] = n  # "other": pixels outside the 150 classes
-    lut[1:n + 1] = np.arange(n)
+    lut[1 : n + 1] = np.arange(n)
     return LabelSpace(
-        name="ade20k", names=tuple(a for a, _ in _ADE20K),
-        colors=np.array([c for _, c in _ADE20K], dtype=np.uint8), encodings={"id": lut},
-        default_encoding="id", extra_colors={(0, 0, 0): n})
+        name="ade20k",
+        names=tuple(a for a, _ in _ADE20K),
+        colors=np.array([c for _, c in _ADE20K], dtype=np.uint8),
+        encodings={"id": lut},
+        default_encoding="id",
+        extra_colors={(0, 0, 0): n},
+    )
 
 
 _REGISTRY: dict[str, LabelSpace] = {}
@@ -628,8 +961,7 @@ def available_spaces() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
 
 
-def layout_reader(space: LabelSpace, label_space: "str | Path | LabelSpace | None" = None,
-                  encoding: str | None = None):
+def layout_reader(space: LabelSpace, label_space: str | Path | LabelSpace | None = None, encoding: str | None = None):
     """path -> (H, W) class indices of `space` (a model's). Files are decoded in `label_space`
     (default: `space` itself) with `encoding`; another space's classes are mapped to `space`'s by
     name (case-insensitive), so e.g. a user YAML with its own colours for the Cityscapes classes
@@ -640,13 +972,15 @@ def layout_reader(space: LabelSpace, label_space: "str | Path | LabelSpace | Non
     index = {n.lower(): i for i, n in enumerate(space.names)}
     missing = [n for n in src.names if n.lower() not in index]
     if missing:
-        raise LabelError(f"label space {src.name!r} has class(es) {missing[:5]} that the model's space "
-                         f"{space.name!r} does not know; its classes: {', '.join(space.names)}")
+        raise LabelError(
+            f"label space {src.name!r} has class(es) {missing[:5]} that the model's space "
+            f"{space.name!r} does not know; its classes: {', '.join(space.names)}"
+        )
     lut = np.array([index[n.lower()] for n in src.names] + [space.void], dtype=np.int64)
     return lambda path: lut[src.read(path, encoding)]
 
 
-def get_space(name: "str | Path | LabelSpace | dict") -> LabelSpace:
+def get_space(name: str | Path | LabelSpace | dict) -> LabelSpace:
     """A built-in space by name, a user space from a YAML/JSON file, or a stored dict."""
     if isinstance(name, LabelSpace):
         return name
@@ -679,7 +1013,8 @@ def one_hot(ids: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.T
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > num_classes):
         raise LabelError(
             f"class index out of range: found {int(ids.min())}..{int(ids.max())}, "
-            f"valid 0..{num_classes} (void = {num_classes})")
+            f"valid 0..{num_classes} (void = {num_classes})"
+        )
     out = torch.zeros(ids.shape[0], num_classes + 1, *ids.shape[1:], dtype=dtype, device=ids.device)
     return out.scatter_(1, ids.unsqueeze(1), 1.0)
 

@@ -14,23 +14,26 @@ The random scene depends only on the seed (not on `size`), so the same seed rend
 sign, vegetation, terrain, sky, person, car, truck, bus (rider, train, motorcycle and bicycle are
 not generated).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .labels import get_space, save_label
 from .errors import InputError, OutputExistsError
+from .labels import get_space, save_label
 
 __all__ = ["street_layout", "street_layouts", "write_layouts", "CLASSES"]
 
 _NAMES = get_space("cityscapes").names
 CLASSES = {n: i for i, n in enumerate(_NAMES)}
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (CLASSES[n] for n in
-                                               ("road", "sidewalk", "building", "wall", "fence", "pole"))
-LIGHT, SIGN, VEGETATION, TERRAIN, SKY = (CLASSES[n] for n in
-                                         ("traffic light", "traffic sign", "vegetation", "terrain", "sky"))
+ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (
+    CLASSES[n] for n in ("road", "sidewalk", "building", "wall", "fence", "pole")
+)
+LIGHT, SIGN, VEGETATION, TERRAIN, SKY = (
+    CLASSES[n] for n in ("traffic light", "traffic sign", "vegetation", "terrain", "sky")
+)
 PERSON, CAR, TRUCK, BUS = (CLASSES[n] for n in ("person", "car", "truck", "bus"))
 
 _EPS = 0.02  # depth bias (m) so attached parts (sign on pole, feet on ground) win depth ties
@@ -82,8 +85,10 @@ class _Canvas:
         rows, cols = box
         X = (self.u[cols] * Z / self.f)[None, :]
         Y = (self.hc - self.v[rows] * Z / self.f)[:, None]
-        mask = np.broadcast_to(shape(X, Y) & (X >= x0) & (X <= x1) & (Y >= y0) & (Y <= y1),
-                               (rows.stop - rows.start, cols.stop - cols.start))
+        mask = np.broadcast_to(
+            shape(X, Y) & (X >= x0) & (X <= x1) & (Y >= y0) & (Y <= y1),
+            (rows.stop - rows.start, cols.stop - cols.start),
+        )
         self.paint(rows, cols, mask, Z - bias, cls)
 
     def lateral(self, Xs, z0, z1, y0, y1, shape, cls, bias=0.0):
@@ -147,6 +152,7 @@ def _blob(cx, cy, r, rng):
         ang = np.arctan2(dy, dx)
         rad = r * (1 + 0.12 * np.sin(5 * ang + ph[0]) + 0.08 * np.sin(11 * ang + ph[1]))
         return dx * dx + dy * dy <= rad * rad
+
     return shape
 
 
@@ -156,8 +162,7 @@ def _tree(cv, X, Z, rng):
     cy = trunk_h + 0.7 * r
     tw = _thick(cv, Z, 0.3) / 2
     cv.frontal(Z, X - tw, X + tw, 0, trunk_h + 0.2, lambda x, y: np.abs(x - X) <= tw, VEGETATION, bias=_EPS)
-    cv.frontal(Z, X - 1.3 * r, X + 1.3 * r, cy - 1.4 * r, cy + 1.4 * r, _blob(X, cy, r, rng),
-               VEGETATION, bias=_EPS)
+    cv.frontal(Z, X - 1.3 * r, X + 1.3 * r, cy - 1.4 * r, cy + 1.4 * r, _blob(X, cy, r, rng), VEGETATION, bias=_EPS)
 
 
 def _thick(cv, Z, w):
@@ -167,8 +172,7 @@ def _thick(cv, Z, w):
 
 def _pole(cv, X, Z, height, width=0.18):
     width = _thick(cv, Z, width)
-    cv.frontal(Z, X - width / 2, X + width / 2, 0, height, lambda x, y: np.abs(x - X) <= width / 2,
-               POLE, bias=_EPS)
+    cv.frontal(Z, X - width / 2, X + width / 2, 0, height, lambda x, y: np.abs(x - X) <= width / 2, POLE, bias=_EPS)
 
 
 def _sign(cv, X, Z, y, size, kind):
@@ -186,8 +190,7 @@ def _sign(cv, X, Z, y, size, kind):
 def _traffic_light(cv, X, Z, y_top, rng):
     """A light housing (0.35 x 0.95 m) hanging from y_top."""
     w, h = 0.35, 0.95 * _uniform(rng, 0.9, 1.1)
-    cv.frontal(Z, X - w / 2, X + w / 2, y_top - h, y_top, lambda x, y: np.ones_like(x + y, bool),
-               LIGHT, bias=2 * _EPS)
+    cv.frontal(Z, X - w / 2, X + w / 2, y_top - h, y_top, lambda x, y: np.ones_like(x + y, bool), LIGHT, bias=2 * _EPS)
 
 
 def _person(cv, X, Z, rng):
@@ -209,6 +212,7 @@ def _person(cv, X, Z, rng):
         if bag:
             out |= (y >= 0.75 * s) & (y <= 1.05 * s) & (v >= shoulder) & (v <= shoulder + 0.25)
         return out
+
     cv.frontal(Z, X - 0.6, X + 0.6, 0, 1.8 * s, shape, PERSON, bias=_EPS)
 
 
@@ -239,10 +243,19 @@ def _vehicle(cv, Xc, Z0, kind, rng):
 
     body_top = belt if belt is not None else top
     # near end (rear or front); no rounded corners: they would notch the silhouette where the side shows
-    cv.frontal(Z0, Xc - half, Xc + half, 0, body_top,
-               lambda x, y: ((y >= clear) & (np.abs(x - Xc) <= half)) | wheels_end(x, y), kind, bias=_EPS)
+    cv.frontal(
+        Z0,
+        Xc - half,
+        Xc + half,
+        0,
+        body_top,
+        lambda x, y: ((y >= clear) & (np.abs(x - Xc) <= half)) | wheels_end(x, y),
+        kind,
+        bias=_EPS,
+    )
     if side_sign:
         sx = Xc + side_sign * half
+
         def prof(dz, y):
             body = y >= clear
             if kind == TRUCK:  # cargo box at the near end, a lower cab at the far end
@@ -257,11 +270,18 @@ def _vehicle(cv, Xc, Z0, kind, rng):
     rise = lambda y: np.clip((y - belt) / (top - belt), 0, 1)  # noqa: E731
     cv.frontal(Z0 + c0, Xc - ch, Xc + ch, belt, top, solid, CAR, bias=_EPS)  # rear window
     if side_sign:  # side windows, the windscreen slanting back at the far end
-        cv.lateral(Xc + side_sign * ch, Z0 + c0, Z0 + c1, belt, top,
-                   lambda dz, y: dz <= c1 - c0 - 0.6 * rise(y), CAR, bias=_EPS)
+        cv.lateral(
+            Xc + side_sign * ch,
+            Z0 + c0,
+            Z0 + c1,
+            belt,
+            top,
+            lambda dz, y: dz <= c1 - c0 - 0.6 * rise(y),
+            CAR,
+            bias=_EPS,
+        )
     if top < cv.hc:  # a roof seen from above (high camera, low car)
-        cv.horizontal(top, Xc - ch + 0.25, Xc + ch - 0.25, Z0 + c0 + 0.35, Z0 + c1 - 0.45, solid, CAR,
-                      bias=_EPS)
+        cv.horizontal(top, Xc - ch + 0.25, Xc + ch - 0.25, Z0 + c0 + 0.35, Z0 + c1 - 0.45, solid, CAR, bias=_EPS)
 
 
 # ---------------------------------------------------------------------- the street
@@ -301,8 +321,15 @@ def _draw_blocks(cv, blocks, edge, sign, rng):
         if kind == "park":  # trees further back, a low fence or wall at the front
             Xt = X + sign * _uniform(rng, 2, 8)
             cv.lateral(Xt, z0, z1, 0, top, lambda dz, y, p=prof, a=z0: y <= p(dz + a), VEGETATION)
-            cv.frontal(z0, min(X, Xt + sign * 30), max(X, Xt + sign * 30), 0, top,
-                       lambda x, y, p=prof, a=z0: y <= p(np.full_like(x, a)), VEGETATION)
+            cv.frontal(
+                z0,
+                min(X, Xt + sign * 30),
+                max(X, Xt + sign * 30),
+                0,
+                top,
+                lambda x, y, p=prof, a=z0: y <= p(np.full_like(x, a)),
+                VEGETATION,
+            )
             if barrier:
                 bh = _uniform(rng, 0.9, 1.6)
                 bcls = FENCE if barrier == 1 else WALL
@@ -310,8 +337,15 @@ def _draw_blocks(cv, blocks, edge, sign, rng):
             continue
         cv.lateral(X, z0, z1, 0, top, lambda dz, y, p=prof, a=z0: y <= p(dz + a), cls)
         # the end face of the block (visible where the previous block is set back or lower)
-        cv.frontal(z0, min(X, X + sign * 30), max(X, X + sign * 30), 0, top,
-                   lambda x, y, p=prof, a=z0: y <= p(np.full_like(x, a)), cls)
+        cv.frontal(
+            z0,
+            min(X, X + sign * 30),
+            max(X, X + sign * 30),
+            0,
+            top,
+            lambda x, y, p=prof, a=z0: y <= p(np.full_like(x, a)),
+            cls,
+        )
     return np.array(starts), np.array(ground)
 
 
@@ -376,8 +410,9 @@ def street_layout(seed: int, size: tuple[int, int] = (256, 512)) -> np.ndarray:
                 _pole(cv, X, z, h, width=_uniform(rng, 0.16, 0.26))
                 arm = _uniform(rng, 1.0, 2.2)
                 xs = sorted((X, X - sign_ * arm))
-                cv.frontal(z, xs[0], xs[1], h - _thick(cv, z, 0.15), h,
-                           lambda x, y: np.ones_like(x + y, bool), POLE, bias=_EPS)
+                cv.frontal(
+                    z, xs[0], xs[1], h - _thick(cv, z, 0.15), h, lambda x, y: np.ones_like(x + y, bool), POLE, bias=_EPS
+                )
             elif r < 0.7:  # sign post
                 h = _uniform(rng, 2.4, 3.4)
                 _pole(cv, X, z, h, width=0.1)
@@ -400,8 +435,16 @@ def street_layout(seed: int, size: tuple[int, int] = (256, 512)) -> np.ndarray:
             reach = _uniform(rng, 3, min(7, lanes * lane_w - 1))
             _pole(cv, X, z_light, ha + 0.1)
             xs = sorted((X, X - sign_ * reach))
-            cv.frontal(z_light, xs[0], xs[1], ha + 0.05 - _thick(cv, z_light, 0.17), ha + 0.05,
-                       lambda x, y: np.ones_like(x + y, bool), POLE, bias=_EPS)
+            cv.frontal(
+                z_light,
+                xs[0],
+                xs[1],
+                ha + 0.05 - _thick(cv, z_light, 0.17),
+                ha + 0.05,
+                lambda x, y: np.ones_like(x + y, bool),
+                POLE,
+                bias=_EPS,
+            )
             for t in rng.uniform(0.5, 1.0, int(rng.integers(1, 3))):
                 _traffic_light(cv, X - sign_ * reach * t, z_light, ha - 0.1, rng)
 
@@ -435,8 +478,14 @@ def street_layouts(n: int, seed: int = 0, size: tuple[int, int] = (256, 512)) ->
     return np.stack([street_layout(seed + i, size) for i in range(n)])
 
 
-def write_layouts(out: "str | Path", n: int = 4, seed: int = 0, size: tuple[int, int] = (256, 512),
-                  color: bool = False, overwrite: bool = False) -> list[Path]:
+def write_layouts(
+    out: str | Path,
+    n: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 512),
+    color: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write layouts as grey trainId maps `layout_<seed>_trainIds.png` (255 = void; read back
     with `get_space("cityscapes").read(p)` or encoding "index"), plus `layout_<seed>_color.png`
     previews when `color`. Existing files are refused (before anything is written) unless
@@ -453,8 +502,9 @@ def write_layouts(out: "str | Path", n: int = 4, seed: int = 0, size: tuple[int,
     plan = [(s, out / f"layout_{s:05d}_{kind}.png", c) for s in range(seed, seed + n) for kind, c in kinds]
     existing = [p for _, p, _ in plan if p.exists()]
     if existing and not overwrite:
-        raise OutputExistsError(f"{len(existing)} layout file(s) already exist, e.g. {existing[0]}; "
-                                "pass --overwrite to replace them")
+        raise OutputExistsError(
+            f"{len(existing)} layout file(s) already exist, e.g. {existing[0]}; pass --overwrite to replace them"
+        )
     check_writable_dir(out)
     written, ids = [], None
     for s, path, c in plan:

@@ -23,21 +23,30 @@ discriminator): a layout-conditioned multi-scale PatchGAN with hinge loss and di
 matching, the recipe of pix2pixHD/SPADE. It restores texture that a short perceptual-only run
 leaves blurred; the official presets never enable it.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .errors import InputError, UnknownNameError
 from .labels import area_resize
 from .models.backbones import Backbone, build_backbone
-from .errors import InputError, UnknownNameError
 
-__all__ = ["PerceptualLoss", "AdversarialLoss", "PatchDiscriminator", "LOSS_PRESETS", "build_loss",
-           "build_adversarial", "calibrate_layer_weights", "MODES"]
+__all__ = [
+    "PerceptualLoss",
+    "AdversarialLoss",
+    "PatchDiscriminator",
+    "LOSS_PRESETS",
+    "build_loss",
+    "build_adversarial",
+    "calibrate_layer_weights",
+    "MODES",
+]
 
 MODES = ("diversity", "mean")
 
@@ -69,11 +78,23 @@ LOSS_PRESETS: dict[str, tuple[str, list[tuple[str, float]], str]] = {
     #               0.057-0.045, fire9 0.40-0.27).
     # L1 on pixels only (0..255 scale): weight-free, for tests and smoke runs.
     "pixel": ("pixels", [("input", 1.0)], "diversity"),
-    "normalised-vgg": ("vgg19-normalised", [("input", 1.0), ("conv1_2", 1 / 0.055), ("conv2_2", 1 / 0.057),
-                                            ("conv3_1", 1 / 0.048)], "diversity"),
-    "squeezenet": ("squeezenet1_1", [("input", 1.0), ("conv1", 1 / 0.65), ("fire3", 1 / 2.3),
-                                     ("fire5", 1 / 1.8), ("fire7", 1 / 1.0), ("fire9", 1 / 0.36)],
-                   "diversity"),
+    "normalised-vgg": (
+        "vgg19-normalised",
+        [("input", 1.0), ("conv1_2", 1 / 0.055), ("conv2_2", 1 / 0.057), ("conv3_1", 1 / 0.048)],
+        "diversity",
+    ),
+    "squeezenet": (
+        "squeezenet1_1",
+        [
+            ("input", 1.0),
+            ("conv1", 1 / 0.65),
+            ("fire3", 1 / 2.3),
+            ("fire5", 1 / 1.8),
+            ("fire7", 1 / 1.0),
+            ("fire9", 1 / 0.36),
+        ],
+        "diversity",
+    ),
 }
 for _name in ("normalised-vgg", "squeezenet"):
     _bb, _layers, _ = LOSS_PRESETS[_name]
@@ -87,8 +108,14 @@ class PerceptualLoss(nn.Module):
     ``layer/<name>`` (unweighted mean |ΔΦ| of that layer over b, k and positions) and, in
     diversity mode, ``term/min`` and ``term/mean`` (the two parts before mixing)."""
 
-    def __init__(self, backbone: Backbone | nn.Module | str, layers: Iterable[tuple[str, float]],
-                 mode: str = "diversity", mix: tuple[float, float] = (0.999, 0.001), backbone_path=None):
+    def __init__(
+        self,
+        backbone: Backbone | nn.Module | str,
+        layers: Iterable[tuple[str, float]],
+        mode: str = "diversity",
+        mix: tuple[float, float] = (0.999, 0.001),
+        backbone_path=None,
+    ):
         super().__init__()
         self.layers = [(str(n), float(w)) for n, w in layers]
         if not self.layers:
@@ -100,8 +127,10 @@ class PerceptualLoss(nn.Module):
         if isinstance(backbone, Backbone):
             missing = [n for n, _ in self.layers if n not in backbone.requested]
             if missing:
-                raise InputError(f"the backbone does not return {missing} (it returns {backbone.requested}); "
-                                 f"build it with build_backbone(..., layers=[...]) including them")
+                raise InputError(
+                    f"the backbone does not return {missing} (it returns {backbone.requested}); "
+                    f"build it with build_backbone(..., layers=[...]) including them"
+                )
         self.backbone = backbone
         self.mode = mode
         self.mix = (float(mix[0]), float(mix[1]))
@@ -114,12 +143,15 @@ class PerceptualLoss(nn.Module):
         if fake.dim() == 4:
             fake = fake.unsqueeze(1)
         if fake.dim() != 5 or real.dim() != 4 or fake.shape[0] != real.shape[0] or fake.shape[2:] != real.shape[1:]:
-            raise InputError(f"expected fake (B,k,3,H,W) and real (B,3,H,W); got {tuple(fake.shape)} "
-                             f"and {tuple(real.shape)}")
+            raise InputError(
+                f"expected fake (B,k,3,H,W) and real (B,3,H,W); got {tuple(fake.shape)} and {tuple(real.shape)}"
+            )
         B, k = fake.shape[:2]
         if label is not None and (label.dim() != 4 or label.shape[0] != B or label.shape[-2:] != fake.shape[-2:]):
-            raise InputError(f"label must be (B, C+1, H, W) = ({B}, C+1, {fake.shape[-2]}, {fake.shape[-1]}), "
-                             f"got {tuple(label.shape)}")
+            raise InputError(
+                f"label must be (B, C+1, H, W) = ({B}, C+1, {fake.shape[-2]}, {fake.shape[-1]}), "
+                f"got {tuple(label.shape)}"
+            )
         real = real.to(fake.dtype)
         if real.requires_grad:
             feat_real = self.backbone(real)
@@ -187,15 +219,27 @@ def build_loss(preset_or_dict: str | dict | tuple, backbone_path=None, **overrid
         raise InputError(f"a loss config needs 'backbone' and 'layers' (or 'preset'); got {sorted(cfg)}")
     path = backbone_path if backbone_path is not None else cfg.get("backbone_path")
     layers = [(str(n), float(w)) for n, w in cfg["layers"]]
-    backbone = build_backbone(cfg["backbone"], path=path, layers=[n for n, _ in layers],
-                              pretrained=cfg.get("pretrained", True), **cfg.get("backbone_options", {}))
-    return PerceptualLoss(backbone, layers, mode=cfg.get("mode", "diversity"),
-                          mix=tuple(cfg.get("mix", (0.999, 0.001))))
+    backbone = build_backbone(
+        cfg["backbone"],
+        path=path,
+        layers=[n for n, _ in layers],
+        pretrained=cfg.get("pretrained", True),
+        **cfg.get("backbone_options", {}),
+    )
+    return PerceptualLoss(
+        backbone, layers, mode=cfg.get("mode", "diversity"), mix=tuple(cfg.get("mix", (0.999, 0.001)))
+    )
 
 
 @torch.no_grad()
-def calibrate_layer_weights(backbone: nn.Module, layers: Sequence[str], real: torch.Tensor,
-                            fake: torch.Tensor, reference: str = "input", digits: int = 2):
+def calibrate_layer_weights(
+    backbone: nn.Module,
+    layers: Sequence[str],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    reference: str = "input",
+    digits: int = 2,
+):
     """Per-layer weights that give every term the magnitude of the `reference` term.
 
     Returns ([(layer, weight)], {layer: mean |Φ_l(fake) − Φ_l(real)|}); weight = m_ref / m_l rounded
@@ -225,8 +269,7 @@ class PatchDiscriminator(nn.Module):
             for i in range(layers + 1):
                 c_out = width * 2 ** min(i, 3)
                 stride = 2 if i < layers else 1
-                blocks.append(nn.Sequential(spectral_norm(nn.Conv2d(c_in, c_out, 4, stride, 2)),
-                                            nn.LeakyReLU(0.2)))
+                blocks.append(nn.Sequential(spectral_norm(nn.Conv2d(c_in, c_out, 4, stride, 2)), nn.LeakyReLU(0.2)))
                 c_in = c_out
             blocks.append(spectral_norm(nn.Conv2d(c_in, 1, 4, 1, 2)))
             self.nets.append(nn.ModuleList(blocks))
@@ -254,9 +297,17 @@ class AdversarialLoss(nn.Module):
     feature_matching · mean_l |D_l(fake) − D_l(real)| / mean |D_l(real)| (all scales, all blocks but
     the logits; relative, unlike pix2pixHD's absolute L1, because D has no normalisation layers)."""
 
-    def __init__(self, label_channels: int, weight: float = 1.0, feature_matching: float = 10.0,
-                 width: int = 64, layers: int = 3, scales: int = 2, lr: float = 2e-4,
-                 betas: Sequence[float] = (0.5, 0.999)):
+    def __init__(
+        self,
+        label_channels: int,
+        weight: float = 1.0,
+        feature_matching: float = 10.0,
+        width: int = 64,
+        layers: int = 3,
+        scales: int = 2,
+        lr: float = 2e-4,
+        betas: Sequence[float] = (0.5, 0.999),
+    ):
         super().__init__()
         self.weight, self.feature_matching = float(weight), float(feature_matching)
         self.disc = PatchDiscriminator(3 + label_channels, width, layers, scales)
@@ -276,8 +327,9 @@ class AdversarialLoss(nn.Module):
         forward, so separate calls would judge the two with different normalised weights."""
         return net(torch.cat([self._inputs(fake, label), self._inputs(real, label)]))
 
-    def discriminator_loss(self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor,
-                           disc: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+    def discriminator_loss(
+        self, fake: torch.Tensor, real: torch.Tensor, label: torch.Tensor, disc: nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict]:
         """D's hinge loss on `real` vs the (detached) `fake`; `disc`: the discriminator as the
         trainer runs it (DDP-wrapped under torchrun so its gradients are averaged like G's)."""
         # float32 whatever the surrounding autocast: D is small and has no gradient scaler

@@ -6,6 +6,7 @@ axes. `edge` is what MATLAB's `edge(mask, 'sobel', 0)` marks on a binary mask (u
 thinning): the pixels on both sides of the outline, a pixel whose 3x3 neighbourhood holds both
 values. The frame border is not an outline.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ constructor takes, and implements `_run` (one batch of layouts -> images + inter
 if it has any, `intermediate_names` / `save_intermediates`. `pipelines.load_pipeline` picks the
 class by the checkpoint's task from `PIPELINES`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -22,21 +23,32 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .data import check_size as _check_size_arg, list_label_files, save_image
+from .data import check_size as _check_size_arg
+from .data import list_label_files, save_image
 from .errors import InputError, OutputExistsError
 from .labels import LabelSpace, colorize, layout_reader
 from .precision import autocast, resolve_precision
 from .utils import check_writable_dir, pick_device
 
-__all__ = ["Pipeline", "PipelineOutput", "PIPELINES", "register_pipeline", "load_network", "plan_outputs",
-           "check_count", "output_names", "tile"]
+__all__ = [
+    "Pipeline",
+    "PipelineOutput",
+    "PIPELINES",
+    "register_pipeline",
+    "load_network",
+    "plan_outputs",
+    "check_count",
+    "output_names",
+    "tile",
+]
 
 # checkpoint task -> the pipeline class that runs it
-PIPELINES: dict[str, type["Pipeline"]] = {}
+PIPELINES: dict[str, type[Pipeline]] = {}
 
 
 def register_pipeline(*tasks: str):
     """Class decorator: checkpoints of these tasks load into this pipeline class."""
+
     def deco(cls):
         for t in tasks:
             if t in PIPELINES:
@@ -44,6 +56,7 @@ def register_pipeline(*tasks: str):
             PIPELINES[t] = cls
         cls.tasks = tuple(tasks)
         return cls
+
     return deco
 
 
@@ -68,8 +81,9 @@ def load_network(path_or_model, tasks, device):
     return ckpt.load_model(path_or_model, device)
 
 
-def plan_outputs(inputs, out_dir: str | Path, names, overwrite: bool = False,
-                 skip_existing: bool = False) -> list[tuple[Path, list[str]]]:
+def plan_outputs(
+    inputs, out_dir: str | Path, names, overwrite: bool = False, skip_existing: bool = False
+) -> list[tuple[Path, list[str]]]:
     """[(label file, its output names)] still to write into `out_dir`, checked before any work:
     inputs that would share outputs, outputs that exist (refused unless `overwrite`; with
     `skip_existing` the inputs whose outputs all exist are left out, which finishes an interrupted
@@ -80,8 +94,7 @@ def plan_outputs(inputs, out_dir: str | Path, names, overwrite: bool = False,
     stems = [f.stem for f in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise InputError(f"several inputs share the output name(s) {dupes[:5]}; "
-                         "synthesize them into separate folders")
+        raise InputError(f"several inputs share the output name(s) {dupes[:5]}; synthesize them into separate folders")
     out_dir = Path(out_dir)
     plan = [(f, names(f.stem)) for f in files]
     done = [all((out_dir / n).exists() for n in ns) for _, ns in plan]
@@ -90,8 +103,10 @@ def plan_outputs(inputs, out_dir: str | Path, names, overwrite: bool = False,
     else:
         existing = [out_dir / n for _, ns in plan for n in ns if (out_dir / n).exists()]
         if existing and not overwrite:
-            raise OutputExistsError(f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass "
-                                    "--overwrite to replace them (or --skip-existing to finish an interrupted run)")
+            raise OutputExistsError(
+                f"{len(existing)} output(s) already exist, e.g. {existing[0]}; pass "
+                "--overwrite to replace them (or --skip-existing to finish an interrupted run)"
+            )
     check_writable_dir(out_dir)
     return plan
 
@@ -118,7 +133,7 @@ def tile(images: np.ndarray) -> np.ndarray:
     grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
     for i in range(k):
         r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
     return grid
 
 
@@ -140,8 +155,14 @@ class Pipeline:
     networks: ClassVar[tuple[str, ...]] = ("model",)
     max_k: int | None = None
 
-    def __init__(self, model: torch.nn.Module, space: LabelSpace, meta: dict | None = None,
-                 device=None, precision: str | None = "auto"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        space: LabelSpace,
+        meta: dict | None = None,
+        device=None,
+        precision: str | None = "auto",
+    ):
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.model = model.to(self.device).eval()
         self.space = space
@@ -151,17 +172,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------ loading, device, precision
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None, precision: str | None = "auto",
-                        **options) -> "Pipeline":
+    def from_pretrained(
+        cls, path: str | Path, device: str | None = None, precision: str | None = "auto", **options
+    ) -> Pipeline:
         """A checkpoint (run folder, step folder, .safetensors file or bundled name) of one of
         `cls.tasks`; `options` are the subclass's constructor options (SIMS: bank=, ...)."""
-        accepted = [p for p in inspect.signature(cls.__init__).parameters
-                    if p not in ("self", "model", "space", "meta", "device", "precision")]
+        accepted = [
+            p
+            for p in inspect.signature(cls.__init__).parameters
+            if p not in ("self", "model", "space", "meta", "device", "precision")
+        ]
         unknown = [o for o in options if o not in accepted]
         if unknown:
             task = ckpt.read_metadata(path)["task"]
-            raise InputError(f"{path}: is a {task!r} checkpoint, which takes no {', '.join(unknown)} "
-                             f"(options of the {cls.__name__}: {', '.join(accepted) or 'none'})")
+            raise InputError(
+                f"{path}: is a {task!r} checkpoint, which takes no {', '.join(unknown)} "
+                f"(options of the {cls.__name__}: {', '.join(accepted) or 'none'})"
+            )
         dev = pick_device(device)
         resolve_precision(precision, dev)  # a bad value is refused before anything loads
         model, meta = load_network(path, cls.tasks, dev)
@@ -181,7 +208,7 @@ class Pipeline:
         """The context every network call of this pipeline runs in (`precision.autocast`)."""
         return autocast(self.device, self._precision)
 
-    def to(self, device) -> "Pipeline":
+    def to(self, device) -> Pipeline:
         """Move every network to `device`; "auto" precision is chosen again for it."""
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         for name in self.networks:
@@ -226,9 +253,16 @@ class Pipeline:
             layout = layout.cpu().numpy()
         return np.asarray(layout)
 
-    def __call__(self, layouts, k: int | None = None, size: tuple[int, int] | None = None,
-                 batch_size: int = 4, read=None, seed: int | None = None,
-                 return_intermediates: bool = False):
+    def __call__(
+        self,
+        layouts,
+        k: int | None = None,
+        size: tuple[int, int] | None = None,
+        batch_size: int = 4,
+        read=None,
+        seed: int | None = None,
+        return_intermediates: bool = False,
+    ):
         """Layouts (class-index arrays or tensors, or label-map paths; one or a list) -> list of
         (k, H, W, 3) uint8, one per layout; with `return_intermediates` a `PipelineOutput`.
 
@@ -237,22 +271,35 @@ class Pipeline:
         (default `space.read`; see `labels.layout_reader`). seed: for pipelines that draw (SIMS
         canvases and variants; default the pipeline's seed); CRN is deterministic."""
         single = isinstance(layouts, (str, Path)) or (
-            isinstance(layouts, (np.ndarray, torch.Tensor)) and layouts.ndim == 2)
+            isinstance(layouts, (np.ndarray, torch.Tensor)) and layouts.ndim == 2
+        )
         layouts = [layouts] if single else list(layouts)
         k, size = self.check_k(k), self.check_size(size)
         batch_size = check_count(batch_size, "batch size")
         images, inter = [], []
         with torch.inference_mode():
             for i in range(0, len(layouts), batch_size):
-                im, it = self._run(layouts[i:i + batch_size], k, size, read, seed, return_intermediates)
+                im, it = self._run(layouts[i : i + batch_size], k, size, read, seed, return_intermediates)
                 images += im
                 inter += it
         return PipelineOutput(images, inter) if return_intermediates else images
 
-    def synthesize_files(self, inputs, out_dir: str | Path, k: int | None = None, grid: bool = False,
-                         overwrite: bool = False, batch_size: int = 4, size=None, progress: bool = True,
-                         skip_existing: bool = False, label_space=None, label_encoding: str | None = None,
-                         save_intermediates: bool = False, seed: int | None = None) -> list[Path]:
+    def synthesize_files(
+        self,
+        inputs,
+        out_dir: str | Path,
+        k: int | None = None,
+        grid: bool = False,
+        overwrite: bool = False,
+        batch_size: int = 4,
+        size=None,
+        progress: bool = True,
+        skip_existing: bool = False,
+        label_space=None,
+        label_encoding: str | None = None,
+        save_intermediates: bool = False,
+        seed: int | None = None,
+    ) -> list[Path]:
         """Label-map files/folders -> `<stem>.png` (k = 1) or `<stem>_k<i>.png` in `out_dir`, with
         `grid` (k > 1) also `<stem>_grid.png`, with `save_intermediates` the pipeline's extra
         files. Refuses to overwrite existing outputs unless `overwrite`; `skip_existing` leaves
@@ -261,14 +308,18 @@ class Pipeline:
         k, size = self.check_k(k), self.check_size(size)
         batch_size = check_count(batch_size, "batch size")
         if save_intermediates and not self.intermediate_names("x"):
-            raise InputError(f"{type(self).__name__} makes no intermediates to save "
-                             "(--save-intermediates is for SIMS checkpoints)")
+            raise InputError(
+                f"{type(self).__name__} makes no intermediates to save (--save-intermediates is for SIMS checkpoints)"
+            )
         read = layout_reader(self.space, label_space, label_encoding)
         grid = grid and k > 1
 
         def names(stem):
-            return [*output_names(stem, k), *([f"{stem}_grid.png"] if grid else []),
-                    *(self.intermediate_names(stem) if save_intermediates else [])]
+            return [
+                *output_names(stem, k),
+                *([f"{stem}_grid.png"] if grid else []),
+                *(self.intermediate_names(stem) if save_intermediates else []),
+            ]
 
         plan = plan_outputs(inputs, out_dir, names, overwrite=overwrite, skip_existing=skip_existing)
         files = [f for f, _ in plan]
@@ -276,12 +327,12 @@ class Pipeline:
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=len(files), desc="synthesize", unit="layout")
         written = []
         for i in range(0, len(files), batch_size):
-            batch = files[i:i + batch_size]
-            out = self(batch, k=k, size=size, batch_size=batch_size, read=read, seed=seed,
-                       return_intermediates=True)
+            batch = files[i : i + batch_size]
+            out = self(batch, k=k, size=size, batch_size=batch_size, read=read, seed=seed, return_intermediates=True)
             for f, imgs, inter in zip(batch, out.images, out.intermediates):
                 for arr, n in zip([*imgs, *([tile(imgs)] if grid else [])], names(f.stem)):
                     written.append(save_image(out_dir / n, arr))

@@ -8,6 +8,7 @@ photos. Every pipeline has the shape of `pipeline_base.Pipeline`:
 `load_pipeline(path, **options)` picks the pipeline class registered for the checkpoint's task
 (CRN: "crn"; SIMS: "sims-synthesis", which also needs `bank=`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +19,32 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .errors import InputError
 from .labels import one_hot
-from .pipeline_base import (PIPELINES, Pipeline, PipelineOutput, check_count, output_names, plan_outputs,
-                            register_pipeline, tile, to_uint8)
+from .pipeline_base import (
+    PIPELINES,
+    Pipeline,
+    PipelineOutput,
+    check_count,
+    output_names,
+    plan_outputs,
+    register_pipeline,
+    tile,
+    to_uint8,
+)
 from .sims.pipeline import SIMSPipeline  # registers the "sims-synthesis" pipeline
 
-__all__ = ["CRNPipeline", "SIMSPipeline", "Pipeline", "PipelineOutput", "PIPELINES", "load_pipeline",
-           "pipeline_class", "plan_outputs", "check_count", "output_names", "tile"]
+__all__ = [
+    "CRNPipeline",
+    "SIMSPipeline",
+    "Pipeline",
+    "PipelineOutput",
+    "PIPELINES",
+    "load_pipeline",
+    "pipeline_class",
+    "plan_outputs",
+    "check_count",
+    "output_names",
+    "tile",
+]
 
 
 @register_pipeline("crn")
@@ -52,8 +73,10 @@ class CRNPipeline(Pipeline):
         size = super().check_size(size)
         f = 2 ** (self.model.config.levels - 1)
         if size[0] % f or size[1] % f:
-            raise InputError(f"--size {size[0]} {size[1]}: this model needs both sides divisible by {f} "
-                             f"(native {self.size[0]} {self.size[1]})")
+            raise InputError(
+                f"--size {size[0]} {size[1]}: this model needs both sides divisible by {f} "
+                f"(native {self.size[0]} {self.size[1]})"
+            )
         return size
 
     def _prepare(self, layout, size, read=None) -> torch.Tensor:
@@ -72,8 +95,10 @@ class CRNPipeline(Pipeline):
 def pipeline_class(task: str) -> type[Pipeline]:
     """The pipeline registered for a checkpoint task."""
     if task not in PIPELINES:
-        raise InputError(f"no pipeline runs {task!r} checkpoints (pipelines: {', '.join(sorted(PIPELINES))}); "
-                         "sims-transform / sims-order checkpoints go to a SIMS pipeline as --transform / --order")
+        raise InputError(
+            f"no pipeline runs {task!r} checkpoints (pipelines: {', '.join(sorted(PIPELINES))}); "
+            "sims-transform / sims-order checkpoints go to a SIMS pipeline as --transform / --order"
+        )
     return PIPELINES[task]
 
 

@@ -7,6 +7,7 @@ bf16, several times slower than fp32. bf16 runs the network under autocast (weig
 convolutions and matmuls compute in bf16 with fp32 accumulation); the parts that must stay exact
 (spatial-transformer thetas, loss arithmetic) opt out of autocast where they are defined.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,8 @@ def native_bf16(device: torch.device | str) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and any(
-            getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+            getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
     return False
 
 

@@ -10,6 +10,7 @@ Exact resume: the data order comes from `ResumableSampler` (a permutation per ep
 (seed, epoch), so position = step), augmentation draws from the trainer's own generator, and
 `TrainState` saves every RNG state with the optimisers. N steps straight equal N/2 + resume + N/2.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -55,10 +56,19 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     dataset = task.dataset(cfg, out)
     total = _total_steps(cfg, dataset, world)
 
-    ddp = (lambda m: nn.parallel.DistributedDataParallel(
-        m, device_ids=[device.index] if device.type == "cuda" else None)) if world > 1 else (lambda m: m)
-    train_step = TrainStep(task, cfg, device, net=ddp(model),
-                           critic_net=ddp(task.critic.disc) if task.critic is not None else None, verbose=rank == 0)
+    ddp = (
+        (lambda m: nn.parallel.DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None))
+        if world > 1
+        else (lambda m: m)
+    )
+    train_step = TrainStep(
+        task,
+        cfg,
+        device,
+        net=ddp(model),
+        critic_net=ddp(task.critic.disc) if task.critic is not None else None,
+        verbose=rank == 0,
+    )
     gen = torch.Generator().manual_seed(seed)  # flips
     state = TrainState(gen, train_step.optimizers, task)
     step = 0
@@ -81,12 +91,14 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
     while step < total:
         batch = batches.next()
         logs = train_step.discriminator(batch) if task.critic is not None else {}  # the critic's update
-        loss, g_logs = train_step.generator(batch, step)                          # the generator's update
+        loss, g_logs = train_step.generator(batch, step)  # the generator's update
         logs.update(g_logs)
         guard.record(loss)
         step += 1
-        due = {n: step % every == 0 or step == total
-               for n, every in (("log", log_every), ("sample", sample_every), ("save", save_every))}
+        due = {
+            n: step % every == 0 or step == total
+            for n, every in (("log", log_every), ("sample", sample_every), ("save", save_every))
+        }
         if any(due.values()):
             guard.check(last_good)
         log.record(loss, logs)
@@ -95,8 +107,9 @@ def train(cfg: dict, out: str | Path, resume: bool = True, progress: bool = True
         if due["sample"] and rank == 0:
             log.image(step, _sample_grid(task, model, batch))
         if due["save"] and rank == 0:
-            folder = last_good = ckpt.save_training(out, step, model, task.model_config, space, task.name,
-                                                    state.capture(step, cfg), keep=int(cfg["keep"]))
+            folder = last_good = ckpt.save_training(
+                out, step, model, task.model_config, space, task.name, state.capture(step, cfg), keep=int(cfg["keep"])
+            )
     log.close()
     if world > 1:
         dist.barrier()
@@ -164,7 +177,8 @@ def _check_previous_stage(cfg: dict, state) -> None:
         f"{name} fine-tunes {prev}: pass --init-from with a {prev} run, e.g. first "
         f"`semsynth train {prev} --data DATA --out runs/{prev}`, then "
         f"`semsynth train {name} --data DATA --out runs/{name} --init-from runs/{prev}` "
-        f"(or --set previous_stage=null to train from scratch on purpose)")
+        f"(or --set previous_stage=null to train from scratch on purpose)"
+    )
 
 
 # --------------------------------------------------------------------------- data order
@@ -192,19 +206,34 @@ class ResumableSampler(Sampler):
                 pos += 1
 
     def __len__(self):  # endless; DataLoader only needs it for len(), which we never call
-        return 2 ** 62
+        return 2**62
 
 
 class Batches:
     """This process's batches from step `step` on, in the resumable order, on the device, with
     random horizontal flips (`data.flip`) drawn from the trainer's generator `gen`."""
 
-    def __init__(self, dataset: Dataset, cfg: dict, seed: int, step: int, rank: int, world: int,
-                 device: torch.device, gen: torch.Generator):
+    def __init__(
+        self,
+        dataset: Dataset,
+        cfg: dict,
+        seed: int,
+        step: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        gen: torch.Generator,
+    ):
         B, workers = int(cfg["optim"]["batch_size"]), int(cfg["data"]["workers"])
         sampler = ResumableSampler(len(dataset), seed, start=step * B * world, rank=rank, world=world)
-        loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+        loader = DataLoader(
+            dataset,
+            batch_size=B,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         self.it, self.device, self.flip, self.gen = iter(loader), device, bool(cfg["data"]["flip"]), gen
 
     def next(self) -> dict:
@@ -246,14 +275,23 @@ class TrainStep:
     update for tasks with one (its own Adam at the critic's `optim`, in fp32). `channels_last`
     puts the model, the loss network and the batches in that memory format."""
 
-    def __init__(self, task: Task, cfg: dict, device: torch.device, net: nn.Module | None = None,
-                 critic_net: nn.Module | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        task: Task,
+        cfg: dict,
+        device: torch.device,
+        net: nn.Module | None = None,
+        critic_net: nn.Module | None = None,
+        verbose: bool = True,
+    ):
         self.task, self.device = task, device
         model = task.model
         self.net = net if net is not None else model
         self.dtype = amp_dtype(cfg, device)
         if verbose and cfg.get("amp", "bf16") and self.dtype is None and device.type != "cuda":
-            print(f"amp {cfg.get('amp', 'bf16')!r}: not used on this {device.type} (no native support); training in fp32")
+            print(
+                f"amp {cfg.get('amp', 'bf16')!r}: not used on this {device.type} (no native support); training in fp32"
+            )
         self.channels_last = bool(cfg.get("channels_last", False))
         if self.channels_last:
             for m in (model, task.loss_fn):
@@ -261,9 +299,13 @@ class TrainStep:
                     m.to(memory_format=torch.channels_last)
         o = cfg.get("optim", {})
         fused = bool(o.get("fused", True)) and device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                          lr=float(o.get("lr", 1e-4)), betas=tuple(o.get("betas", (0.9, 0.999))),
-                                          eps=float(o.get("eps", 1e-8)), fused=fused)
+        self.optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=float(o.get("lr", 1e-4)),
+            betas=tuple(o.get("betas", (0.9, 0.999))),
+            eps=float(o.get("eps", 1e-8)),
+            fused=fused,
+        )
         self.optimizers = {"optimizer": self.optimizer}  # TrainState keys
         if task.critic is not None:
             self.critic_net = critic_net if critic_net is not None else task.critic.disc
@@ -274,8 +316,10 @@ class TrainStep:
     def _prepare(self, batch: dict) -> dict:
         if not self.channels_last:
             return batch
-        return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
-                for k, v in batch.items()}
+        return {
+            k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+            for k, v in batch.items()
+        }
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
@@ -316,10 +360,16 @@ class TrainState:
         self.gen, self.optimizers, self.task = gen, optimizers, task
 
     def capture(self, step: int, cfg: dict) -> dict:
-        return {"step": step, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                **{k: o.state_dict() for k, o in self.optimizers.items()},
-                "task": self.task.state_dict(), "config": cfg}
+        return {
+            "step": step,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            **{k: o.state_dict() for k, o in self.optimizers.items()},
+            "task": self.task.state_dict(),
+            "config": cfg,
+        }
 
     def restore(self, st: dict) -> int:
         task_state = dict(st.get("task", {}))
@@ -365,8 +415,11 @@ class MetricsLogger:
     def write(self, step: int) -> None:
         if not self.enabled:
             return
-        rec = {"step": step, "time": time.time() - self.t0,
-               **{k: float(np.mean([float(x) for x in v])) for k, v in self.interval.items()}}
+        rec = {
+            "step": step,
+            "time": time.time() - self.t0,
+            **{k: float(np.mean([float(x) for x in v])) for k, v in self.interval.items()},
+        }
         self.interval = {}
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -419,7 +472,8 @@ class _FiniteGuard:
             where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
             raise TrainingError(
                 f"step {first}: the loss is not finite (nan or inf); training stopped and nothing from "
-                f"that step on was saved ({where}). Lower optim.lr, check the data, or set amp: null")
+                f"that step on was saved ({where}). Lower optim.lr, check the data, or set amp: null"
+            )
 
 
 def _quiet(msg: str) -> None:

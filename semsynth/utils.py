@@ -1,4 +1,5 @@
 """Small shared helpers: where shared data lives, atomic writes, device choice, seeding."""
+
 from __future__ import annotations
 
 import glob
@@ -53,8 +54,7 @@ def atomic_path(path: str | os.PathLike):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
-        raise OutputError(f"{path.parent}: cannot create the output folder: a file is in the way "
-                          f"({e.filename})") from e
+        raise OutputError(f"{path.parent}: cannot create the output folder: a file is in the way ({e.filename})") from e
     except PermissionError as e:
         raise OutputError(f"{path.parent}: cannot create the output folder: permission denied") from e
     remove_stale_temps(path.parent, temp_glob(path))
@@ -111,9 +111,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
         raise DeviceError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {str(device)!r}: CUDA is not available here "
-                              f"(torch {torch.__version__}, {'built without CUDA' if torch.version.cuda is None else 'no GPU found'}); "
-                              f"use --device cpu")
+            raise DeviceError(
+                f"device {str(device)!r}: CUDA is not available here "
+                f"(torch {torch.__version__}, {'built without CUDA' if torch.version.cuda is None else 'no GPU found'}); "
+                f"use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps":

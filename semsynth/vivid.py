@@ -16,6 +16,7 @@ Deliberate difference: the colour conversions are the standard sRGB (D65) <-> CI
 the MATLAB script's `makecform('srgb2lab')` may adapt to a D50 white, which shifts a and b
 slightly (not L, which drives the tone maps).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,7 @@ import scipy.sparse as sp
 # (val0, val1, val2, exposure, saturation, gamma): generate_vivid_images_512full.m:22-50
 TONE_MAPS = ((25, 1, 1, 1.0, 1.1, 1.0), (1, 40, 1, 1.0, 1.1, 1.0), (4, 1, 15, 1.10, 1.1, 1.0))
 _WHITE = np.array([0.95047, 1.0, 1.08883])  # D65
-_M = np.array([[0.4124564, 0.3575761, 0.1804375],
-               [0.2126729, 0.7151522, 0.0721750],
-               [0.0193339, 0.1191920, 0.9503041]])
+_M = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]])
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -34,7 +33,7 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     xyz = lin @ _M.T / _WHITE
     d = 6 / 29
-    f = np.where(xyz > d ** 3, np.cbrt(xyz), xyz / (3 * d * d) + 4 / 29)
+    f = np.where(xyz > d**3, np.cbrt(xyz), xyz / (3 * d * d) + 4 / 29)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
@@ -43,7 +42,7 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
     d = 6 / 29
-    xyz = np.where(f > d, f ** 3, 3 * d * d * (f - 4 / 29)) * _WHITE
+    xyz = np.where(f > d, f**3, 3 * d * d * (f - 4 / 29)) * _WHITE
     lin = np.clip(xyz @ np.linalg.inv(_M).T, 0, None)
     rgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
     return np.clip(rgb, 0, 1)
@@ -55,8 +54,8 @@ def wls_matrix(img: np.ndarray, lam: float, alpha: float, small: float = 1e-4) -
     h, w = img.shape
     n = h * w
     log = np.log(img + np.finfo(np.float64).eps)
-    wy = lam / (np.abs(np.diff(log, axis=0)) ** alpha + small)   # (h-1, w) between rows
-    wx = lam / (np.abs(np.diff(log, axis=1)) ** alpha + small)   # (h, w-1) between columns
+    wy = lam / (np.abs(np.diff(log, axis=0)) ** alpha + small)  # (h-1, w) between rows
+    wx = lam / (np.abs(np.diff(log, axis=1)) ** alpha + small)  # (h, w-1) between columns
     idx = np.arange(n).reshape(h, w)
     rows = np.concatenate([idx[:-1].ravel(), idx[:, :-1].ravel()])
     cols = np.concatenate([idx[1:].ravel(), idx[:, 1:].ravel()])
@@ -86,8 +85,9 @@ def _s(x: np.ndarray, a: float) -> np.ndarray:
     return (logistic(a * x) - 0.5) * 0.5 / (logistic(a / 2) - 0.5)
 
 
-def tonemap_lab(lab: np.ndarray, L0: np.ndarray, L1: np.ndarray, val0, val1, val2, exposure,
-                saturation, gamma) -> np.ndarray:
+def tonemap_lab(
+    lab: np.ndarray, L0: np.ndarray, L1: np.ndarray, val0, val1, val2, exposure, saturation, gamma
+) -> np.ndarray:
     """tonemapLAB.m for positive parameters: detail (L - L0), mid (L0 - L1) and base (L1) layers
     each through the sigmoid, a and b scaled by the saturation."""
     L = lab[..., 0]

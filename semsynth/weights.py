@@ -14,6 +14,7 @@ unless ``SEMSYNTH_OFFLINE=1`` — downloads a missing file into the hub cache
 never leaves a truncated file behind). When a file cannot be found or fetched, the
 FileNotFoundError says which file to put in which folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .utils import shared_dir
 from .errors import InputError, MissingFileError
+from .utils import shared_dir
 
 __all__ = ["WeightFile", "WEIGHTS", "resolve", "verify", "search_dirs", "sha256", "offline"]
 
@@ -35,40 +36,51 @@ __all__ = ["WeightFile", "WEIGHTS", "resolve", "verify", "search_dirs", "sha256"
 class WeightFile:
     filename: str
     sha256: str | None = None  # hex prefix (any length) of the file's sha256
-    url: str | None = None     # public download location, None where there is none
+    url: str | None = None  # public download location, None where there is none
     what: str = ""
-    alternative: str = ""      # a sentence on what else can be used instead
+    alternative: str = ""  # a sentence on what else can be used instead
 
 
 _MATCONVNET_URL = "http://www.vlfeat.org/matconvnet/models/beta16/imagenet-vgg-verydeep-19.mat"
 
 WEIGHTS: dict[str, WeightFile] = {
     "vgg19": WeightFile(
-        "vgg19-dcbb9e9d.pth", "dcbb9e9d", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        "vgg19-dcbb9e9d.pth",
+        "dcbb9e9d",
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
         "torchvision's ImageNet VGG-19, 548 MB",
         "Alternatively, for the original CRN network, put MatConvNet's imagenet-vgg-verydeep-19.mat "
-        f"({_MATCONVNET_URL}) in one of these folders and use the backbone 'vgg19-matconvnet'."),
+        f"({_MATCONVNET_URL}) in one of these folders and use the backbone 'vgg19-matconvnet'.",
+    ),
     "vgg19-matconvnet": WeightFile(
-        "imagenet-vgg-verydeep-19.mat", None, _MATCONVNET_URL,
+        "imagenet-vgg-verydeep-19.mat",
+        None,
+        _MATCONVNET_URL,
         "MatConvNet's ImageNet VGG-19 as the original CRN code loads it, 510 MB",
         "Alternatively put torchvision's vgg19-dcbb9e9d.pth "
-        "(https://download.pytorch.org/models/vgg19-dcbb9e9d.pth) there and use the backbone 'vgg19'."),
+        "(https://download.pytorch.org/models/vgg19-dcbb9e9d.pth) there and use the backbone 'vgg19'.",
+    ),
     "vgg19-normalised": WeightFile(
-        "vgg_normalised_conv3_1.pth", "4ffff49ad5cdc333", None,
-        "Gatys-normalised VGG-19 truncated after conv3_1"),
+        "vgg_normalised_conv3_1.pth", "4ffff49ad5cdc333", None, "Gatys-normalised VGG-19 truncated after conv3_1"
+    ),
     "vgg19-normalised-conv2_1": WeightFile("vgg_normalised_conv2_1.pth", "0d345a57453279ba"),
     "vgg19-normalised-conv1_1": WeightFile("vgg_normalised_conv1_1.pth", "1bc4ad2ae2a3e5e5"),
     "squeezenet1_1": WeightFile(
-        "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5", "17154246284f5555",
+        "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "17154246284f5555",
         "https://github.com/rcmalli/keras-squeezenet/releases/download/v1.0/"
         "squeezenet_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "SqueezeNet v1.1 ImageNet weights (Keras HDF5, no classifier)"),
-    "espnet-cityscapes": WeightFile("decoder_espnet_p_2_q_8.pth", "343b0e77e8545d36", None,
-                                    "ESPNet (p=2, q=8) Cityscapes segmenter"),
-    "espnet-camvid": WeightFile("decoder_espnet_p_2_q_8_camvid.pth", "7d354a257170322", None,
-                                "ESPNet (p=2, q=8) CamVid segmenter"),
-    "espnet-encoder": WeightFile("encoder_espnet_p_2_q_8.pth", "836f28a2a31bd4fc", None,
-                                 "ESPNet-C encoder (Cityscapes)"),
+        "SqueezeNet v1.1 ImageNet weights (Keras HDF5, no classifier)",
+    ),
+    "espnet-cityscapes": WeightFile(
+        "decoder_espnet_p_2_q_8.pth", "343b0e77e8545d36", None, "ESPNet (p=2, q=8) Cityscapes segmenter"
+    ),
+    "espnet-camvid": WeightFile(
+        "decoder_espnet_p_2_q_8_camvid.pth", "7d354a257170322", None, "ESPNet (p=2, q=8) CamVid segmenter"
+    ),
+    "espnet-encoder": WeightFile(
+        "encoder_espnet_p_2_q_8.pth", "836f28a2a31bd4fc", None, "ESPNet-C encoder (Cityscapes)"
+    ),
 }
 
 _BY_FILENAME = {w.filename: w for w in WEIGHTS.values()}
@@ -126,8 +138,10 @@ def verify(path: str | os.PathLike) -> Path:
     if want:
         got = sha256(path)
         if not got.startswith(want):
-            msg = (f"{path}: sha256 {got[:16]}… does not start with the expected {want}; the file is "
-                   f"corrupt, truncated or a different version. Delete it and fetch it again.")
+            msg = (
+                f"{path}: sha256 {got[:16]}… does not start with the expected {want}; the file is "
+                f"corrupt, truncated or a different version. Delete it and fetch it again."
+            )
             if certain:
                 raise InputError(msg)
             warnings.warn(msg + " (The expected hash was read from the file name.)", stacklevel=2)
@@ -147,12 +161,16 @@ def _missing_message(entry: WeightFile, reason: str) -> str:
     hub = hub_checkpoints()
     env = os.environ.get("SEMSYNTH_WEIGHTS")
     what = f" ({entry.what})" if entry.what else ""
-    lines = [f"weight file {entry.filename!r}{what} not found; {reason}.",
-             "Looked in: " + ", ".join(str(d) for d in dirs) + "."]
+    lines = [
+        f"weight file {entry.filename!r}{what} not found; {reason}.",
+        "Looked in: " + ", ".join(str(d) for d in dirs) + ".",
+    ]
     get = f"Download {entry.url} and put" if entry.url else "Put"
-    lines.append(f"{get} it at {hub / entry.filename} (the torch hub cache), or into a folder of "
-                 f"your choice and set SEMSYNTH_WEIGHTS to that folder "
-                 f"(now {'SEMSYNTH_WEIGHTS=' + env if env else 'unset'}).")
+    lines.append(
+        f"{get} it at {hub / entry.filename} (the torch hub cache), or into a folder of "
+        f"your choice and set SEMSYNTH_WEIGHTS to that folder "
+        f"(now {'SEMSYNTH_WEIGHTS=' + env if env else 'unset'})."
+    )
     if entry.alternative:
         lines.append(entry.alternative)
     return "\n".join(lines)

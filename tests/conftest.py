@@ -1,5 +1,6 @@
 """Shared fixtures: the real data in ../shared (skip when absent), a synthetic paired dataset
 (tests/synthetic.py) for everything that needs a dataset but not real photos, and tiny file writers."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-# Tiny tensors: thread start-up costs more than it saves, and CI has two cores to share.
-torch.set_num_threads(1)
 from PIL import Image
 
 from semsynth.utils import shared_dir
+
+# Tiny tensors: thread start-up costs more than it saves, and CI has two cores to share.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -84,5 +85,15 @@ def tiny_cfg(data, **over):
     """crn-tiny at 32x64 with the pixel loss: a training config that runs in a second."""
     from semsynth.config import load_config
 
-    return load_config("crn-tiny", {"data.path": str(data), "data.size": [32, 64], "loss.preset": "pixel",
-                                    "log_every": 1, "sample_every": 1000, "save_every": 1000, **over})
+    return load_config(
+        "crn-tiny",
+        {
+            "data.path": str(data),
+            "data.size": [32, 64],
+            "loss.preset": "pixel",
+            "log_every": 1,
+            "sample_every": 1000,
+            "save_every": 1000,
+            **over,
+        },
+    )

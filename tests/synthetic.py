@@ -5,6 +5,7 @@ The photos are consistent with their layouts the way real ones are: every class 
 colour (darkened palette colour) and its own texture (oriented stripes of a class-specific
 frequency), every image its own tint and texture phase, so a segment's pixels identify its class
 and its source image. Nothing is pure black (a bank's RGB support is "any channel > 0")."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def street_photo(ids: np.ndarray, seed: int) -> np.ndarray:
     n = SPACE.num_classes + 1
     colours = np.vstack([SPACE.colors, [[60, 60, 60]]]).astype(np.float64) * 0.75 + 20
     cls = np.arange(n)
-    fx, fy = 0.15 + 0.11 * (cls % 5), 0.1 + 0.13 * (cls % 3)      # stripe frequency per class (1/px)
+    fx, fy = 0.15 + 0.11 * (cls % 5), 0.1 + 0.13 * (cls % 3)  # stripe frequency per class (1/px)
     amp = 12 + 3 * (cls % 4)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float64) * (512.0 / W)  # the same street at any size
     phase = rng.uniform(0, 2 * np.pi, 2)
@@ -47,8 +48,9 @@ def _save(path: Path, arr: np.ndarray, **kw) -> None:
     Image.fromarray(arr).save(path, **kw)
 
 
-def write_cityscapes(root: Path, n_train: int = 8, n_val: int = 15, size=(512, 1024), val_size=(256, 512),
-                     seed: int = 0) -> Path:
+def write_cityscapes(
+    root: Path, n_train: int = 8, n_val: int = 15, size=(512, 1024), val_size=(256, 512), seed: int = 0
+) -> Path:
     """The shape of the Cityscapes sample in ../shared: `n_train` pairs at `size`
     (`leftImg8bit/train/synth/*_leftImg8bit.png` + `gtFine/train/synth/*_gtFine_labelIds.png`)
     and `n_val` validation label maps without photos at `val_size` (queries need no more)."""
@@ -57,8 +59,7 @@ def write_cityscapes(root: Path, n_train: int = 8, n_val: int = 15, size=(512, 1
         for i in range(n):
             ids, rgb = street(first + i, hw)
             stem = f"synth_{first + i:06d}_000019"
-            _save(root / "gtFine" / split / "synth" / f"{stem}_gtFine_labelIds.png",
-                  _LABEL_IDS[ids].astype(np.uint8))
+            _save(root / "gtFine" / split / "synth" / f"{stem}_gtFine_labelIds.png", _LABEL_IDS[ids].astype(np.uint8))
             if split == "train":
                 _save(root / "leftImg8bit" / split / "synth" / f"{stem}_leftImg8bit.png", rgb)
     return root
@@ -90,7 +91,7 @@ def write_paletted_labelids(path: Path, seed: int = 200, size=(64, 128)) -> Path
     pal = np.zeros((256, 3), np.uint8)
     for c in range(SPACE.num_classes):
         pal[_LABEL_IDS[c]] = SPACE.colors[c]
-    im = Image.fromarray(lid)                 # mode L; a palette makes it P, indices unchanged
+    im = Image.fromarray(lid)  # mode L; a palette makes it P, indices unchanged
     im.putpalette(pal.reshape(-1).tolist())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Backbones (VGG-19 in three file formats, SqueezeNet) and weight-file resolution."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,12 @@ import torch
 
 from semsynth import weights as W
 from semsynth.models.backbones import (
-    CAFFE_MEAN_BGR, MATCONVNET_MEAN_RGB, VGG19_CONVS, build_backbone,
-    load_matconvnet_vgg19, load_torchvision_vgg19,
+    CAFFE_MEAN_BGR,
+    MATCONVNET_MEAN_RGB,
+    VGG19_CONVS,
+    build_backbone,
+    load_matconvnet_vgg19,
+    load_torchvision_vgg19,
 )
 from semsynth.utils import shared_dir
 
@@ -28,9 +33,10 @@ def _offline(monkeypatch, tmp_path):
 
 
 def needs_shared(name):
-    return pytest.mark.skipif(not (SHARED_WEIGHTS / name).is_file(),
-                              reason=f"shared weight file {SHARED_WEIGHTS / name} is absent "
-                                     f"(set SEMSYNTH_SHARED to the shared folder)")
+    return pytest.mark.skipif(
+        not (SHARED_WEIGHTS / name).is_file(),
+        reason=f"shared weight file {SHARED_WEIGHTS / name} is absent (set SEMSYNTH_SHARED to the shared folder)",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +85,7 @@ def save_matconvnet(path, ws, form="crn", upto=None):
           "dagnn" `layers` struct array + top-level `params` (name, value)"""
     from scipy.io import savemat
 
-    names = [n for n, _, _ in CONVS][: upto]
+    names = [n for n, _, _ in CONVS][:upto]
     hwio = {n: ws[n][0].permute(2, 3, 1, 0).numpy() for n in names}
     bias = {n: ws[n][1].numpy().reshape(1, -1) for n in names}
     if form == "dagnn":
@@ -105,17 +111,30 @@ def save_matconvnet(path, ws, form="crn", upto=None):
     for i, e in enumerate(entries):
         w = e.get("w")
         if form == "crn":
-            rec = {"name": e["name"], "type": e["type"],
-                   "weights": _cell(w, e["b"]) if w is not None else e["weights"],
-                   "size": np.array([[3, 3, 1, 1]]), "pad": np.array([[1, 1, 1, 1]]), "stride": np.array([[1, 1]])}
+            rec = {
+                "name": e["name"],
+                "type": e["type"],
+                "weights": _cell(w, e["b"]) if w is not None else e["weights"],
+                "size": np.array([[3, 3, 1, 1]]),
+                "pad": np.array([[1, 1, 1, 1]]),
+                "stride": np.array([[1, 1]]),
+            }
         elif form == "beta16":
-            rec = {"weights": _cell(w, e["b"]) if w is not None else e["weights"],
-                   "size": np.array([[3, 3, 1, 1]]), "pad": np.array([[1, 1, 1, 1]]),
-                   "stride": np.array([[1, 1]]), "type": e["type"], "name": e["name"]}
+            rec = {
+                "weights": _cell(w, e["b"]) if w is not None else e["weights"],
+                "size": np.array([[3, 3, 1, 1]]),
+                "pad": np.array([[1, 1, 1, 1]]),
+                "stride": np.array([[1, 1]]),
+                "type": e["type"],
+                "name": e["name"],
+            }
         else:
-            rec = {"name": e["name"], "type": e["type"],
-                   "filters": w if w is not None else np.empty((0, 0)),
-                   "biases": e["b"] if w is not None else np.empty((0, 0))}
+            rec = {
+                "name": e["name"],
+                "type": e["type"],
+                "filters": w if w is not None else np.empty((0, 0)),
+                "biases": e["b"] if w is not None else np.empty((0, 0)),
+            }
         layers[0, i] = rec
     savemat(path, {"layers": layers, "meta": {"normalization": {"averageImage": np.array(MATCONVNET_MEAN_RGB)}}})
 
@@ -183,8 +202,7 @@ def test_matconvnet_struct_forms(tmp_path, vgg_weights, form):
 
 
 def test_torchvision_loader_rejects_other_networks(tmp_path):
-    torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)},
-               tmp_path / "x.pth")
+    torch.save({"features.0.weight": torch.zeros(64, 3, 5, 5), "features.0.bias": torch.zeros(64)}, tmp_path / "x.pth")
     with pytest.raises(ValueError, match="features.0.weight has shape"):
         load_torchvision_vgg19(tmp_path / "x.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "y.pth")
@@ -233,8 +251,9 @@ def test_shared_normalised_vgg():
     x = torch.rand(1, 3, 16, 24, generator=torch.Generator().manual_seed(4))
     f = net(x)
     # the file's 1x1 conv is RGB [0,1] -> BGR·255 − mean
-    torch.testing.assert_close(f["input"], x.flip(1) * 255 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1),
-                               rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(
+        f["input"], x.flip(1) * 255 - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1), rtol=1e-5, atol=1e-3
+    )
     assert f["conv3_1"].shape == (1, 256, 4, 6)
     assert all(torch.isfinite(v).all() for v in f.values())
     assert f["conv1_2"].mean() > 0.1  # normalised to mean activation ~1: not dead

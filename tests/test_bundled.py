@@ -2,18 +2,19 @@
 
 The SIMS model needs a memory bank, which semsynth never ships (the Cityscapes terms forbid
 redistributing its photos): here it is built from synthetic scenes, so the test runs anywhere."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pathlib import Path
+from test_sims_nets import make_cityscapes
 
 from semsynth.checkpoint import ASSETS, BUNDLED, read_metadata
 from semsynth.layouts import street_layout
 from semsynth.pipelines import load_pipeline
 from semsynth.sims.bank import build_bank
-from test_sims_nets import make_cityscapes
 
 SHIPPED = sorted(p.name for p in ASSETS.iterdir() if (p / "model.safetensors").is_file())
 
@@ -30,8 +31,13 @@ def bank(tmp_path_factory):
     from semsynth.data import open_dataset
 
     root = make_cityscapes(tmp_path_factory.mktemp("bundled_cs"), n=3, size=(64, 128), disparity=False)
-    return build_bank(open_dataset(root, space="cityscapes"), tmp_path_factory.mktemp("bundled_bank") / "bank",
-                      size=(64, 128), rgb_scale=2, progress=False)  # photos at the model size
+    return build_bank(
+        open_dataset(root, space="cityscapes"),
+        tmp_path_factory.mktemp("bundled_bank") / "bank",
+        size=(64, 128),
+        rgb_scale=2,
+        progress=False,
+    )  # photos at the model size
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -40,11 +46,11 @@ def test_each_bundled_model_synthesizes_a_layout(name, bank):
     pipe = load_pipeline(name, device="cpu", **({"bank": bank} if sims else {}))
     H, W = pipe.size
     ids = street_layout(3, (H, W))
-    imgs = pipe([ids], k=2 if sims else None)[0]                # every pipeline: (k, H, W, 3)
+    imgs = pipe([ids], k=2 if sims else None)[0]  # every pipeline: (k, H, W, 3)
     assert imgs.shape == (2 if sims else pipe.k, H, W, 3) and imgs.dtype == np.uint8
-    road, sky = ids == 0, ids == 10                             # Cityscapes trainIds
+    road, sky = ids == 0, ids == 10  # Cityscapes trainIds
     assert road.any() and sky.any()
-    for im in imgs:                                             # a picture, not a flat field
+    for im in imgs:  # a picture, not a flat field
         assert im.std() > 10
         assert np.abs(im[road].mean(0) - im[sky].mean(0)).max() > 10
 

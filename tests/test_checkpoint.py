@@ -2,6 +2,7 @@
 checkpoints skipped on resume (reported, moved aside, the intact one kept), a missing latest.json,
 non-finite losses stopped before saving, and a training process killed with SIGKILL resuming to
 the same weights."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_cfg
 from safetensors.torch import load_file
 
-from conftest import tiny_cfg
 from semsynth import checkpoint as ckpt
 from semsynth.cli import main as cli
 from semsynth.errors import CheckpointError, TrainingError
@@ -42,8 +43,13 @@ def _steps(run: Path) -> list[str]:
 @pytest.fixture
 def model_file(tmp_path):
     m = build_model("crn-tiny")
-    return ckpt.save_model(tmp_path / "m" / "model.safetensors", m, {"arch": "crn", "levels": 5, "k": 3,
-                           "width_mult": 1 / 32}, get_space("cityscapes"), "crn")
+    return ckpt.save_model(
+        tmp_path / "m" / "model.safetensors",
+        m,
+        {"arch": "crn", "levels": 5, "k": 3, "width_mult": 1 / 32},
+        get_space("cityscapes"),
+        "crn",
+    )
 
 
 def test_content_hash_catches_flipped_bytes_and_truncation(model_file, tmp_path):
@@ -60,9 +66,13 @@ def test_content_hash_catches_flipped_bytes_and_truncation(model_file, tmp_path)
         ckpt.load_model(short)
     # a file written before hashes existed is still checked for non-finite weights
     from safetensors.torch import save_file
+
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    old_meta = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in meta.items()
-                if k not in ("sha256", "companions_sha256", "label_space")}
+    old_meta = {
+        k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+        for k, v in meta.items()
+        if k not in ("sha256", "companions_sha256", "label_space")
+    }
     old_meta["label_space"] = json.dumps(meta["label_space"].to_dict())
     state["head.bias"][0] = float("nan")
     save_file(state, str(tmp_path / "old.safetensors"), metadata=old_meta)
@@ -89,7 +99,7 @@ def test_resume_skips_damaged_newest_and_keeps_the_intact_one(tiny_data, tmp_pat
     train(tiny_cfg(tiny_data, steps=6, **over), run, progress=False)
     err = capsys.readouterr().err
     assert "step_0000004/model.safetensors: damaged checkpoint" in err  # reported by path
-    assert (run / "checkpoints/damaged/step_0000004").is_dir()          # moved aside, not deleted
+    assert (run / "checkpoints/damaged/step_0000004").is_dir()  # moved aside, not deleted
     assert (run / "checkpoints/step_0000002/KEEP").is_file()
     assert _steps(run) == ["step_0000002", "step_0000004", "step_0000006"]  # keep=2, plus the KEEP one
     # resuming from step 2 instead of the damaged 4 still reproduces the straight run exactly
@@ -162,9 +172,28 @@ def test_retention_keeps_the_newest_and_marked(tiny_data, tmp_path):
 
 
 def _train_cmd(data: Path, out: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "semsynth.cli", "train", "crn-tiny", "--data", str(data), "--out", str(out),
-            "--steps", str(steps), "--save-every", "1", "--set", "data.size=[32,64]", "loss.preset=pixel",
-            "optim.batch_size=1", "keep=0", "log_every=1", "data.flip=true"]
+    return [
+        sys.executable,
+        "-m",
+        "semsynth.cli",
+        "train",
+        "crn-tiny",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--save-every",
+        "1",
+        "--set",
+        "data.size=[32,64]",
+        "loss.preset=pixel",
+        "optim.batch_size=1",
+        "keep=0",
+        "log_every=1",
+        "data.flip=true",
+    ]
 
 
 def test_kill_9_and_resume_gives_identical_weights(tiny_data, tmp_path):
@@ -173,12 +202,12 @@ def test_kill_9_and_resume_gives_identical_weights(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEMSYNTH_OFFLINE": "1"}
     steps = 12
     straight, run = tmp_path / "straight", tmp_path / "run"
-    subprocess.run(_train_cmd(tiny_data, straight, steps), env=env, check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(_train_cmd(tiny_data, straight, steps), env=env, check=True, capture_output=True, timeout=600)
     kills = 0
     for _ in range(3):
-        p = subprocess.Popen(_train_cmd(tiny_data, run, steps), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            _train_cmd(tiny_data, run, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         before = len(ckpt.step_folders(run))
         deadline = time.time() + 300
         while p.poll() is None and len(ckpt.step_folders(run)) < before + 2 and time.time() < deadline:

@@ -1,5 +1,6 @@
 """CRN: the released TF checkpoints map one to one onto the presets, the TF checkpoint reader and
 converter round-trip, and the generator behaves as the official code (A.3 of the spec)."""
+
 from __future__ import annotations
 
 import struct
@@ -11,8 +12,17 @@ import torch.nn.functional as F
 
 from semsynth import build_model, count_parameters
 from semsynth.convert import (
-    TFCheckpointError, _mask, crc32c, infer_crn_config, is_optimizer_variable, load_official_crn,
-    official_crn_mapping, read_tf_checkpoint, read_tf_entries, read_tf_header, read_tf_index,
+    TFCheckpointError,
+    _mask,
+    crc32c,
+    infer_crn_config,
+    is_optimizer_variable,
+    load_official_crn,
+    official_crn_mapping,
+    read_tf_checkpoint,
+    read_tf_entries,
+    read_tf_header,
+    read_tf_index,
 )
 from semsynth.labels import one_hot
 from semsynth.models import crn as crn_mod
@@ -24,7 +34,6 @@ OFFICIAL = {  # folder -> (preset, parameters of the released checkpoint, spec A
     "result_1024p": ("crn-1024p", 98_674_531),
     "result_GTA": ("crn-gta-256p", 97_875_483),
 }
-
 
 
 def _official_index(folder):
@@ -84,8 +93,9 @@ def test_wrong_preset_is_reported_with_every_problem():
     index = read_tf_index(_official_index("result_512p"))
     with torch.device("meta"):
         model = build_model("crn-256p")
-    with pytest.raises(TFCheckpointError,
-                       match=r"g_256_conv100/weights.*Wrong --preset.*matching preset\(s\): crn-512p$"):
+    with pytest.raises(
+        TFCheckpointError, match=r"g_256_conv100/weights.*Wrong --preset.*matching preset\(s\): crn-512p$"
+    ):
         official_crn_mapping(model, index)
 
 
@@ -352,8 +362,7 @@ def test_upsampling_is_bilinear_align_corners(monkeypatch):
     real = F.interpolate
 
     def spy(x, *args, **kwargs):
-        calls.append((tuple(x.shape[-2:]), kwargs.get("size"), kwargs.get("mode"),
-                      kwargs.get("align_corners")))
+        calls.append((tuple(x.shape[-2:]), kwargs.get("size"), kwargs.get("mode"), kwargs.get("align_corners")))
         return real(x, *args, **kwargs)
 
     monkeypatch.setattr(crn_mod.F, "interpolate", spy)
@@ -361,8 +370,12 @@ def test_upsampling_is_bilinear_align_corners(monkeypatch):
     with torch.no_grad():
         net(_random_label())
     feats = [c for c in calls if c[2] == "bilinear"]
-    assert [(c[0], tuple(c[1])) for c in feats] == [((4, 8), (8, 16)), ((8, 16), (16, 32)),
-                                                  ((16, 32), (32, 64)), ((32, 64), (64, 128))]
+    assert [(c[0], tuple(c[1])) for c in feats] == [
+        ((4, 8), (8, 16)),
+        ((8, 16), (16, 32)),
+        ((16, 32), (32, 64)),
+        ((32, 64), (64, 128)),
+    ]
     assert all(c[3] is True for c in feats)
 
 
@@ -370,8 +383,7 @@ def test_label_pyramid_is_repeated_2x2_average():
     net = _tiny()
     seen = {}
     for name, blk in net.blocks.items():
-        blk.register_forward_pre_hook(
-            lambda m, inp, name=name: seen.__setitem__(name, inp[0][:, -20:].clone()))
+        blk.register_forward_pre_hook(lambda m, inp, name=name: seen.__setitem__(name, inp[0][:, -20:].clone()))
     label = _random_label()
     with torch.no_grad():
         net(label)
@@ -401,7 +413,6 @@ def test_width_mult_and_base_grid_variants():
         assert net(_random_label(24, 32, c=19)).shape == (2, 2, 3, 24, 32)
     with pytest.raises(ValueError, match="divisible by 8"):
         net(_random_label(20, 32))
-
 
 
 # ---------------------------------------------------------------------- fast inference path
@@ -437,7 +448,7 @@ def test_fast_inference_path_equals_the_plain_ops(dtype):
     assert fast.dtype == ref.dtype and fast.shape == ref.shape == (2, 2, 3, 32, 64)
     assert (fast.float() - ref.float()).abs().max() < tol
     assert torch.equal(fast, fast2)
-    assert (ref.float().std() > 0.01)  # a non-degenerate output, or the comparison means nothing
+    assert ref.float().std() > 0.01  # a non-degenerate output, or the comparison means nothing
 
 
 def test_fast_path_is_off_under_autograd():
@@ -469,7 +480,9 @@ def test_layer_norm_lrelu_matches_group_norm_at_large_mean():
     norm = torch.nn.GroupNorm(1, 4, eps=1e-12)
     x = (torch.randn(2, 4, 600, 1000) * 0.5 + 40).contiguous(memory_format=torch.channels_last)
     d = x.double()
-    ref = F.leaky_relu((d - d.mean((1, 2, 3), keepdim=True)) / d.var((1, 2, 3), unbiased=False, keepdim=True).sqrt(), 0.2)
+    ref = F.leaky_relu(
+        (d - d.mean((1, 2, 3), keepdim=True)) / d.var((1, 2, 3), unbiased=False, keepdim=True).sqrt(), 0.2
+    )
     with torch.no_grad():
         out = layer_norm_lrelu(x.clone(), norm)
     assert (out.double() - ref).abs().max() < 1e-4

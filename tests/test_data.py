@@ -1,4 +1,5 @@
 """Datasets: every layout in ../shared/data, pairing errors, resizing, flips and the decode cache."""
+
 from __future__ import annotations
 
 import os
@@ -13,17 +14,20 @@ from semsynth.data import DatasetError, list_label_files, load_image, open_datas
 from semsynth.labels import LabelError, colorize, get_space
 
 
-@pytest.mark.parametrize("folder, kw, count, layout, space", [
-    ("cityscapes", {}, 8, "cityscapes", "cityscapes"),
-    ("cityscapes", {"split": "val", "require_images": False}, 15, "cityscapes", "cityscapes"),
-    ("camvid", {}, 367, "camvid", "camvid"),
-    ("camvid", {"split": "val"}, 101, "camvid", "camvid"),
-    ("cityscapes_sequences", {}, 180, "paired", "cityscapes"),
-    ("cocostuff_samples", {}, 13, "cocostuff", "cocostuff"),
-    ("cocostuff_samples", {"split": "val"}, 8, "cocostuff", "cocostuff"),
-    ("ade20k_samples", {}, 3, "ade20k", "ade20k"),
-    ("gta_sample", {"require_images": False}, 1, "labels", "cityscapes"),
-])
+@pytest.mark.parametrize(
+    "folder, kw, count, layout, space",
+    [
+        ("cityscapes", {}, 8, "cityscapes", "cityscapes"),
+        ("cityscapes", {"split": "val", "require_images": False}, 15, "cityscapes", "cityscapes"),
+        ("camvid", {}, 367, "camvid", "camvid"),
+        ("camvid", {"split": "val"}, 101, "camvid", "camvid"),
+        ("cityscapes_sequences", {}, 180, "paired", "cityscapes"),
+        ("cocostuff_samples", {}, 13, "cocostuff", "cocostuff"),
+        ("cocostuff_samples", {"split": "val"}, 8, "cocostuff", "cocostuff"),
+        ("ade20k_samples", {}, 3, "ade20k", "ade20k"),
+        ("gta_sample", {"require_images": False}, 1, "labels", "cityscapes"),
+    ],
+)
 def test_every_shared_layout_opens(data, folder, kw, count, layout, space):
     ds = open_dataset(data / folder, size=(32, 64), **kw)
     assert (len(ds), ds.layout, ds.space.name) == (count, layout, space)

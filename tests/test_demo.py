@@ -1,5 +1,6 @@
 """`semsynth demo`: end to end on a tiny checkpoint made here (and on the bundled model when it is
 installed), the page links exactly the files written, output folders are never silently reused."""
+
 from __future__ import annotations
 
 import re
@@ -10,15 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from semsynth.checkpoint import save_model
+from semsynth.checkpoint import BUNDLED, save_model
 from semsynth.cli import main
 from semsynth.data import resize_label
 from semsynth.demo import run_demo
 from semsynth.labels import get_space
 from semsynth.layouts import street_layout
 from semsynth.models import build_model, model_config
-from semsynth.checkpoint import BUNDLED
-
 
 SIZE = (32, 64)  # the tiny model's native size (4 levels from 4x8)
 
@@ -49,8 +48,11 @@ def test_procedural_demo_end_to_end(tiny, tmp_path):
     index = run_demo(out, n=2, seed=5, model=tiny, device="cpu", progress=False)
     assert index == out / "index.html" and index.is_file()
     written = _files(out)
-    assert written == {"layouts/street_0005.png", "layouts/street_0006.png",
-                       *(f"outputs/street_000{s}_k{i}.png" for s in (5, 6) for i in range(2))}
+    assert written == {
+        "layouts/street_0005.png",
+        "layouts/street_0006.png",
+        *(f"outputs/street_000{s}_k{i}.png" for s in (5, 6) for i in range(2)),
+    }
     assert _links(index) == written  # every image shown exists, every file written is shown
     assert not list(out.rglob(".*"))  # no temp files left behind
     space = get_space("cityscapes")
@@ -96,8 +98,22 @@ def test_default_folder_is_fresh(tiny, tmp_path, monkeypatch):
 
 def test_cli(tiny, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["demo", "-o", str(out), "-n", "1", "--seed", "3", "--k", "1", "--model", str(tiny),
-            "--device", "cpu", "--quiet"]
+    args = [
+        "demo",
+        "-o",
+        str(out),
+        "-n",
+        "1",
+        "--seed",
+        "3",
+        "--k",
+        "1",
+        "--model",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert str(out / "index.html") in printed
@@ -114,8 +130,10 @@ def test_user_label_maps(tiny, tmp_path, data):
         pytest.skip("frankfurt val / seq0005 label maps not in the shared data")
     index = run_demo(tmp_path / "u", inputs=[*files, *seq], model=tiny, progress=False)
     names = [files[0].stem, seq[0].stem]
-    assert _files(index.parent) == {*(f"layouts/{n}.png" for n in names),
-                                    *(f"outputs/{n}_k{i}.png" for n in names for i in range(2))}
+    assert _files(index.parent) == {
+        *(f"layouts/{n}.png" for n in names),
+        *(f"outputs/{n}_k{i}.png" for n in names for i in range(2)),
+    }
     assert _links(index) == _files(index.parent)
     space = get_space("cityscapes")
     for f, n in zip([*files, *seq], names):
@@ -129,8 +147,12 @@ def test_user_label_maps_duplicate_names_and_errors(tiny, tmp_path, png):
     png(tmp_path / "a/x_trainIds.png", ids.astype(np.uint8))
     png(tmp_path / "b/x_trainIds.png", ids.astype(np.uint8))
     index = run_demo(tmp_path / "o", inputs=[tmp_path / "a", tmp_path / "b"], k=1, model=tiny, progress=False)
-    assert _files(index.parent) == {"layouts/x_trainIds.png", "layouts/x_trainIds_2.png",
-                                    "outputs/x_trainIds.png", "outputs/x_trainIds_2.png"}
+    assert _files(index.parent) == {
+        "layouts/x_trainIds.png",
+        "layouts/x_trainIds_2.png",
+        "outputs/x_trainIds.png",
+        "outputs/x_trainIds_2.png",
+    }
     assert np.array_equal(space.read(index.parent / "layouts/x_trainIds_2.png"), resize_label(ids, SIZE))
     png(tmp_path / "bad/y_trainIds.png", np.full((8, 8), 77, np.uint8))
     with pytest.raises(ValueError, match="77"):

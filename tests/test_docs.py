@@ -1,5 +1,6 @@
 """The code's citations of the specification ("SPEC B.6.1", "B.8.8", "Appendix 2") resolve to a
 section of docs/spec.md: a new citation without a summary there fails here."""
+
 from __future__ import annotations
 
 import re
@@ -26,6 +27,6 @@ def test_every_spec_citation_has_a_section_in_docs_spec():
         if m:
             headings.add(m.group(1).rstrip(":"))
     cited = _cited()
-    assert {"A.3", "B.6.1", "B.8.5", "Appendix 2"} <= set(cited)   # the scan does find citations
+    assert {"A.3", "B.6.1", "B.8.5", "Appendix 2"} <= set(cited)  # the scan does find citations
     missing = {c: sorted(files) for c, files in cited.items() if c not in headings}
     assert not missing, f"cited but not summarised in docs/spec.md: {missing}"

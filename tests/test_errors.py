@@ -1,6 +1,7 @@
 """One error path: expected failures print one line naming the file, key or value and exit 2
 (tracebacks only with --debug); outputs are checked before work starts; interrupted outputs
 resume; nothing is overwritten without --overwrite."""
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,21 @@ from semsynth.utils import TMP_MARK, atomic_path, check_writable_dir, pick_devic
 def tiny_model(tmp_path):
     """A crn-tiny checkpoint (random weights; 64x128, k = 3)."""
     out = tmp_path / "model"
-    ckpt.save_model(out / "model.safetensors", build_model("crn-tiny"), {"arch": "crn", "levels": 5, "k": 3,
-                    "width_mult": 1 / 32}, get_space("cityscapes"), "crn")
+    ckpt.save_model(
+        out / "model.safetensors",
+        build_model("crn-tiny"),
+        {"arch": "crn", "levels": 5, "k": 3, "width_mult": 1 / 32},
+        get_space("cityscapes"),
+        "crn",
+    )
     return out
 
 
 @pytest.fixture
 def layouts(tmp_path, png):
-    return [png(tmp_path / "lab" / f"s{i}_trainIds.png", street_layout(i, (64, 128)).astype(np.uint8))
-            for i in range(3)]
+    return [
+        png(tmp_path / "lab" / f"s{i}_trainIds.png", street_layout(i, (64, 128)).astype(np.uint8)) for i in range(3)
+    ]
 
 
 def _one_line_error(capsys, *needles):
@@ -68,21 +75,33 @@ def test_expected_failures_are_one_line_exit_2(tiny_model, layouts, tmp_path, ca
         (["layouts", "-o", str(tmp_path / "afile" / "x")], ["afile is a file"]),
         (["export", str(junk), "-o", str(tmp_path / "m.onnx")], ["random.safetensors"]),
         # a SIMS-only option on a CRN checkpoint is refused, naming the checkpoint
-        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--bank", str(tmp_path)],
-         [str(tiny_model), "'crn' checkpoint", "bank"]),
-        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--save-intermediates"],
-         ["--save-intermediates"]),
+        (
+            ["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--bank", str(tmp_path)],
+            [str(tiny_model), "'crn' checkpoint", "bank"],
+        ),
+        (
+            ["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--save-intermediates"],
+            ["--save-intermediates"],
+        ),
         # --precision: one setting on every command that runs networks, a bad value one line
-        (["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--precision", "fp16"],
-         ["precision 'fp16'", "auto, fp32, bf16"]),
+        (
+            ["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--precision", "fp16"],
+            ["precision 'fp16'", "auto, fp32, bf16"],
+        ),
         (["demo", "-o", str(tmp_path / "o"), "--precision", "fp16"], ["precision 'fp16'"]),
-        (["evaluate", str(tmp_path), "--labels", str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "x"],
-         ["precision 'x'"]),
+        (
+            ["evaluate", str(tmp_path), "--labels", str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "x"],
+            ["precision 'x'"],
+        ),
         (["serve", "--model", str(tiny_model), "--precision", "half"], ["precision 'half'"]),
     ]
     if not torch.cuda.is_available():
-        cases.append((["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--device", "cuda"],
-                      ["CUDA is not available"]))
+        cases.append(
+            (
+                ["synthesize", str(tiny_model), lab, "-o", str(tmp_path / "o"), "--device", "cuda"],
+                ["CUDA is not available"],
+            )
+        )
     for argv, needles in cases:
         assert cli(argv) == 2, argv
         _one_line_error(capsys, *needles)
@@ -125,7 +144,9 @@ def test_check_writable_dir_creates_nothing(tmp_path):
 
 def test_skip_existing_finishes_an_interrupted_run(tiny_model, layouts, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli(["synthesize", str(tiny_model), *map(str, layouts), "-o", str(out), "--k", "2", "--batch-size", "1"]) == 0
+    assert (
+        cli(["synthesize", str(tiny_model), *map(str, layouts), "-o", str(out), "--k", "2", "--batch-size", "1"]) == 0
+    )
     full = {p.name: p.read_bytes() for p in out.iterdir()}
     assert len(full) == 6
     # an interrupted run: one layout's outputs missing, another's half written, a stale temp file
@@ -136,8 +157,23 @@ def test_skip_existing_finishes_an_interrupted_run(tiny_model, layouts, tmp_path
     capsys.readouterr()
     assert cli(["synthesize", str(tiny_model), *map(str, layouts), "-o", str(out), "--k", "2"]) == 2
     _one_line_error(capsys, "already exist", "--skip-existing")
-    assert cli(["synthesize", str(tiny_model), *map(str, layouts), "-o", str(out), "--k", "2", "--batch-size", "1",
-                "--skip-existing"]) == 0
+    assert (
+        cli(
+            [
+                "synthesize",
+                str(tiny_model),
+                *map(str, layouts),
+                "-o",
+                str(out),
+                "--k",
+                "2",
+                "--batch-size",
+                "1",
+                "--skip-existing",
+            ]
+        )
+        == 0
+    )
     assert "wrote 4 image(s)" in capsys.readouterr().out  # s1 (2) and s2 (2), not s0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == full  # same bytes; temp file gone
 

@@ -1,5 +1,6 @@
 """ESPNet re-implementation: the released state dicts load strictly, and the networks reproduce
 the accuracies stated in ../shared/README.md (fast: one image at reduced size; slow: all pairs)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -128,9 +129,10 @@ def test_camvid_val(data):
     photos = sorted((data / "camvid" / "val").glob("*.jpg"))
     assert len(photos) == 101
     for i in range(0, len(photos), 8):
-        xs = torch.cat([load_image(p)[None] for p in photos[i:i + 8]])
-        gts = torch.stack([torch.from_numpy(space.read(data / "camvid" / "valannot" / (p.stem + ".png")))
-                           for p in photos[i:i + 8]])
+        xs = torch.cat([load_image(p)[None] for p in photos[i : i + 8]])
+        gts = torch.stack(
+            [torch.from_numpy(space.read(data / "camvid" / "valannot" / (p.stem + ".png"))) for p in photos[i : i + 8]]
+        )
         conf += confusion_matrix(seg.segment(xs), gts, 11).numpy()
     s = segmentation_scores(conf, space.names)
     assert abs(s["miou"] - 0.699) < 0.01, s["miou"]

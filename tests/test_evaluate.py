@@ -1,6 +1,7 @@
 """Evaluation: metric definitions on hand-made inputs, the FID Inception's key layout, the
 segmenter plug-in registry, pairing errors, and `evaluate` / `semsynth evaluate` end to end on a
 tiny folder (a palette "segmenter" plug-in judges colour-coded images exactly)."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,28 @@ import pytest
 import torch
 from PIL import Image
 
-from semsynth.errors import CheckpointError
 from semsynth.cli import main as cli
+from semsynth.errors import CheckpointError
 from semsynth.evaluate import (
-    EvaluationError, available_segmenters, build_segmenter, confusion_matrix, evaluate,
-    pair_files, register_segmenter, segmentation_scores, write_report,
+    EvaluationError,
+    available_segmenters,
+    build_segmenter,
+    confusion_matrix,
+    evaluate,
+    pair_files,
+    register_segmenter,
+    segmentation_scores,
+    write_report,
 )
 from semsynth.labels import colorize, get_space, save_label
 from semsynth.models.inception import (
-    FIDInceptionV3, feature_statistics, frechet_distance, frechet_distance_features,
-    kernel_inception_distance, load_fid_inception, polynomial_mmd,
+    FIDInceptionV3,
+    feature_statistics,
+    frechet_distance,
+    frechet_distance_features,
+    kernel_inception_distance,
+    load_fid_inception,
+    polynomial_mmd,
 )
 
 CS = get_space("cityscapes")
@@ -33,8 +46,7 @@ def assert_documented(rep: dict) -> None:
     """Every key of the report's fixed structure is named in docs/evaluate-report.md."""
     documented = set(re.findall(r"`([a-z_0-9]+)`", DOC.read_text()))
     some = lambda d: next(iter(d.values())) if d else {}  # noqa: E731  (one column's entry)
-    levels = [rep, rep["protocol"], rep["inputs"], some(rep["segmentation"]),
-              some(rep["segmentation"])["intervals"]]
+    levels = [rep, rep["protocol"], rep["inputs"], some(rep["segmentation"]), some(rep["segmentation"])["intervals"]]
     if rep["comparisons"]:
         levels += [rep["comparisons"][0], rep["comparisons"][0]["miou"]]
     for d in rep["distribution"]:
@@ -70,8 +82,8 @@ def test_absent_and_hallucinated_classes():
     s = segmentation_scores(confusion_matrix(pr, gt, 3).numpy(), names)
     assert s["per_class_iou"]["c"] is None
     assert s["per_class_iou"]["b"] == 0.0
-    assert s["miou"] == pytest.approx(0.75)          # classes in the layouts: a only
-    assert s["miou_union"] == pytest.approx(0.375)   # a and the hallucinated b
+    assert s["miou"] == pytest.approx(0.75)  # classes in the layouts: a only
+    assert s["miou_union"] == pytest.approx(0.375)  # a and the hallucinated b
     assert s["classes_present"] == 1
 
 
@@ -102,7 +114,8 @@ def test_frechet_distance_singular_and_methods_agree():
     x2, y2 = rng.normal(size=(80, 6)), rng.normal(0.3, 0.8, size=(50, 6))  # full rank
     assert frechet_distance_features(x2, y2)[1] == "sqrtm"
     assert frechet_distance_features(x2, y2, "lowrank")[0] == pytest.approx(
-        frechet_distance_features(x2, y2)[0], rel=1e-9)
+        frechet_distance_features(x2, y2)[0], rel=1e-9
+    )
     with pytest.raises(ValueError, match="at least 2"):
         feature_statistics(x[:1])
 
@@ -112,7 +125,7 @@ def test_kid_unbiased_and_deterministic():
     x, y = rng.normal(size=(200, 16)), rng.normal(size=(200, 16))
     same = kernel_inception_distance(x, y, num_subsets=20, subset_size=100)
     shifted = kernel_inception_distance(x, y + 1.0, num_subsets=20, subset_size=100)
-    assert abs(same["mean"]) < 3 * same["std"] + 1e-3      # unbiased: ~0 for one distribution
+    assert abs(same["mean"]) < 3 * same["std"] + 1e-3  # unbiased: ~0 for one distribution
     assert shifted["mean"] > 10 * abs(same["mean"])
     assert kernel_inception_distance(x, y, 20, 100) == same
     # the estimator against a direct double loop
@@ -177,12 +190,12 @@ PaletteSegmenter = _ns["PaletteSegmenter"]
 
 
 def _layout(rng, h=32, w=64):
-    ids = np.full((h, w), 0, dtype=np.int64)               # road
-    ids[: h // 3] = 10                                       # sky
+    ids = np.full((h, w), 0, dtype=np.int64)  # road
+    ids[: h // 3] = 10  # sky
     for _ in range(4):
         c = int(rng.integers(1, 19))
         y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-        ids[y: y + 8, x: x + 12] = c
+        ids[y : y + 8, x : x + 12] = c
     ids[-2:, :4] = CS.void
     return ids
 
@@ -235,8 +248,9 @@ def test_pairing_variants_and_errors(tiny):
 
 
 def test_evaluate_end_to_end(tiny, tmp_path):
-    report = evaluate(tiny / "fake", tiny / "labels", tiny / "real", segmenter=PaletteSegmenter(),
-                      device="cpu", draws=5, thumbnails=2)
+    report = evaluate(
+        tiny / "fake", tiny / "labels", tiny / "real", segmenter=PaletteSegmenter(), device="cpu", draws=5, thumbnails=2
+    )
     seg = report["segmentation"]
     assert seg["synthesized"]["miou"] == 1.0 and seg["synthesized"]["pixel_accuracy"] == 1.0
     assert seg["synthesized"]["intervals"]["miou"] == [1.0, 1.0] and seg["synthesized"]["layouts"] == 5
@@ -267,7 +281,10 @@ def test_evaluate_end_to_end(tiny, tmp_path):
     assert "<table>" in page and 'src="thumbs/s0/synthesized.png"' in page and 'src="thumbs/s1/real.png"' in page
     assert sorted(p.name for p in (tmp_path / "rep" / "thumbs").iterdir()) == ["s0", "s1"]
     assert sorted(p.name for p in (tmp_path / "rep" / "thumbs" / "s0").iterdir()) == [
-        "layout.png", "real.png", "synthesized.png"]
+        "layout.png",
+        "real.png",
+        "synthesized.png",
+    ]
 
 
 def test_evaluate_with_user_inception_file(tiny, tmp_path):
@@ -275,9 +292,17 @@ def test_evaluate_with_user_inception_file(tiny, tmp_path):
     for i in range(5):
         (tiny / "fake" / f"s{i}_k1.png").unlink()
     torch.save(FIDInceptionV3().state_dict(), tmp_path / "inception.pth")
-    report = evaluate(tiny / "fake", tiny / "labels", tiny / "real", segmenter=PaletteSegmenter(),
-                      inception=tmp_path / "inception.pth", fd_network="none", device="cpu",
-                      draws=3, thumbnails=0)
+    report = evaluate(
+        tiny / "fake",
+        tiny / "labels",
+        tiny / "real",
+        segmenter=PaletteSegmenter(),
+        inception=tmp_path / "inception.pth",
+        fd_network="none",
+        device="cpu",
+        draws=3,
+        thumbnails=0,
+    )
     (fid,) = report["distribution"]
     assert fid["standard"] and fid["dims"] == 2048 and np.isfinite(fid["models"]["synthesized"]["fd"])
     assert fid["fd_method"] == "lowrank"  # 2 images per set < 2048 dimensions
@@ -295,14 +320,36 @@ def test_cli_plugin_module_and_errors(tiny, tmp_path, monkeypatch, capsys):
     (plug / "my_palette_seg.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(plug))
     out = tmp_path / "rep"
-    rc = cli(["evaluate", str(tiny / "real"), "--labels", str(tiny / "labels"),
-              "--segmenter", "my_palette_seg:PaletteSegmenter", "-o", str(out), "--thumbnails", "1"])
+    rc = cli(
+        [
+            "evaluate",
+            str(tiny / "real"),
+            "--labels",
+            str(tiny / "labels"),
+            "--segmenter",
+            "my_palette_seg:PaletteSegmenter",
+            "-o",
+            str(out),
+            "--thumbnails",
+            "1",
+        ]
+    )
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["columns"] == [{"name": "images", "kind": "images"}] and rep["segmentation"]["images"]["miou"] == 1.0
     assert "| metric | images |" in capsys.readouterr().out
-    rc = cli(["evaluate", str(tiny / "real"), "--labels", str(tmp_path / "nowhere"), "-o", str(out),
-              "--segmenter", "my_palette_seg:PaletteSegmenter"])
+    rc = cli(
+        [
+            "evaluate",
+            str(tiny / "real"),
+            "--labels",
+            str(tmp_path / "nowhere"),
+            "-o",
+            str(out),
+            "--segmenter",
+            "my_palette_seg:PaletteSegmenter",
+        ]
+    )
     assert rc == 2 and "label folder not found" in capsys.readouterr().err
 
 
@@ -323,9 +370,23 @@ def test_cli_side_by_side_models(tiny, tmp_path, monkeypatch, capsys):
         arr[:, : arr.shape[1] // 4] = 128 + rng.normal(0, 1, arr[:, : arr.shape[1] // 4].shape)
         _save_rgb(tiny / "worse" / p.name, arr)
     out = tmp_path / "rep"
-    args = ["evaluate", f"good={tiny / 'fake'}", f"worse={tiny / 'worse'}", "--labels", str(tiny / "labels"),
-            "--real", str(tiny / "real"), "--segmenter", "my_palette_seg2:PaletteSegmenter",
-            "--fd-network", "none", "--thumbnails", "2", "--bootstrap", "200"]
+    args = [
+        "evaluate",
+        f"good={tiny / 'fake'}",
+        f"worse={tiny / 'worse'}",
+        "--labels",
+        str(tiny / "labels"),
+        "--real",
+        str(tiny / "real"),
+        "--segmenter",
+        "my_palette_seg2:PaletteSegmenter",
+        "--fd-network",
+        "none",
+        "--thumbnails",
+        "2",
+        "--bootstrap",
+        "200",
+    ]
     assert cli(args + ["-o", str(out)]) == 0
     printed = capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
@@ -334,7 +395,7 @@ def test_cli_side_by_side_models(tiny, tmp_path, monkeypatch, capsys):
     comp = {(c["model"], c["baseline"]): c for c in rep["comparisons"]}
     assert set(comp) == {("worse", "good"), ("good", "real"), ("worse", "real")}
     d = comp[("worse", "good")]["miou"]
-    assert d["diff"] < 0 and d["interval"][1] < 0            # clearly worse on the same layouts
+    assert d["diff"] < 0 and d["interval"][1] < 0  # clearly worse on the same layouts
     assert comp[("good", "real")]["miou"]["ratio"] == 1.0
     assert "| metric | good | worse | real (ceiling) |" in printed and "## Paired comparisons" in printed
     assert "worse − good" in printed and "good higher mIoU" in printed
@@ -351,15 +412,20 @@ def test_cli_side_by_side_models(tiny, tmp_path, monkeypatch, capsys):
 
 def test_unnamed_folders_and_name_errors(tiny, tmp_path):
     shutil.copytree(tiny / "fake", tmp_path / "b" / "fake")
-    rep = evaluate([tiny / "fake", tmp_path / "b" / "fake"], tiny / "labels", segmenter=PaletteSegmenter(),
-                   fd_network="none", thumbnails=0, bootstrap=50)
+    rep = evaluate(
+        [tiny / "fake", tmp_path / "b" / "fake"],
+        tiny / "labels",
+        segmenter=PaletteSegmenter(),
+        fd_network="none",
+        thumbnails=0,
+        bootstrap=50,
+    )
     names = [c["name"] for c in rep["columns"]]
     assert len(names) == 2 and names[0] != names[1] and all(n.endswith("fake") for n in names)
     (c,) = rep["comparisons"]
-    assert c["miou"]["diff"] == 0 and c["miou"]["interval"] == [0.0, 0.0]   # a model against itself
+    assert c["miou"]["diff"] == 0 and c["miou"]["interval"] == [0.0, 0.0]  # a model against itself
     with pytest.raises(EvaluationError, match="both named 'x'"):
-        evaluate(["x=" + str(tiny / "fake"), "x=" + str(tiny / "real")], tiny / "labels",
-                 segmenter=PaletteSegmenter())
+        evaluate(["x=" + str(tiny / "fake"), "x=" + str(tiny / "real")], tiny / "labels", segmenter=PaletteSegmenter())
     with pytest.raises(EvaluationError, match="'real' names"):
         evaluate({"real": tiny / "fake"}, tiny / "labels", tiny / "real", segmenter=PaletteSegmenter())
 
@@ -368,8 +434,15 @@ def test_models_are_scored_on_shared_layouts(tiny):
     (tiny / "fewer").mkdir()
     for p in sorted((tiny / "fake").glob("s[0-2]_k*.png")):
         shutil.copy(p, tiny / "fewer" / p.name)
-    rep = evaluate({"all": tiny / "fake", "fewer": tiny / "fewer"}, tiny / "labels", tiny / "real",
-                   segmenter=PaletteSegmenter(), fd_network="none", thumbnails=0, bootstrap=50)
+    rep = evaluate(
+        {"all": tiny / "fake", "fewer": tiny / "fewer"},
+        tiny / "labels",
+        tiny / "real",
+        segmenter=PaletteSegmenter(),
+        fd_network="none",
+        thumbnails=0,
+        bootstrap=50,
+    )
     assert rep["segmentation"]["all"]["layouts"] == 3 and rep["segmentation"]["real"]["layouts"] == 3
     assert any("all: 2 layout(s)" in w for w in rep["warnings"])
 
@@ -383,9 +456,9 @@ def test_polegroup_decoding(tmp_path):
     assert evaluation_space(CS, "ignore").encodings["instanceId"][18] == CS.void
     assert evaluation_space(CS, "ignore").encodings["labelId"][17] == CS.names.index("pole")
     assert evaluation_space(CS, "pole") is CS and evaluation_space(get_space("camvid"), "ignore").name == "camvid"
-    raw = np.full((16, 32), 7, dtype=np.uint8)      # road
-    raw[:8] = 23                                    # sky
-    raw[8:, :4] = 18                                # polegroup: 32 pixels
+    raw = np.full((16, 32), 7, dtype=np.uint8)  # road
+    raw[:8] = 23  # sky
+    raw[8:, :4] = 18  # polegroup: 32 pixels
     Image.fromarray(raw).save(_mk(tmp_path / "labels") / "a_gtFine_labelIds.png")
     ids = CS.decode_ids(raw, "labelId")
     _save_rgb(tmp_path / "img" / "a.png", colorize(ids, CS))

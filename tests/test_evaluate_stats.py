@@ -1,5 +1,6 @@
 """The statistics behind the evaluation report: bootstrap intervals over layouts, paired
 comparisons, and FD/KID at matched sample sizes with the real split-half floor."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,13 @@ import pytest
 import torch
 
 from semsynth.evaluate import (
-    FeatureNet, LayoutCounts, bootstrap_intervals, confusion_matrix, matched_distances,
-    paired_bootstrap, segmentation_scores,
+    FeatureNet,
+    LayoutCounts,
+    bootstrap_intervals,
+    confusion_matrix,
+    matched_distances,
+    paired_bootstrap,
+    segmentation_scores,
 )
 from semsynth.evaluate.consistency import confusion_counts, scores_from_counts
 from semsynth.evaluate.distribution import _splits
@@ -51,9 +57,9 @@ def test_intervals_contain_the_estimate_and_shrink_with_more_layouts():
     for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
         est = float(few.scores()[key])
         assert a[key][0] <= est <= a[key][1]
-        assert _width(b[key]) < 0.6 * _width(a[key])        # ~ 1/sqrt(20) of it in theory
+        assert _width(b[key]) < 0.6 * _width(a[key])  # ~ 1/sqrt(20) of it in theory
     assert _width(b["per_class_iou"]["a"]) < _width(a["per_class_iou"]["a"])
-    assert bootstrap_intervals(few, NAMES) == a                # fixed seed: reproducible
+    assert bootstrap_intervals(few, NAMES) == a  # fixed seed: reproducible
     assert bootstrap_intervals(few, NAMES, seed=1) != a
     assert bootstrap_intervals(_layouts(1, 0.6, 0), NAMES)["miou"] is None
 
@@ -81,7 +87,7 @@ def test_splits_are_distinct_and_disjoint():
     assert len({(tuple(a), tuple(b)) for a, b in sp}) == 50
     assert all(not set(a) & set(b) and len(a) == len(b) == 4 for a, b in sp)
     allsp, total = _splits(4, 2, 50, rng)
-    assert total == len(allsp) == 6                            # all of them when there are fewer
+    assert total == len(allsp) == 6  # all of them when there are fewer
 
 
 def _net(dims):
@@ -103,7 +109,7 @@ def test_matched_floor_and_kid_spread():
     assert d["n_per_set"] == 4 and m["n"] == [4, 4] and d["real_split_half"]["n"] == [4, 4]
     assert d["draws"] == 50 and d["distinct_splits"] == 70 and d["kid_subset_size"] == 4
     assert d["real_split_half"]["fd"] < m["fd"] and m["fd_excess"]["mean"] > 0
-    assert d["real_split_half"]["kid"]["std"] > 0 and m["kid"]["std"] > 0     # subsets that differ
+    assert d["real_split_half"]["kid"]["std"] > 0 and m["kid"]["std"] > 0  # subsets that differ
     assert d["real_split_half"]["fd_std"] > 0
     assert not d["fd_reliable"] and "below the 8 feature dimensions" in d["note"]
     assert m["n_unmatched"] == [24, 8]

@@ -1,5 +1,6 @@
 """`semsynth export`: ONNX (run in onnxruntime) and TorchScript files agree with PyTorch, for a CRN
 model and the SIMS synthesis network, and carry the label space in their metadata."""
+
 from __future__ import annotations
 
 import numpy as np

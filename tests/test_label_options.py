@@ -1,6 +1,7 @@
 """Label decoding never crashes (hypothesis fuzz: random bytes, damaged PNG headers, random modes
 and palettes), warns when a grey map is probably misread (trainIds read as labelIds, JPEG), and
 the --label-space / --label-encoding options reach every command that reads layouts."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,11 @@ FUZZ_EXAMPLES = 500  # per fuzz test (three tests: 1,500 label files per run)
 SPACES = ["cityscapes", "camvid", "cocostuff", "ade20k"]
 ENCODINGS = [None, "auto", "color", "index", "labelId", "trainId", "instanceId", "id", "bogus"]
 MODES = ["L", "P", "RGB", "RGBA", "LA", "I;16", "I", "1", "F", "CMYK", "YCbCr"]
-fuzz = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+fuzz = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def _check_read(path, space_name: str, encoding):
@@ -62,8 +66,12 @@ def _image_bytes(mode: str, arr: np.ndarray, palette: bytes | None) -> bytes:
 
 
 @fuzz
-@given(data=st.binary(max_size=600), space=st.sampled_from(SPACES), enc=st.sampled_from(ENCODINGS),
-       suffix=st.sampled_from([".png", ".jpg", ".bmp", ".tif"]))
+@given(
+    data=st.binary(max_size=600),
+    space=st.sampled_from(SPACES),
+    enc=st.sampled_from(ENCODINGS),
+    suffix=st.sampled_from([".png", ".jpg", ".bmp", ".tif"]),
+)
 def test_fuzz_random_bytes(tmp_path, data, space, enc, suffix):
     f = tmp_path / f"x_labelIds{suffix}"
     f.write_bytes(data)
@@ -71,9 +79,16 @@ def test_fuzz_random_bytes(tmp_path, data, space, enc, suffix):
 
 
 @fuzz
-@given(mode=st.sampled_from(MODES), h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 2 ** 32 - 1),
-       hi=st.sampled_from([2, 12, 20, 35, 151, 183, 256, 70000]), space=st.sampled_from(SPACES),
-       enc=st.sampled_from(ENCODINGS), palette=st.one_of(st.none(), st.binary(min_size=0, max_size=768)))
+@given(
+    mode=st.sampled_from(MODES),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    hi=st.sampled_from([2, 12, 20, 35, 151, 183, 256, 70000]),
+    space=st.sampled_from(SPACES),
+    enc=st.sampled_from(ENCODINGS),
+    palette=st.one_of(st.none(), st.binary(min_size=0, max_size=768)),
+)
 def test_fuzz_modes_and_palettes(tmp_path, mode, h, w, seed, hi, space, enc, palette):
     arr = np.random.default_rng(seed).integers(0, hi, (h, w, 4))
     f = tmp_path / "y.png"
@@ -82,8 +97,12 @@ def test_fuzz_modes_and_palettes(tmp_path, mode, h, w, seed, hi, space, enc, pal
 
 
 @fuzz
-@given(seed=st.integers(0, 2 ** 32 - 1), flips=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)),
-       min_size=1, max_size=8), cut=st.one_of(st.none(), st.integers(0, 400)), space=st.sampled_from(SPACES))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+    space=st.sampled_from(SPACES),
+)
 def test_fuzz_damaged_png_headers(tmp_path, seed, flips, cut, space):
     arr = np.random.default_rng(seed).integers(0, 19, (16, 16)).astype(np.uint8)
     buf = io.BytesIO()
@@ -131,8 +150,10 @@ def test_cli_prints_label_warnings_as_one_line(tmp_path, png, capsys):
 def test_layout_reader_maps_another_space_by_class_name(tmp_path, png):
     space = get_space("cityscapes")
     yaml_space = tmp_path / "mine.yaml"
-    yaml_space.write_text("name: mine\nclasses:\n  - {name: Road, id: 1, color: [1, 2, 3]}\n"
-                          "  - {name: car, id: 2, color: [4, 5, 6]}\nvoid: {ids: [0]}\n")
+    yaml_space.write_text(
+        "name: mine\nclasses:\n  - {name: Road, id: 1, color: [1, 2, 3]}\n"
+        "  - {name: car, id: 2, color: [4, 5, 6]}\nvoid: {ids: [0]}\n"
+    )
     f = png(tmp_path / "m.png", np.array([[1, 2], [0, 1]], np.uint8))
     got = layout_reader(space, str(yaml_space))(f)
     assert got.tolist() == [[space.names.index("road"), space.names.index("car")], [space.void, 0]]
@@ -148,7 +169,9 @@ def test_synthesize_and_demo_take_label_options(tmp_path, png, capsys):
     f = png(tmp_path / "l" / "plain.png", ids)  # trainIds (void 255) under a neutral name
     assert cli(["synthesize", "default", str(f), "-o", str(tmp_path / "o1"), "--k", "1"]) == 2  # 255 not a labelId
     assert "Wrong --label-space or --label-encoding?" in capsys.readouterr().err
-    assert cli(["synthesize", "default", str(f), "-o", str(tmp_path / "o1"), "--k", "1",
-                "--label-encoding", "trainId"]) == 0
+    assert (
+        cli(["synthesize", "default", str(f), "-o", str(tmp_path / "o1"), "--k", "1", "--label-encoding", "trainId"])
+        == 0
+    )
     assert cli(["demo", str(f), "-o", str(tmp_path / "d"), "--k", "1", "--quiet", "--label-encoding", "trainId"]) == 0
     assert (tmp_path / "d" / "index.html").is_file()

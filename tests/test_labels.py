@@ -1,4 +1,5 @@
 """Label spaces: decoding every label format in ../shared/data, errors, one-hot and pyramids."""
+
 from __future__ import annotations
 
 import csv
@@ -57,7 +58,7 @@ def test_ade20k_constants_match_the_benchmark_files(data):
     rows = list(csv.DictReader(open(data / "ade20k_samples/objectInfo150.csv")))
     for name, row in zip(s.names, rows, strict=True):
         words, synonyms = name.split(" "), row["Name"].split(";")
-        assert any(synonyms[k:k + len(words)] == words for k in range(len(synonyms))), (name, row)
+        assert any(synonyms[k : k + len(words)] == words for k in range(len(synonyms))), (name, row)
     np.testing.assert_array_equal(s.colors, loadmat(data / "ade20k_samples/color150.mat")["colors"])
 
 
@@ -248,19 +249,22 @@ def test_space_from_yaml(tmp_path, png):
     assert r.decode(np.array([[26, 255]], np.uint8)).tolist() == [[1, 3]]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("classes: []", "non-empty 'classes' list"),
-    ("name: x\nclasses: [{name: a, color: [1, 2]}]", r"class entry 0 .* bad colour"),
-    ("classes: [{name: a, color: [1, 2, 300]}]", "bad colour"),
-    ("classes: [{color: [1, 2, 3]}]", "lacks 'name'"),
-    ("classes: [{name: a, id: 3, color: [1, 2, 3]}, {name: b, id: 3, color: [4, 5, 6]}]", r"id\(s\) \[3\]"),
-    ("classes: [{name: a, id: -1, color: [1, 2, 3]}]", "id -1 outside"),
-    ("classes: [{name: a, id: 1, color: [1, 2, 3]}]\nvoid: {ids: [1]}", "also class ids"),
-    ("classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [1, 2, 3]}]", "several classes"),
-    ("classes: [{name: a, color: [1, 2, 3]}]\nvoid: {colors: [[1, 2, 3]]}", "also class colours"),
-    ("classes: [{name: a, color: [1, 2, 3]}]\nvoid: [0]", "'void' must be a mapping"),
-    ("classes: [unclosed", "cannot read label-space file"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("classes: []", "non-empty 'classes' list"),
+        ("name: x\nclasses: [{name: a, color: [1, 2]}]", r"class entry 0 .* bad colour"),
+        ("classes: [{name: a, color: [1, 2, 300]}]", "bad colour"),
+        ("classes: [{color: [1, 2, 3]}]", "lacks 'name'"),
+        ("classes: [{name: a, id: 3, color: [1, 2, 3]}, {name: b, id: 3, color: [4, 5, 6]}]", r"id\(s\) \[3\]"),
+        ("classes: [{name: a, id: -1, color: [1, 2, 3]}]", "id -1 outside"),
+        ("classes: [{name: a, id: 1, color: [1, 2, 3]}]\nvoid: {ids: [1]}", "also class ids"),
+        ("classes: [{name: a, color: [1, 2, 3]}, {name: b, color: [1, 2, 3]}]", "several classes"),
+        ("classes: [{name: a, color: [1, 2, 3]}]\nvoid: {colors: [[1, 2, 3]]}", "also class colours"),
+        ("classes: [{name: a, color: [1, 2, 3]}]\nvoid: [0]", "'void' must be a mapping"),
+        ("classes: [unclosed", "cannot read label-space file"),
+    ],
+)
 def test_space_file_errors(tmp_path, text, message):
     p = tmp_path / "bad.yaml"
     p.write_text(text)
@@ -290,10 +294,7 @@ def test_one_hot_has_void_last_and_sums_to_one():
 
 
 def test_pyramid_area_averages_each_level_from_the_finer_one():
-    ids = torch.tensor([[[0, 0, 1, 1],
-                         [0, 2, 1, 1],
-                         [2, 2, 2, 2],
-                         [2, 2, 2, 3]]])
+    ids = torch.tensor([[[0, 0, 1, 1], [0, 2, 1, 1], [2, 2, 2, 2], [2, 2, 2, 3]]])
     levels = pyramid(one_hot(ids, 3), [(2, 2), (1, 1)])
     half, one = levels
     assert half.shape == (1, 4, 2, 2) and one.shape == (1, 4, 1, 1)

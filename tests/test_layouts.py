@@ -1,5 +1,6 @@
 """Procedural street layouts: deterministic, plausible (class placement invariants), perspective
 consistent, and written files decode back exactly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,19 @@ def test_only_cityscapes_classes_and_no_void(maps):
 
 
 def test_every_required_class_appears_over_a_few_seeds(maps):
-    required = ["road", "sidewalk", "building", "vegetation", "terrain", "sky", "pole",
-                "traffic sign", "traffic light", "car", "person"]
+    required = [
+        "road",
+        "sidewalk",
+        "building",
+        "vegetation",
+        "terrain",
+        "sky",
+        "pole",
+        "traffic sign",
+        "traffic light",
+        "car",
+        "person",
+    ]
     present = set().union(*(set(np.unique(a).tolist()) for a in maps.values()))
     assert {CLASSES[n] for n in required} <= present, [n for n in required if CLASSES[n] not in present]
     for a in maps.values():  # the backbone of every street
@@ -53,7 +65,7 @@ def test_sky_on_top_road_below_and_reaching_the_bottom(maps):
         # the road is a trapezoid: it narrows to a few pixels towards the vanishing point
         width = road.sum(1)
         top_row = rows[road.any(1)].min()
-        assert width[top_row:top_row + 3].max() < 0.3 * SIZE[1] < width[-1]
+        assert width[top_row : top_row + 3].max() < 0.3 * SIZE[1] < width[-1]
 
 
 def test_cars_stand_on_the_road(maps):
@@ -99,6 +111,7 @@ def test_same_scene_at_any_resolution():
 
 def test_perspective_size_and_depth_occlusion():
     """A car twice as far is half as wide; nearer things hide farther ones whatever the drawing order."""
+
     def canvas():
         return L._Canvas((128, 256), f=280.0, hc=1.3, yh=55.0, xv=128.0)
 
@@ -111,7 +124,7 @@ def test_perspective_size_and_depth_occlusion():
     assert abs(widths[0] / widths[1] - 2) < 0.15
 
     a, b = canvas(), canvas()
-    L._vehicle(a, 0.5, 12.0, L.CAR, np.random.default_rng(1))   # near car first ...
+    L._vehicle(a, 0.5, 12.0, L.CAR, np.random.default_rng(1))  # near car first ...
     L._vehicle(a, -0.5, 25.0, L.BUS, np.random.default_rng(2))  # ... then a far bus
     L._vehicle(b, -0.5, 25.0, L.BUS, np.random.default_rng(2))
     L._vehicle(b, 0.5, 12.0, L.CAR, np.random.default_rng(1))
@@ -124,8 +137,12 @@ def test_perspective_size_and_depth_occlusion():
 
 def test_written_files_decode_back_exactly(tmp_path):
     written = write_layouts(tmp_path, n=2, seed=3, size=(64, 128), color=True)
-    assert [p.name for p in written] == ["layout_00003_trainIds.png", "layout_00003_color.png",
-                                        "layout_00004_trainIds.png", "layout_00004_color.png"]
+    assert [p.name for p in written] == [
+        "layout_00003_trainIds.png",
+        "layout_00003_color.png",
+        "layout_00004_trainIds.png",
+        "layout_00004_color.png",
+    ]
     space = get_space("cityscapes")
     for seed in (3, 4):
         ref = street_layout(seed, (64, 128))

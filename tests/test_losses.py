@@ -1,4 +1,5 @@
 """Perceptual / per-class min-over-k diversity loss: values, gradient routing, presets."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from semsynth.labels import area_resize
-from semsynth.losses import (LOSS_PRESETS, AdversarialLoss, PerceptualLoss, build_adversarial, build_loss,
-                             calibrate_layer_weights)
+from semsynth.losses import (
+    LOSS_PRESETS,
+    AdversarialLoss,
+    PerceptualLoss,
+    build_adversarial,
+    build_loss,
+    calibrate_layer_weights,
+)
 from semsynth.utils import shared_dir
 
 SHARED_WEIGHTS = shared_dir() / "weights"
@@ -47,7 +54,7 @@ def constant_fakes(values, lab):
     """fake_k = values[k][c] on class c's region (all channels); real = 0."""
     fakes = []
     for per_class in values:
-        img = sum(v * lab[:, c:c + 1] for c, v in enumerate(per_class)).expand(-1, 3, -1, -1)
+        img = sum(v * lab[:, c : c + 1] for c, v in enumerate(per_class)).expand(-1, 3, -1, -1)
         fakes.append(img)
     return torch.stack(fakes, 1)  # (1, k, 3, H, W)
 
@@ -75,7 +82,7 @@ def reference_loss(feats_fake, feats_real, label, layers, mix=(0.999, 0.001)):
                 for name, w in layers:
                     f, r = feats_fake[name][bi, ki].double(), feats_real[name][bi].double()
                     h, wd = f.shape[-2:]
-                    m = area_resize(label[bi:bi + 1, ci:ci + 1].double(), (h, wd))[0, 0]
+                    m = area_resize(label[bi : bi + 1, ci : ci + 1].double(), (h, wd))[0, 0]
                     L[ki, ci] += w * (m * (f - r).abs().mean(0)).sum() / (h * wd)
         total += mix[0] * L.min(0).values.sum() + mix[1] * L.mean(0).sum()
     return total / B
@@ -97,7 +104,7 @@ def test_diversity_matches_reference_loops(B, k):
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     # batch = mean of per-example losses
     if B > 1:
-        per = [PerceptualLoss(Toy(), layers)(fake[i:i + 1], real[i:i + 1], label[i:i + 1])[0] for i in range(B)]
+        per = [PerceptualLoss(Toy(), layers)(fake[i : i + 1], real[i : i + 1], label[i : i + 1])[0] for i in range(B)]
         assert loss.item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-6)
 
 
@@ -133,8 +140,9 @@ def test_gradient_routing_through_a_conv_backbone():
     side[:, 0, ..., 16:] = 1  # fake 0 is bad on the right, fake 1 on the left
     side[:, 1, ..., :16] = 1
     fake = (real.unsqueeze(1) + 0.02 * noise + 0.5 * side * noise).requires_grad_(True)
-    loss_fn = build_loss({"backbone": "vgg19-normalised", "layers": [["input", 1], ["conv1_2", 10]],
-                          "pretrained": False})
+    loss_fn = build_loss(
+        {"backbone": "vgg19-normalised", "layers": [["input", 1], ["conv1_2", 10]], "pretrained": False}
+    )
     loss_fn(fake, real, lab)[0].backward()
     grad_full = fake.grad.clone()
     fake.grad = None
@@ -200,8 +208,10 @@ def test_missing_vgg_weights_raise_a_helpful_error():
         build_loss("crn-256p")
 
 
-@pytest.mark.skipif(not (SHARED_WEIGHTS / "vgg_normalised_conv3_1.pth").is_file(),
-                    reason="shared normalised VGG weights absent (set SEMSYNTH_SHARED)")
+@pytest.mark.skipif(
+    not (SHARED_WEIGHTS / "vgg_normalised_conv3_1.pth").is_file(),
+    reason="shared normalised VGG weights absent (set SEMSYNTH_SHARED)",
+)
 def test_normalised_vgg_preset_on_real_weights():
     fn = build_loss("normalised-vgg-diversity")
     assert fn.mode == "diversity" and fn.backbone.layers[-1] == "conv3_1"
@@ -227,11 +237,18 @@ def test_calibration_reproduces_preset_weights(preset):
     files = sorted(glob.glob(str(shared_dir() / "data/cityscapes/leftImg8bit/train/*/*.png")))
     if not files:
         pytest.skip("shared Cityscapes photos absent")
-    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((512, 256), Image.BOX)))
-                     .permute(2, 0, 1).float() / 255 for f in files])
+    x = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((512, 256), Image.BOX)))
+            .permute(2, 0, 1)
+            .float()
+            / 255
+            for f in files
+        ]
+    )
     r = 6
     t = torch.arange(-r, r + 1).float()
-    k1 = torch.exp(-t ** 2 / 8)
+    k1 = torch.exp(-(t**2) / 8)
     k1 = k1 / k1.sum()
     y = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k1.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k1.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
@@ -248,7 +265,9 @@ def test_backbone_must_return_the_loss_layers():
     with pytest.raises(ValueError, match="does not return"):
         PerceptualLoss(bb, [("input", 1.0), ("conv2_2", 1.0)])
     x = torch.rand(1, 3, 8, 8)
-    torch.testing.assert_close(bb(x)["input"], x.flip(1) * 255 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1))
+    torch.testing.assert_close(
+        bb(x)["input"], x.flip(1) * 255 - torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+    )
 
 
 def _adv_batch(B=2, k=3, C=5, H=32, W=64, seed=0):

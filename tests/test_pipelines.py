@@ -1,6 +1,7 @@
 """The one pipeline shape: classes looked up by checkpoint task, the same output type from every
 pipeline, `to`, one precision setting (bf16 agrees with fp32), and a public API that imports
 lazily and never pulls training code into inference."""
+
 from __future__ import annotations
 
 import subprocess
@@ -54,7 +55,7 @@ def test_every_pipeline_returns_k_images_per_layout(crn):
     one = pipe(ids)
     assert len(one) == 1 and one[0].shape == (2, 32, 64, 3) and one[0].dtype == np.uint8
     assert pipe([ids, ids], k=1)[1].shape == (1, 32, 64, 3)
-    assert pipe(ids, k=5)[0].shape[0] == 2                          # at most the model's k
+    assert pipe(ids, k=5)[0].shape[0] == 2  # at most the model's k
     out = pipe([ids], return_intermediates=True)
     assert isinstance(out, PipelineOutput) and out.intermediates == [None]
     assert np.array_equal(out.images[0], one[0])
@@ -66,9 +67,15 @@ def test_synthesize_files_written_once_for_all(crn, tmp_path):
 
     pipe = load_pipeline(crn / "crn", device="cpu")
     written = pipe.synthesize_files([crn / "labels"], tmp_path, grid=True, batch_size=1, progress=False)
-    assert sorted(p.name for p in written) == ["lay0_grid.png", "lay0_k0.png", "lay0_k1.png",
-                                               "lay1_grid.png", "lay1_k0.png", "lay1_k1.png"]
-    assert not list(tmp_path.glob(".*"))                             # atomic writes left no temp files
+    assert sorted(p.name for p in written) == [
+        "lay0_grid.png",
+        "lay0_k0.png",
+        "lay0_k1.png",
+        "lay1_grid.png",
+        "lay1_k0.png",
+        "lay1_k1.png",
+    ]
+    assert not list(tmp_path.glob(".*"))  # atomic writes left no temp files
     with pytest.raises(InputError, match="--save-intermediates is for SIMS"):
         pipe.synthesize_files([crn / "labels"], tmp_path / "x", save_intermediates=True, progress=False)
 
@@ -87,9 +94,9 @@ def test_bf16_agrees_with_fp32(crn):
     hook.remove()
     a = fp32(ids)[0].astype(np.int64)
     assert seen == {torch.bfloat16}
-    assert not np.array_equal(a, b)                                  # it did run differently ...
-    assert np.abs(a - b).mean() < 2 and np.abs(a - b).max() < 40     # ... and agrees closely
-    bf16.precision = "fp32"                                          # the setting can change
+    assert not np.array_equal(a, b)  # it did run differently ...
+    assert np.abs(a - b).mean() < 2 and np.abs(a - b).max() < 40  # ... and agrees closely
+    bf16.precision = "fp32"  # the setting can change
     assert np.array_equal(bf16(ids)[0], fp32(ids)[0])
     with pytest.raises(InputError, match="precision 'fp16'"):
         CRNPipeline.from_pretrained(crn / "crn", device="cpu", precision="fp16")
@@ -97,14 +104,34 @@ def test_bf16_agrees_with_fp32(crn):
 
 def test_synthesize_cli_takes_precision(crn, tmp_path):
     for prec in ("auto", "fp32", "bf16"):
-        assert cli(["synthesize", str(crn / "crn"), str(crn / "labels" / "lay0.png"), "-o", str(tmp_path / prec),
-                    "--precision", prec, "--k", "1", "--device", "cpu"]) == 0
+        assert (
+            cli(
+                [
+                    "synthesize",
+                    str(crn / "crn"),
+                    str(crn / "labels" / "lay0.png"),
+                    "-o",
+                    str(tmp_path / prec),
+                    "--precision",
+                    prec,
+                    "--k",
+                    "1",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert (tmp_path / prec / "lay0.png").is_file()
 
 
 def _imports(code: str) -> list[str]:
-    r = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return [m for m in r.stdout.split() if m.startswith("semsynth")]
 
@@ -116,16 +143,26 @@ def test_inference_imports_no_training_module():
 
 
 def test_public_api_is_lazy_and_complete():
-    assert _imports("import semsynth") == ["semsynth"]                # nothing else until asked
+    assert _imports("import semsynth") == ["semsynth"]  # nothing else until asked
     import semsynth
 
-    for name in ("CRNPipeline", "SIMSPipeline", "Pipeline", "load_pipeline", "train", "evaluate",
-                 "open_dataset", "build_model", "get_space"):
+    for name in (
+        "CRNPipeline",
+        "SIMSPipeline",
+        "Pipeline",
+        "load_pipeline",
+        "train",
+        "evaluate",
+        "open_dataset",
+        "build_model",
+        "get_space",
+    ):
         assert name in semsynth.__all__ and callable(getattr(semsynth, name)), name
     assert semsynth.build_model("crn-tiny").config.k == 3
-    from semsynth.evaluate import evaluate                            # the submodule is imported ...
     import semsynth.train as train_module
-    assert semsynth.evaluate.evaluate is evaluate                     # ... and still callable as the function
+    from semsynth.evaluate import evaluate  # the submodule is imported ...
+
+    assert semsynth.evaluate.evaluate is evaluate  # ... and still callable as the function
     assert train_module.train is semsynth.train.train
     with pytest.raises(AttributeError):
         semsynth.no_such_name

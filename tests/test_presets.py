@@ -1,5 +1,6 @@
 """Faithful presets: the original's vivid tone mapping, the transformation network's theta in the
 original's pixel units, and SIMS refusing to upsample bank photos."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,8 @@ def test_vivid_brightens_and_saturates_like_the_original(shared):
     assert out.shape == rgb.shape and out.dtype == np.uint8
     lab_in, lab_out = srgb_to_lab(rgb / 255.0), srgb_to_lab(out / 255.0)
     chroma = lambda lab: np.hypot(lab[..., 1], lab[..., 2]).mean()  # noqa: E731
-    assert lab_out[..., 0].mean() > lab_in[..., 0].mean() + 3   # the 0.75 gamma lifts the dull photos
-    assert chroma(lab_out) > 1.05 * chroma(lab_in)              # saturation 1.1 in every tone map
+    assert lab_out[..., 0].mean() > lab_in[..., 0].mean() + 3  # the 0.75 gamma lifts the dull photos
+    assert chroma(lab_out) > 1.05 * chroma(lab_in)  # saturation 1.1 in every tone map
     assert all(t[4] == 1.1 for t in TONE_MAPS)
 
 
@@ -68,11 +69,17 @@ def test_sims_pipeline_refuses_to_upsample_bank_photos(shared, tmp_path):
     from semsynth.sims.bank import build_bank
     from semsynth.sims.pipeline import SIMSPipeline
 
-    build_bank(open_dataset(shared / "data" / "cityscapes", space="cityscapes"), tmp_path / "bank",
-               size=(16, 32), rgb_scale=1, progress=False)
+    build_bank(
+        open_dataset(shared / "data" / "cityscapes", space="cityscapes"),
+        tmp_path / "bank",
+        size=(16, 32),
+        rgb_scale=1,
+        progress=False,
+    )
     net = build_model("sims-tiny")  # native 32x64: twice the bank's 16x32 photos
     with pytest.raises(InputError, match=r"--rgb-scale 2"):
         SIMSPipeline(net, get_space("cityscapes"), tmp_path / "bank", device=torch.device("cpu"))
-    pipe = SIMSPipeline(net, get_space("cityscapes"), tmp_path / "bank", device=torch.device("cpu"),
-                        allow_upsampled_bank=True)
+    pipe = SIMSPipeline(
+        net, get_space("cityscapes"), tmp_path / "bank", device=torch.device("cpu"), allow_upsampled_bank=True
+    )
     assert pipe.size == (32, 64)

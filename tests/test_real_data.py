@@ -2,6 +2,7 @@
 released ESPNet and SqueezeNet weights on real photos, training on real JPEG pairs. They skip,
 with the reason, where the shared folder is absent. Everything else that needs a dataset runs on
 the synthetic one of tests/synthetic.py (trainer, SIMS and evaluation tests never skip)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ from PIL import Image
 from semsynth.cli import main as cli
 from semsynth.evaluate import Segmenter, evaluate
 from semsynth.labels import get_space
-from semsynth.sims.order import (back_ratio, coarse_order, load_order_frequency, load_prior,
-                                 order_from_counts, original_order)
+from semsynth.sims.order import (
+    back_ratio,
+    coarse_order,
+    load_order_frequency,
+    load_prior,
+    order_from_counts,
+    original_order,
+)
 from semsynth.utils import shared_dir
 
 SPACE = get_space("cityscapes")
@@ -34,7 +41,7 @@ def test_prior_order_from_order_frequency_equals_the_original_order():
     order = order_from_counts(freq)
     assert order.tolist() == original_order().tolist()
     assert [SPACE.names[c] for c in order[:3]] == ["sky", "building", "terrain"]
-    assert back_ratio(freq)[6] == 0.0 and order[-1] == 6          # traffic light last
+    assert back_ratio(freq)[6] == 0.0 and order[-1] == 6  # traffic light last
     assert coarse_order(SPACE) == original_order().tolist()
 
 
@@ -60,8 +67,19 @@ def test_builtin_espnet_on_two_camvid_photos(data, tmp_path, lab, flags):
         (tmp_path / lab).mkdir(exist_ok=True)
         shutil.copy(data / "camvid" / "val" / f"{stem}.jpg", tmp_path / "img")
         shutil.copy(data / "camvid" / "valannot" / f"{stem}.png", tmp_path / lab)
-    rc = cli(["evaluate", str(tmp_path / "img"), "--labels", str(tmp_path / lab), *flags,
-              "-o", str(tmp_path / "rep"), "--thumbnails", "0"])
+    rc = cli(
+        [
+            "evaluate",
+            str(tmp_path / "img"),
+            "--labels",
+            str(tmp_path / lab),
+            *flags,
+            "-o",
+            str(tmp_path / "rep"),
+            "--thumbnails",
+            "0",
+        ]
+    )
     assert rc == 0
     rep = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rep["protocol"]["segmenter"]["name"] == "espnet-camvid"
@@ -81,7 +99,7 @@ class _Road(Segmenter):
 def test_floor_below_flat_colours_against_photos(tmp_path, shared):
     """End to end with SqueezeNet features: flat class colours vs Cityscapes photos are clearly
     different, so the matched fake-vs-real FD and KID sit above the real split-half floor."""
-    from semsynth.evaluate.distribution import _squeezenet_available
+    from semsynth.evaluate.diversity import _squeezenet_available
     from semsynth.labels import colorize
 
     if not _squeezenet_available():
@@ -93,13 +111,23 @@ def test_floor_below_flat_colours_against_photos(tmp_path, shared):
         ids = cs.read(lab)[::16, ::16]
         (tmp_path / "labels").mkdir(exist_ok=True)
         Image.fromarray(np.where(ids == cs.void, 255, ids).astype(np.uint8)).save(
-            tmp_path / "labels" / f"{stem}_gtFine_trainIds.png")
-        for d, arr in (("flat", colorize(ids, cs)),
-                       ("real", Image.open(next(city.rglob(f"{stem}_leftImg8bit.png"))).resize((128, 64)))):
+            tmp_path / "labels" / f"{stem}_gtFine_trainIds.png"
+        )
+        for d, arr in (
+            ("flat", colorize(ids, cs)),
+            ("real", Image.open(next(city.rglob(f"{stem}_leftImg8bit.png"))).resize((128, 64))),
+        ):
             (tmp_path / d).mkdir(exist_ok=True)
             Image.fromarray(np.asarray(arr)).save(tmp_path / d / f"{stem}.png")
-    rep = evaluate(tmp_path / "flat", tmp_path / "labels", tmp_path / "real", segmenter=_Road(),
-                   fd_network="squeezenet1_1", thumbnails=0, bootstrap=50)
+    rep = evaluate(
+        tmp_path / "flat",
+        tmp_path / "labels",
+        tmp_path / "real",
+        segmenter=_Road(),
+        fd_network="squeezenet1_1",
+        thumbnails=0,
+        bootstrap=50,
+    )
     (d,) = rep["distribution"]
     floor, flat = d["real_split_half"], d["models"]["synthesized"]
     assert d["n_per_set"] == 4 and flat["n"] == floor["n"] == [4, 4]
@@ -114,6 +142,7 @@ def test_trains_on_real_jpeg_pairs(data, tmp_path):
     """The trainer on 4 real Cityscapes-sequence pairs (1024x512 JPEG photos, labelIds maps):
     real photos decode, resize and pair, and the pixel loss falls over a few steps."""
     from conftest import tiny_cfg
+
     from semsynth.train import train
 
     src = data / "cityscapes_sequences"

@@ -2,6 +2,7 @@
 layout limits, full queue, timeout, unknown models, path traversal, foreign Host/Origin, bad files),
 always as JSON without a traceback. Tiny untrained checkpoints made here; the bundled model only
 where its outputs matter."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,8 @@ from semsynth.data import resize_label
 from semsynth.labels import get_space
 from semsynth.layouts import street_layout
 from semsynth.models import build_model, model_config
-from semsynth.serve import Limits, create_app, load_models
 from semsynth.precision import native_bf16, resolve_precision
+from semsynth.serve import Limits, create_app, load_models
 from semsynth.serve.app import ModelSlot, upload_name
 
 CS = get_space("cityscapes")
@@ -60,8 +61,7 @@ def slots(ckpts):
 
 
 def client(slots, **limits) -> TestClient:
-    return TestClient(create_app(slots, Limits(**{"queue": 2, **limits})), base_url=BASE,
-                      raise_server_exceptions=False)
+    return TestClient(create_app(slots, Limits(**{"queue": 2, **limits})), base_url=BASE, raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +135,9 @@ def test_health_models_and_palette(api, slots):
 
 def test_synthesize_answers_the_documented_json(api, slots):
     ids = street_layout(3, SIZE)
-    r = api.post("/api/synthesize", files={"label": ("x.png", layout_file(ids))},
-                 data={"model": "street", "k": "2", "seed": "5"})
+    r = api.post(
+        "/api/synthesize", files={"label": ("x.png", layout_file(ids))}, data={"model": "street", "k": "2", "seed": "5"}
+    )
     assert r.status_code == 200, r.text
     j = r.json()
     assert set(j) == {"model", "seed", "width", "height", "images"}
@@ -152,9 +153,11 @@ def test_synthesize_answers_the_documented_json(api, slots):
 def test_synthesize_reads_any_label_format(api, data):
     f = data / "cityscapes/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"
     ids = CS.read(f)
-    for name, blob in ((f.name, f.read_bytes()),                                     # 2048x1024 labelIds
-                       ("colour.png", png_bytes(CS.colors[np.minimum(ids, 18)])),     # colour map
-                       ("x_trainIds.png", png_bytes(np.where(ids == 19, 255, ids).astype(np.uint8)))):
+    for name, blob in (
+        (f.name, f.read_bytes()),  # 2048x1024 labelIds
+        ("colour.png", png_bytes(CS.colors[np.minimum(ids, 18)])),  # colour map
+        ("x_trainIds.png", png_bytes(np.where(ids == 19, 255, ids).astype(np.uint8))),
+    ):
         r = api.post("/api/synthesize", files={"label": (name, blob)}, data={"k": "1"})
         assert r.status_code == 200 and len(r.json()["images"]) == 1, (name, r.text[:200])
 
@@ -186,12 +189,15 @@ def test_page_and_its_files(api):
 
 def test_request_body_limit_413(slots):
     c = client(slots, max_body=1000)
-    refused(c.post("/api/synthesize", files={"label": ("x.png", b"\0" * 2000)}), 413, "request body over", "--max-body-mb")
-    body = b"--b\r\nContent-Disposition: form-data; name=\"label\"; filename=\"x.png\"\r\n\r\n" + b"\0" * 5000
+    refused(
+        c.post("/api/synthesize", files={"label": ("x.png", b"\0" * 2000)}), 413, "request body over", "--max-body-mb"
+    )
+    body = b'--b\r\nContent-Disposition: form-data; name="label"; filename="x.png"\r\n\r\n' + b"\0" * 5000
 
     def chunks():  # no Content-Length: the limit applies while the body streams in
         for i in range(0, len(body), 500):
-            yield body[i:i + 500]
+            yield body[i : i + 500]
+
     r = c.post("/api/synthesize", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
     refused(r, 413, "request body over")
     refused(c.post("/api/decode", content=b"", headers={"content-length": "x1"}), 400, "Content-Length")
@@ -199,8 +205,13 @@ def test_request_body_limit_413(slots):
 
 def test_layout_size_limit_413_before_decoding(slots):
     c = client(slots, max_pixels=64 * 64)
-    refused(c.post("/api/synthesize", files={"label": ("big.png", layout_file(np.zeros((65, 64), int)))}),
-            413, "64x65 = 4,160 pixels", "at most 4,096", "--max-pixels")
+    refused(
+        c.post("/api/synthesize", files={"label": ("big.png", layout_file(np.zeros((65, 64), int)))}),
+        413,
+        "64x65 = 4,160 pixels",
+        "at most 4,096",
+        "--max-pixels",
+    )
     # a 100000 x 100000 header over a few bytes of data: refused from the header alone
     ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0)
     chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
@@ -217,19 +228,37 @@ def test_bad_fields_and_files_422(api):
     refused(api.post("/api/synthesize", json={"label": "x"}), 415, "multipart/form-data")
     refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "3"}), 422, "k must be in 1..2")
     refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "0"}), 422, "k must be in 1..2")
-    refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "two"}), 422, "k must be an integer")
+    refused(
+        api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "two"}), 422, "k must be an integer"
+    )
     refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"seed": "-1"}), 422, "seed")
     # undecodable files: the message names the upload, never the temporary copy on the server
-    m = refused(api.post("/api/synthesize", files={"label": ("junk.png", b"\x89PNG nonsense")}), 422,
-                "junk.png", "cannot read label map")
+    m = refused(
+        api.post("/api/synthesize", files={"label": ("junk.png", b"\x89PNG nonsense")}),
+        422,
+        "junk.png",
+        "cannot read label map",
+    )
     assert "/tmp" not in m and "semsynth-serve-" not in m
     wrong = np.zeros((8, 8, 3), np.uint8) + np.array([1, 2, 3], np.uint8)
-    refused(api.post("/api/decode", files={"label": ("wrong.png", png_bytes(wrong))}), 422,
-            "wrong.png", "(1, 2, 3)", "not in the cityscapes palette")
-    refused(api.post("/api/synthesize", files={"label": ("ids.png", png_bytes(np.full((8, 8), 200, np.uint8)))}),
-            422, "200 (64 px)", "labelId")
-    refused(api.post("/api/synthesize", content=b"--b\r\nbroken", headers={"content-type": "multipart/form-data"}),
-            400, "multipart")
+    refused(
+        api.post("/api/decode", files={"label": ("wrong.png", png_bytes(wrong))}),
+        422,
+        "wrong.png",
+        "(1, 2, 3)",
+        "not in the cityscapes palette",
+    )
+    refused(
+        api.post("/api/synthesize", files={"label": ("ids.png", png_bytes(np.full((8, 8), 200, np.uint8)))}),
+        422,
+        "200 (64 px)",
+        "labelId",
+    )
+    refused(
+        api.post("/api/synthesize", content=b"--b\r\nbroken", headers={"content-type": "multipart/form-data"}),
+        400,
+        "multipart",
+    )
 
 
 def test_upload_names_never_reach_the_filesystem(api):
@@ -246,7 +275,9 @@ def test_only_models_named_at_start(api, ckpts):
     lay = layout_file(street_layout(0, SIZE))
     refused(api.get("/api/models/nope/palette"), 404, "unknown model 'nope'", "['camvid', 'street']")
     for name in ("default", str(ckpts["street"]), "../street", "/etc/passwd"):  # names, never paths
-        refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"model": name}), 404, "unknown model")
+        refused(
+            api.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"model": name}), 404, "unknown model"
+        )
 
 
 def test_full_queue_429_with_retry_after(api, slots):
@@ -257,13 +288,18 @@ def test_full_queue_429_with_retry_after(api, slots):
         refused(r, 429, "busy", "--queue")
         assert int(r.headers["retry-after"]) >= 1
         assert api.get("/api/models/street/palette").status_code == 200  # the rest still answers
-        other = api.post("/api/synthesize", data={"model": "camvid"},  # other models have their own queue
-                         files={"label": ("a.png", layout_file(np.zeros(SIZE, int), get_space("camvid")))})
+        other = api.post(
+            "/api/synthesize",
+            data={"model": "camvid"},  # other models have their own queue
+            files={"label": ("a.png", layout_file(np.zeros(SIZE, int), get_space("camvid")))},
+        )
         assert other.status_code == 200
     finally:
         ev.set()
     drained(slot)
-    assert api.post("/api/synthesize", files={"label": ("a.png", layout_file(street_layout(0, SIZE)))}).status_code == 200
+    assert (
+        api.post("/api/synthesize", files={"label": ("a.png", layout_file(street_layout(0, SIZE)))}).status_code == 200
+    )
 
 
 def test_timeout_503_and_the_job_is_dropped(slots):
@@ -286,11 +322,20 @@ def _asgi(app, path: str, method="GET", headers=(), body=b"", disconnect_after_b
     """Call the ASGI app with a raw path as uvicorn would pass it (percent-decoded `path`, the bytes
     in `raw_path`): test clients normalise `..` away before anything is sent."""
     raw = path.encode("latin-1")
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-             "scheme": "http", "path": urllib.parse.unquote(path.split("?")[0]), "raw_path": raw.split(b"?")[0],
-             "query_string": raw.split(b"?", 1)[1] if b"?" in raw else b"", "root_path": "",
-             "headers": [(b"host", b"127.0.0.1:7860"), *headers], "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 7860)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": urllib.parse.unquote(path.split("?")[0]),
+        "raw_path": raw.split(b"?")[0],
+        "query_string": raw.split(b"?", 1)[1] if b"?" in raw else b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:7860"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 7860),
+    }
     sent, out = [False], {"status": None, "body": b""}
 
     async def receive():
@@ -311,12 +356,31 @@ def _asgi(app, path: str, method="GET", headers=(), body=b"", disconnect_after_b
     return out["status"], out["body"]
 
 
-TRAVERSALS = [p + d + t for p in ("/static/", "/assets/", "/", "//", "/static//", "/api/models/")
-              for d in ("../../../../../../", "%2e%2e/%2e%2e/%2e%2e/%2e%2e/", "..%2f..%2f..%2f..%2f", "..\\..\\..\\",
-                        "%252e%252e%252f", "....//....//", "%c0%ae%c0%ae/")
-              for t in ("etc/passwd", "semsynth/serve/app.py", "app.py")] + \
-    ["/static/%00app.js", "/static/app.js%00.png", "/static/.", "/static/..", "/static/", "/static",
-     "/static/app.js/../../app.py", "/static/../app.py", "/static/__init__.py", "/static/app.py"]
+TRAVERSALS = [
+    p + d + t
+    for p in ("/static/", "/assets/", "/", "//", "/static//", "/api/models/")
+    for d in (
+        "../../../../../../",
+        "%2e%2e/%2e%2e/%2e%2e/%2e%2e/",
+        "..%2f..%2f..%2f..%2f",
+        "..\\..\\..\\",
+        "%252e%252e%252f",
+        "....//....//",
+        "%c0%ae%c0%ae/",
+    )
+    for t in ("etc/passwd", "semsynth/serve/app.py", "app.py")
+] + [
+    "/static/%00app.js",
+    "/static/app.js%00.png",
+    "/static/.",
+    "/static/..",
+    "/static/",
+    "/static",
+    "/static/app.js/../../app.py",
+    "/static/../app.py",
+    "/static/__init__.py",
+    "/static/app.py",
+]
 
 
 def test_static_files_from_the_package_only(slots):
@@ -339,11 +403,19 @@ def test_abandoned_requests_leave_the_queue(slots):
     slot.synthesize = lambda *a: ran.append(1) or orig(*a)
     ev = block(slot, 1)
     try:
-        b = b"--b\r\nContent-Disposition: form-data; name=\"label\"; filename=\"a.png\"\r\n\r\n" + \
-            layout_file(street_layout(0, SIZE)) + b"\r\n--b--\r\n"
-        status, _ = _asgi(create_app(slots, Limits(queue=2)), "/api/synthesize", "POST", body=b,
-                          headers=[(b"content-type", b"multipart/form-data; boundary=b"),
-                                   (b"content-length", str(len(b)).encode())], disconnect_after_body=True)
+        b = (
+            b'--b\r\nContent-Disposition: form-data; name="label"; filename="a.png"\r\n\r\n'
+            + layout_file(street_layout(0, SIZE))
+            + b"\r\n--b--\r\n"
+        )
+        status, _ = _asgi(
+            create_app(slots, Limits(queue=2)),
+            "/api/synthesize",
+            "POST",
+            body=b,
+            headers=[(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", str(len(b)).encode())],
+            disconnect_after_body=True,
+        )
         assert status == 499 and slot.info()["abandoned"] == before + 1
     finally:
         ev.set()
@@ -356,10 +428,12 @@ def test_foreign_host_and_origin_are_refused(api):
     refused(api.get("/api/health", headers={"host": "evil.example:7860"}), 421, "evil.example")
     refused(api.get("/", headers={"host": "attacker.test"}), 421)
     lay = layout_file(street_layout(0, SIZE))
-    refused(api.post("/api/synthesize", files={"label": ("a.png", lay)}, headers={"origin": "https://evil.example"}),
-            403, "https://evil.example")
-    assert api.post("/api/synthesize", files={"label": ("a.png", lay)},
-                    headers={"origin": BASE}).status_code == 200
+    refused(
+        api.post("/api/synthesize", files={"label": ("a.png", lay)}, headers={"origin": "https://evil.example"}),
+        403,
+        "https://evil.example",
+    )
+    assert api.post("/api/synthesize", files={"label": ("a.png", lay)}, headers={"origin": BASE}).status_code == 200
     for host in ("localhost:7860", "[::1]:7860", "127.0.0.1"):
         assert api.get("/api/health", headers={"host": host}).status_code == 200
 
@@ -371,8 +445,11 @@ def test_errors_are_json_without_tracebacks(api, slots):
     orig = slot.synthesize
     slot.synthesize = lambda *a: (_ for _ in ()).throw(RuntimeError("secret detail"))
     try:
-        m = refused(api.post("/api/synthesize", files={"label": ("a.png", layout_file(street_layout(0, SIZE)))}),
-                    500, "internal error (RuntimeError)")
+        m = refused(
+            api.post("/api/synthesize", files={"label": ("a.png", layout_file(street_layout(0, SIZE)))}),
+            500,
+            "internal error (RuntimeError)",
+        )
         assert "secret" not in m
     finally:
         slot.synthesize = orig
@@ -390,10 +467,10 @@ def test_sims_models_need_a_bank(tmp_path):
 
 
 def test_sims_model_served_with_a_bank(tmp_path):
+    from test_sims_nets import make_cityscapes
+
     from semsynth.data import open_dataset
     from semsynth.sims.bank import build_bank
-
-    from test_sims_nets import make_cityscapes
 
     cs = make_cityscapes(tmp_path / "cs", n=3, size=(64, 128), seed=1, disparity=False)
     build_bank(open_dataset(cs, space=CS), tmp_path / "bank", size=(32, 64), rgb_scale=2, progress=False)
@@ -402,8 +479,13 @@ def test_sims_model_served_with_a_bank(tmp_path):
     slots = load_models([str(tmp_path / "sims")], bank=str(tmp_path / "bank"), device="cpu", precision="fp32")
     c = client(slots)
     info = c.get("/api/models").json()["models"][0]
-    assert (info["kind"], info["k"], info["default_k"], info["bank"], info["width"]) == \
-        ("sims", 4, 1, str(tmp_path / "bank"), 128)
+    assert (info["kind"], info["k"], info["default_k"], info["bank"], info["width"]) == (
+        "sims",
+        4,
+        1,
+        str(tmp_path / "bank"),
+        128,
+    )
     lay = layout_file(CS.read(next((cs / "gtFine").rglob("*_labelIds.png"))))
     j = c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "2", "seed": "4"}).json()
     assert (j["width"], j["height"], len(j["images"])) == (128, 64, 2)
@@ -412,8 +494,10 @@ def test_sims_model_served_with_a_bank(tmp_path):
     # seed 0 is what `semsynth synthesize ... --k 2` writes
     (tmp_path / "a.png").write_bytes(lay)
     from semsynth.pipelines import load_pipeline
+
     load_pipeline(str(tmp_path / "sims"), device="cpu", bank=str(tmp_path / "bank")).synthesize_files(
-        [tmp_path / "a.png"], tmp_path / "out", k=2, progress=False)
+        [tmp_path / "a.png"], tmp_path / "out", k=2, progress=False
+    )
     j = c.post("/api/synthesize", files={"label": ("a.png", lay)}, data={"k": "2"}).json()
     for i, url in enumerate(j["images"]):
         assert np.array_equal(image_of(url), np.asarray(Image.open(tmp_path / "out" / f"a_k{i}.png")))

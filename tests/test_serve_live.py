@@ -2,6 +2,7 @@
 Chromium through Playwright (painting, fill, undo, synthesis, upload, downloads, a screenshot), and
 a bounded load test. The browser test needs /usr/bin/chromium (`apt-get install chromium`); it
 never downloads a browser. `SEMSYNTH_UPDATE_DOCS=1` also writes the README's docs/images/serve.png."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,13 @@ from semsynth.layouts import street_layout
 from semsynth.pipelines import CRNPipeline
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 CS = get_space("cityscapes")
 REPO = Path(__file__).resolve().parents[1]
 WAIT_MS = 300_000  # for one answer; generous for a CPU shared with other work (a second when idle)
@@ -39,8 +45,12 @@ WAIT_MS = 300_000  # for one answer; generous for a CPU shared with other work (
 @contextmanager
 def server(*args: str, start_timeout: float = 600):
     """`semsynth serve --port 0 ARGS` in a child process, as a user starts it; yields (URL, process)."""
-    proc = subprocess.Popen([sys.executable, "-m", "semsynth.cli", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semsynth.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
@@ -127,15 +137,22 @@ def test_browser_paints_synthesizes_and_reads_a_cityscapes_map(browser, data, tm
         page.set_default_timeout(WAIT_MS)
         problems = []
         page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
-                and problems.append(m.text))  # refusals the test provokes are logged as failed loads
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error" and not m.text.startswith("Failed to load resource") and problems.append(m.text)
+            ),
+        )  # refusals the test provokes are logged as failed loads
         page.goto(url + "/")
         page.wait_for_selector("body[data-ready='1']")
         until(page, "window.semsynth.result() !== null")  # the live preview of the start layout
         assert page.locator("canvas#layout").count() == 1
         W, H = 256, 128
         layout = lambda: np.array(page.evaluate("window.semsynth.layout().ids")).reshape(H, W)  # noqa: E731
-        idx = {n: page.evaluate(f"window.semsynth.classIndex({n!r})") for n in ("sky", "road", "vegetation", "building", "car")}
+        idx = {
+            n: page.evaluate(f"window.semsynth.classIndex({n!r})")
+            for n in ("sky", "road", "vegetation", "building", "car")
+        }
         box = page.locator("#layout").bounding_box()
         at = lambda x, y: (box["x"] + (x + 0.5) * box["width"] / W, box["y"] + (y + 0.5) * box["height"] / H)  # noqa: E731
 
@@ -269,8 +286,9 @@ def test_load_only_200_or_429_and_the_server_survives(tmp_path):
 
     args = ["--timeout", "600"]  # refusals here come from the queue, not the clock
     if (shared_dir() / "data/cityscapes").is_dir():
-        build_bank_from_paths([shared_dir() / "data/cityscapes"], tmp_path / "bank", size=(128, 256),
-                              rgb_scale=1, progress=False)
+        build_bank_from_paths(
+            [shared_dir() / "data/cityscapes"], tmp_path / "bank", size=(128, 256), rgb_scale=1, progress=False
+        )
         args += ["--bank", str(tmp_path / "bank")]
 
     clients, per_client = 8, 25
@@ -315,13 +333,18 @@ def test_load_only_200_or_429_and_the_server_survives(tmp_path):
     codes = sorted({c for _, c, _ in results})
     assert set(codes) <= {200, 429}, codes
     assert len(results) == clients * per_client, "the load test ran out of time"
-    lines = [f"load test: {clients} clients x {per_client} requests in {wall:.1f} s, server peak RSS "
-             f"{peak:.0f} MB" if peak else f"load test: {wall:.1f} s"]
+    lines = [
+        f"load test: {clients} clients x {per_client} requests in {wall:.1f} s, server peak RSS {peak:.0f} MB"
+        if peak
+        else f"load test: {wall:.1f} s"
+    ]
     for m in models:
         ok = np.array([dt for n, c, dt in results if n == m and c == 200]) * 1000
         busy = sum(1 for n, c, _ in results if n == m and c == 429)
         assert len(ok) >= 1
         assert stats[m]["served"] == len(ok) + (m == models[0]) and stats[m]["refused"] == busy
-        lines.append(f"  {m}: {len(ok)} x 200 (p50 {np.percentile(ok, 50):.0f} ms, p95 {np.percentile(ok, 95):.0f} ms), "
-                     f"{busy} x 429")
+        lines.append(
+            f"  {m}: {len(ok)} x 200 (p50 {np.percentile(ok, 50):.0f} ms, p95 {np.percentile(ok, 95):.0f} ms), "
+            f"{busy} x 429"
+        )
     print("\n" + "\n".join(lines))

@@ -1,6 +1,7 @@
 """SIMS memory bank and retrieval: building from the Cityscapes sample (the real one in ../shared,
 or its synthetic stand-in), resume / incremental add, self-retrieval with IoU 1, exactness of the
 fast search, context-aware retrieval."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ ROAD, SIDEWALK, BUILDING, POLE, SKY, CAR = 0, 1, 2, 5, 10, 13
 def test_thin_structures_are_merged_and_pure_pole_components_dropped():
     lab = np.full((40, 60), SKY, np.int64)
     lab[10:30, 5:55] = BUILDING
-    lab[5:40, 28:30] = POLE            # a pole cutting the building in two
-    lab[0:3, 0:3] = POLE               # a pole fragment touching only sky
+    lab[5:40, 28:30] = POLE  # a pole cutting the building in two
+    lab[0:3, 0:3] = POLE  # a pole fragment touching only sky
     segs = extract_segments(lab, SPACE.num_classes, class_roles(SPACE).thin, sig_grid=(8, 12))
     b = np.flatnonzero(segs.cls == BUILDING)
     assert len(b) == 1, "the pole must not split the building"
@@ -33,7 +34,7 @@ def test_thin_structures_are_merged_and_pure_pole_components_dropped():
     assert segs.area[i] == (lab == BUILDING).sum()
     full, pole = segs.full_mask(i), segs.full_mask(i, "pole")
     assert (full == (lab == BUILDING)).all()
-    assert pole[10:30, 28:30].all() and not pole[lab == SKY].any()   # pole pixels merged, in bbox
+    assert pole[10:30, 28:30].all() and not pole[lab == SKY].any()  # pole pixels merged, in bbox
     # the pole itself is one segment of class pole; the fragment is another pole segment
     assert (segs.cls == POLE).sum() == 2
     # sky: split by the long pole? no - the pole is merged into sky too; the tiny corner pole
@@ -44,8 +45,8 @@ def test_thin_structures_are_merged_and_pure_pole_components_dropped():
 
 
 def test_extract_segments_order_and_8_connectivity():
-    lab = np.full((10, 10), 19, np.int64)   # void
-    lab[0, 0] = lab[1, 1] = CAR            # diagonal neighbours: one component (8-connected)
+    lab = np.full((10, 10), 19, np.int64)  # void
+    lab[0, 0] = lab[1, 1] = CAR  # diagonal neighbours: one component (8-connected)
     lab[5:7, 5:7] = CAR
     lab[8:10, 0:2] = ROAD
     segs = extract_segments(lab, 19, (), sig_grid=None)
@@ -60,6 +61,7 @@ def test_extract_segments_order_and_8_connectivity():
 @pytest.fixture(scope="module")
 def cs_data(cityscapes_sample):
     from semsynth.data import open_dataset
+
     ds = open_dataset(cityscapes_sample, space=SPACE, size=(512, 1024), cache=True)
     for i in range(len(ds)):
         ds.arrays(i)  # decode once for every build below
@@ -73,7 +75,7 @@ def bank(cs_data, tmp_path_factory):
 
 
 def test_bank_contents_match_the_images(bank, cs_data):
-    assert bank.num_images == 8 and len(bank.meta["shards"]) == 3      # 3 + 3 + 2 images
+    assert bank.num_images == 8 and len(bank.meta["shards"]) == 3  # 3 + 3 + 2 images
     assert bank.num_stored_segments > len(bank) > 100
     cls = bank.cls
     assert (np.diff(cls) >= 0).all(), "index rows are sorted by class"
@@ -83,6 +85,7 @@ def test_bank_contents_match_the_images(bank, cs_data):
     # every stored segment of image 5 decodes to the segments of its layout, RGB from the photo
     lab, rgb = cs_data.arrays(5)
     from semsynth.data import resize_label
+
     small = resize_label(np.asarray(lab), (256, 512)).astype(np.int64)
     assert (bank.source_label(5) == small).all()
     ref = extract_segments(small, 19, bank.thin, sig_grid=None)
@@ -96,12 +99,13 @@ def test_bank_contents_match_the_images(bank, cs_data):
         y0, x0, y1, x1 = s.bbox
         assert s.mask.sum() == s.area and (small[y0:y1, x0:x1][s.mask] == s.cls).all()
         assert s.pole_mask[s.mask].all()
-        up = np.asarray(rgb)[2 * y0:2 * y1, 2 * x0:2 * x1]
+        up = np.asarray(rgb)[2 * y0 : 2 * y1, 2 * x0 : 2 * x1]
         assert (s.rgb[s.rgb_mask] == up[s.rgb_mask]).all() and (s.rgb[~s.rgb_mask] == 0).all()
 
 
 def test_bank_reopens_fast_and_rebuilds_a_stale_index(bank):
     import time
+
     t = time.perf_counter()
     b2 = Bank.open(bank.path)
     assert time.perf_counter() - t < 1.0
@@ -173,16 +177,20 @@ def _brute_force(r, mask_of, qi, segs, label, k, mode="iou", w=1.0, margin=0.5, 
     sc = iou
     if mode == "context":
         from semsynth.sims.segments import layout_grid
+
         lq = layout_grid(label, r.C, r.context_grid)
-        qw = r._windows(segs.bbox[qi:qi + 1], margin)[0]
+        qw = r._windows(segs.bbox[qi : qi + 1], margin)[0]
         bw = r._windows(ix.bbox[rows], margin)
         ctx = np.zeros(len(rows))
         for n, i in enumerate(rows):
             y0, x0 = max(qw[0], bw[n, 0]), max(qw[1], bw[n, 1])
             y1, x1 = max(min(qw[2], bw[n, 2]), y0), max(min(qw[3], bw[n, 3]), x0)
             agree = (np.asarray(ix.layouts[ix.image[i]])[y0:y1, x0:x1] == lq[y0:y1, x0:x1]).sum()
-            union = ((qw[2] - qw[0]) * (qw[3] - qw[1]) + (bw[n, 2] - bw[n, 0]) * (bw[n, 3] - bw[n, 1])
-                     - (y1 - y0) * (x1 - x0))
+            union = (
+                (qw[2] - qw[0]) * (qw[3] - qw[1])
+                + (bw[n, 2] - bw[n, 0]) * (bw[n, 3] - bw[n, 1])
+                - (y1 - y0) * (x1 - x0)
+            )
             ctx[n] = agree / max(union, 1)
         sc = iou + w * ctx
     order = np.lexsort((rows, -sc))[:k]
@@ -193,12 +201,13 @@ def _check_exhaustive(r, mask_of, labels, k=5, **kw):
     checked = 0
     for lab in labels:
         for mode in ("iou", "context"):
-            res = r.search(lab, k=k, mode=mode, exclude_images=kw.get("exclude", None) or None,
-                           context_weight=kw.get("w", 1.0))
+            res = r.search(
+                lab, k=k, mode=mode, exclude_images=kw.get("exclude", None) or None, context_weight=kw.get("w", 1.0)
+            )
             for j in np.flatnonzero(res.searched):
                 ids, sc = _brute_force(r, mask_of, j, res.query, r._as_label(lab), k, mode, **kw)
-                assert res.ids[j, :len(ids)].tolist() == ids.tolist(), (mode, j)
-                assert np.allclose(res.score[j, :len(ids)], sc, atol=1e-6)
+                assert res.ids[j, : len(ids)].tolist() == ids.tolist(), (mode, j)
+                assert np.allclose(res.score[j, : len(ids)], sc, atol=1e-6)
                 checked += 1
     return checked
 
@@ -225,6 +234,7 @@ def test_search_equals_exhaustive_search_both_modes(bank, cityscapes_sample):
     """The pruned best-first search returns exactly the exhaustive top k (ids and order), in
     both modes, on real validation layouts, also with an image left out."""
     from semsynth.data import open_dataset
+
     val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     labels = [np.asarray(val.arrays(i)[0]).astype(np.int64) for i in range(0, len(val), 4)]
     r = Retriever(bank)
@@ -244,11 +254,13 @@ def test_search_equals_exhaustive_search_both_modes(bank, cityscapes_sample):
 def test_search_on_a_replicated_index_breaks_ties_like_an_exhaustive_sort(bank, cityscapes_sample):
     """Replicas score exactly alike: the top k must be the lowest ids among equals."""
     from semsynth.sims.retrieval import _Index
+
     ix = _Index.from_bank(bank).replicate(3 * len(bank))
     r = Retriever(ix)
     r.thin = bank.thin
     labels = [bank.source_label(1)]
     from semsynth.data import open_dataset
+
     val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     labels.append(np.asarray(val.arrays(2)[0]).astype(np.int64))
     assert _check_exhaustive(r, lambda i: bank.full_mask(int(ix.src[i])), labels, k=4) >= 10
@@ -259,10 +271,10 @@ def test_index_runs_reproduce_the_masks_and_old_indexes_are_rebuilt(bank):
     W = bank.size[1]
     for i in range(0, len(bank), 7):
         m = np.zeros((bank.size[0], W + 1), bool)
-        for p, n in runs[t["run_off"][i]: t["run_off"][i] + t["run_len"][i]].tolist():
+        for p, n in runs[t["run_off"][i] : t["run_off"][i] + t["run_len"][i]].tolist():
             y, x = divmod(p, W + 1)
-            assert not m[y, x:x + n].any()
-            m[y, x:x + n] = True
+            assert not m[y, x : x + n].any()
+            m[y, x : x + n] = True
         assert (m[:, :W] == bank.full_mask(i)).all()
     # an index written before the runs existed (no version) is rebuilt from the shards on open
     info = json.loads((bank.path / "index" / "index.json").read_text())
@@ -276,8 +288,19 @@ def test_index_runs_reproduce_the_masks_and_old_indexes_are_rebuilt(bank):
 def test_parallel_build_writes_the_same_bank(tmp_path, cityscapes_sample):
     """1 and 2 worker processes give the bank the in-process build gives, file for file."""
     from semsynth.sims.bank import build_bank_from_paths
-    outs = [build_bank_from_paths([cityscapes_sample], tmp_path / f"w{w}", size=(256, 512), rgb_scale=2, shard_images=3,
-                                  progress=False, workers=w) for w in (0, 1, 2)]
+
+    outs = [
+        build_bank_from_paths(
+            [cityscapes_sample],
+            tmp_path / f"w{w}",
+            size=(256, 512),
+            rgb_scale=2,
+            shard_images=3,
+            progress=False,
+            workers=w,
+        )
+        for w in (0, 1, 2)
+    ]
     assert [b.build_stats["workers"] for b in outs] == [0, 1, 2]
     assert all(b.build_stats["images"] == 8 for b in outs)
     ref = outs[0].path
@@ -287,7 +310,7 @@ def test_parallel_build_writes_the_same_bank(tmp_path, cityscapes_sample):
         out = b.path
         assert files == sorted(f.relative_to(out) for f in out.rglob("*") if f.is_file())
         for f in files:
-            if f.suffix == ".npz":      # zip entries carry a timestamp: compare the arrays
+            if f.suffix == ".npz":  # zip entries carry a timestamp: compare the arrays
                 with np.load(ref / f) as x, np.load(out / f) as y:
                     assert x.files == y.files and all((x[n] == y[n]).all() for n in x.files)
             else:
@@ -298,10 +321,12 @@ def test_benchmark_script_smoke(tmp_path, cityscapes_sample):
     """benchmarks/retrieval.py runs end to end at tiny sizes (CI runs it once; no timing judged)."""
     import runpy
     from pathlib import Path
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "retrieval.py"
     mod = runpy.run_path(str(script))
-    res = mod["main"](["--smoke", "--data", str(cityscapes_sample), "--cache", str(tmp_path),
-                       "--json", str(tmp_path / "r.json")])
+    res = mod["main"](
+        ["--smoke", "--data", str(cityscapes_sample), "--cache", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    )
     assert res[0]["segments"] >= 2000 and res[0]["iou"]["layouts"] == 2
     assert res[0]["index_bytes_per_segment"] > 0 and (tmp_path / "r.json").is_file()
 
@@ -326,6 +351,7 @@ def test_retrieval_restricted_to_images_and_checks_input(bank):
 def test_benchmark_retrieval_100k_segments(bank, cityscapes_sample):
     """Replicates the 8-image index to >= 100,000 segments; run with `pytest -m slow`."""
     from semsynth.data import open_dataset
+
     val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     lays = [val.arrays(i)[0] for i in range(len(val))]
     out = benchmark_retrieval(bank, lays, n_segments=100_000, k=10)
@@ -336,6 +362,7 @@ def test_benchmark_retrieval_100k_segments(bank, cityscapes_sample):
 
 def test_cli_build_bank_reports_missing_data(tmp_path, capsys):
     from semsynth.cli import main
+
     rc = main(["sims", "build-bank", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "b")])
     assert rc == 2 and "missing" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "b", ignore_errors=True)

@@ -4,6 +4,7 @@ The canvas tests use a tiny synthetic bank (32x64 segments, 64x128 photos) whose
 so the invariants can be checked exactly: the support mask is the set of pixels holding pasted
 content, and where retrieved segments overlap the later one in the class order (or the one the
 pairwise order puts in front) owns the pixels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,12 +12,25 @@ import pytest
 
 from semsynth.labels import get_space, save_label
 from semsynth.sims.bank import build_bank
-from semsynth.sims.canvas import (CanvasConfig, compose_canvas, elision_band, normalized_theta_to_pixel,
-                                  pixel_theta_to_normalized, warp_crop)
+from semsynth.sims.canvas import (
+    CanvasConfig,
+    compose_canvas,
+    elision_band,
+    normalized_theta_to_pixel,
+    pixel_theta_to_normalized,
+    warp_crop,
+)
 from semsynth.sims.color_transfer import mkl_transfer, mkl_transfer_image
-from semsynth.sims.order import (back_ratio, coarse_order, load_prior,
-                                 occlusion_counts, order_from_counts, original_order, pair_relations,
-                                 save_prior)
+from semsynth.sims.order import (
+    back_ratio,
+    coarse_order,
+    load_prior,
+    occlusion_counts,
+    order_from_counts,
+    original_order,
+    pair_relations,
+    save_prior,
+)
 from semsynth.sims.retrieval import Retriever
 
 SPACE = get_space("cityscapes")
@@ -29,7 +43,7 @@ VOID = 19
 
 def test_order_from_counts_rules_and_other_spaces(tmp_path):
     counts = np.zeros((19, 19), np.int64)
-    counts[SKY, BUILDING] = 10        # sky behind building
+    counts[SKY, BUILDING] = 10  # sky behind building
     counts[BUILDING, CAR] = 5
     counts[ROAD, CAR] = 7
     order = order_from_counts(counts)
@@ -41,7 +55,7 @@ def test_order_from_counts_rules_and_other_spaces(tmp_path):
         coarse_order("camvid")
     cam = get_space("camvid")
     c2 = np.zeros((11, 11), np.int64)
-    c2[0, 1] = 3                                                  # camvid sky behind building
+    c2[0, 1] = 3  # camvid sky behind building
     assert coarse_order(cam, counts=c2)[0] == 0
     p = save_prior(tmp_path / "prior.json", c2, cam)
     assert load_prior(p, cam)["order"] == coarse_order(cam, prior=p)
@@ -61,10 +75,10 @@ def _street(h=256, w=512):
 def test_occlusion_statistics_from_layouts_and_disparity():
     lab = _street()
     counts = occlusion_counts([lab], SPACE)
-    assert counts[SKY, BUILDING] == 1 and counts[BUILDING, SKY] == 0       # lower side in front
+    assert counts[SKY, BUILDING] == 1 and counts[BUILDING, SKY] == 0  # lower side in front
     # (the car cuts the sidewalk into two segments)
     assert counts[BUILDING, SIDEWALK] == 2 and counts[SIDEWALK, BUILDING] == 0
-    assert counts[ROAD, CAR] == 1 and counts[SIDEWALK, CAR] == 2           # planar behind things
+    assert counts[ROAD, CAR] == 1 and counts[SIDEWALK, CAR] == 2  # planar behind things
     assert counts[BUILDING, CAR] == 1 and counts[CAR].sum() == 0
     assert counts.sum() == len(pair_relations(lab, SPACE))
     # with disparity the nearer (larger disparity) side is in front, even if it is higher
@@ -72,7 +86,7 @@ def test_occlusion_statistics_from_layouts_and_disparity():
     disp[lab == SKY] = 50.0
     counts = occlusion_counts([lab], SPACE, disparities=[disp])
     assert counts[BUILDING, SKY] == 1 and counts[SKY, BUILDING] == 0
-    assert counts[ROAD, CAR] == 1                                          # override still holds
+    assert counts[ROAD, CAR] == 1  # override still holds
 
 
 # ----------------------------------------------------------------------------- colour transfer
@@ -85,7 +99,7 @@ def test_mkl_matches_mean_and_covariance():
     out = mkl_transfer(src, tgt)
     assert np.allclose(out.mean(0), tgt.mean(0), atol=1e-9)
     assert np.allclose(np.cov(out, rowvar=False), np.cov(tgt, rowvar=False), atol=1e-6)
-    assert np.allclose(mkl_transfer(src, src), src, atol=1e-6)           # same stats: unchanged
+    assert np.allclose(mkl_transfer(src, src), src, atol=1e-6)  # same stats: unchanged
     flat = np.full((100, 3), 0.5)
     assert np.isfinite(mkl_transfer(flat, tgt)).all() and np.isfinite(mkl_transfer(src, flat)).all()
     img = (rng.random((8, 9, 3)) * 255).astype(np.uint8)
@@ -101,7 +115,7 @@ def test_theta_conventions():
     H, W = 64, 128
     ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     assert np.allclose(pixel_theta_to_normalized(ident, (H, W)), ident)
-    px = np.array([[0.99172, -0.01177, 4.4514], [0.00348, 0.99770, -0.70064]])   # param.mat
+    px = np.array([[0.99172, -0.01177, 4.4514], [0.00348, 0.99770, -0.70064]])  # param.mat
     assert np.allclose(normalized_theta_to_pixel(pixel_theta_to_normalized(px, (H, W)), (H, W)), px)
     # the original's [1 0 4; 0 1 -1] samples 4 px to the right and 1 px up: content moves left/down
     t = pixel_theta_to_normalized(np.array([[1.0, 0, 4], [0, 1.0, -1]]), (H, W))
@@ -109,23 +123,26 @@ def test_theta_conventions():
     planes[0, 2:8, 2:8] = 1
     planes[1] = np.arange(100, dtype=np.float32).reshape(10, 10)
     out, box = warp_crop(planes, (20, 40, 30, 50), t, (H, W))
-    full_in = np.zeros((H, W)); full_in[20:30, 40:50] = planes[1] * planes[0]
-    full_out = np.zeros((H, W)); y0, x0, y1, x1 = box
+    full_in = np.zeros((H, W))
+    full_in[20:30, 40:50] = planes[1] * planes[0]
+    full_out = np.zeros((H, W))
+    y0, x0, y1, x1 = box
     full_out[y0:y1, x0:x1] = out[1] * (out[0] > 0.5)
-    expect = np.zeros((H, W)); expect[1:, :-4] = full_in[:-1, 4:]            # out(y, x) = in(y-1, x+4)
+    expect = np.zeros((H, W))
+    expect[1:, :-4] = full_in[:-1, 4:]  # out(y, x) = in(y-1, x+4)
     assert np.allclose(full_out, expect)
 
 
 # ----------------------------------------------------------------------------- synthetic bank
 
-BH, BW = 32, 64   # bank size; photos at 2x
+BH, BW = 32, 64  # bank size; photos at 2x
 
 
 def _photo(label_bank, tint):
     """A 2x photo: class colour + per-image tint + texture (never pure black)."""
     rng = np.random.default_rng(tint)
     lab = np.repeat(np.repeat(label_bank, 2, 0), 2, 1)
-    base = (SPACE.colors[np.minimum(lab, 18)].astype(np.int64) // 2 + 40 + tint)
+    base = SPACE.colors[np.minimum(lab, 18)].astype(np.int64) // 2 + 40 + tint
     return np.clip(base + rng.integers(0, 30, base.shape), 1, 255).astype(np.uint8), lab
 
 
@@ -147,7 +164,7 @@ def _query(car_x=32):
     q = np.full((BH, BW), SKY, np.int64)
     q[4:18, 0:40] = BUILDING
     q[20:, :] = ROAD
-    q[16:26, car_x:car_x + 18] = CAR
+    q[16:26, car_x : car_x + 18] = CAR
     q[0:2, 60:62] = VOID
     return q
 
@@ -155,8 +172,7 @@ def _query(car_x=32):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     out = tmp_path_factory.mktemp("toybank") / "bank"
-    bank = build_bank(_samples(), out, space=SPACE, size=(BH, BW), rgb_scale=2, shard_images=1,
-                      progress=False)
+    bank = build_bank(_samples(), out, space=SPACE, size=(BH, BW), rgb_scale=2, shard_images=1, progress=False)
     return bank, Retriever(bank)
 
 
@@ -229,11 +245,11 @@ def test_unmatched_segments_erase_and_context_fill(toy):
     res = r.search(_query(), k=1)
     j_bld = int(np.flatnonzero(res.query.cls == BUILDING)[0])
     choice = np.zeros(len(res.query), np.int64)
-    choice[j_bld] = -1                                   # as if nothing had been retrieved
+    choice[j_bld] = -1  # as if nothing had been retrieved
     cv = compose_canvas(bank, res, config=PLAIN, choice=choice)
     qm = np.repeat(np.repeat(res.query.full_mask(j_bld), 2, 0), 2, 1)
-    later = cv.order[cv.order.index(j_bld) + 1:]
-    assert np.isin(cv.owner[qm], [-1] + later).all()                 # erased, unless pasted later
+    later = cv.order[cv.order.index(j_bld) + 1 :]
+    assert np.isin(cv.owner[qm], [-1] + later).all()  # erased, unless pasted later
     empty = qm & (cv.owner == -1)
     assert empty.sum() > 0.8 * qm.sum()
     assert not cv.support[empty].any() and (cv.rgb[empty] == 0).all() and (cv.label[empty] == BUILDING).all()
@@ -248,16 +264,22 @@ def test_elision_bands_and_outer_elision(toy):
     bank, r = toy
     res = r.search(_query(), k=1)
     plain = compose_canvas(bank, res, config=PLAIN)
-    el = compose_canvas(bank, res, config=CanvasConfig(shadow_removal=False, vegetation_trim=False,
-                                                       outer_elision=False), rng=1)
+    el = compose_canvas(
+        bank, res, config=CanvasConfig(shadow_removal=False, vegetation_trim=False, outer_elision=False), rng=1
+    )
     white = (el.rgb == 255).all(-1) & ~(plain.rgb == 255).all(-1)
-    assert (el.support == plain.support).all()                         # white pixels are support
+    assert (el.support == plain.support).all()  # white pixels are support
     # the band of one segment alone: white pixels are a random half of its inner boundary band
     j_car = int(np.flatnonzero(res.query.cls == CAR)[0])
     only = np.full(len(res.query), -1)
     only[j_car] = 0
-    one = compose_canvas(bank, res, choice=only, config=CanvasConfig(
-        shadow_removal=False, vegetation_trim=False, outer_elision=False), rng=3)
+    one = compose_canvas(
+        bank,
+        res,
+        choice=only,
+        config=CanvasConfig(shadow_removal=False, vegetation_trim=False, outer_elision=False),
+        rng=3,
+    )
     car = _placed_mask(bank, one.bank_ids[j_car])
     band = elision_band(car, CanvasConfig().px(CanvasConfig().elision, 64))
     w1 = (one.rgb == 255).all(-1)
@@ -266,8 +288,10 @@ def test_elision_bands_and_outer_elision(toy):
     changed = (el.rgb != plain.rgb).any(-1)
     assert (changed == white).all()
     # same seed, same canvas
-    assert (compose_canvas(bank, res, config=CanvasConfig(outer_elision=False), rng=1).rgb ==
-            compose_canvas(bank, res, config=CanvasConfig(outer_elision=False), rng=1).rgb).all()
+    assert (
+        compose_canvas(bank, res, config=CanvasConfig(outer_elision=False), rng=1).rgb
+        == compose_canvas(bank, res, config=CanvasConfig(outer_elision=False), rng=1).rgb
+    ).all()
     # outer elision: canvas emptied on road/void around the car, within its extended box
     out = compose_canvas(bank, res, config=CanvasConfig(elision_ratio=0, shadow_removal=False))
     gone = plain.support & ~out.support
@@ -275,11 +299,12 @@ def test_elision_bands_and_outer_elision(toy):
     ys, xs = np.nonzero(gone)
     assert np.isin(out.label[gone], [ROAD, SIDEWALK, VOID]).all()
     from scipy import ndimage
+
     objects = np.isin(out.label, [BUILDING, CAR])
     se = CanvasConfig().px(CanvasConfig().outer_band, 64)
     near = ndimage.maximum_filter(objects.astype(np.uint8), se + 2).astype(bool)
-    assert not (gone & ~near).any()                                    # in the band around objects
-    assert ys.min() >= np.nonzero(objects)[0].min()                    # not above them
+    assert not (gone & ~near).any()  # in the band around objects
+    assert ys.min() >= np.nonzero(objects)[0].min()  # not above them
     assert (out.rgb[gone] == 0).all()
 
 
@@ -289,10 +314,9 @@ def test_shadow_removal_cuts_source_vehicles_from_road(toy):
     j_road = int(np.flatnonzero(res.query.cls == ROAD)[0])
     src = bank.image_names[bank.image[res.ids[j_road, 0]]]
     plain = compose_canvas(bank, res, config=PLAIN)
-    sh = compose_canvas(bank, res, config=CanvasConfig(elision_ratio=0, vegetation_trim=False,
-                                                       outer_elision=False))
+    sh = compose_canvas(bank, res, config=CanvasConfig(elision_ratio=0, vegetation_trim=False, outer_elision=False))
     lost = plain.support & ~sh.support
-    assert src == "b"   # the road comes from the image with a car: a band around it is emptied
+    assert src == "b"  # the road comes from the image with a car: a band around it is emptied
     assert lost.any() and (plain.owner[lost] == j_road).all()
     ys, xs = np.nonzero(lost)
     se = CanvasConfig().px(CanvasConfig().road_band, 64)
@@ -301,20 +325,20 @@ def test_shadow_removal_cuts_source_vehicles_from_road(toy):
 
 def test_warp_is_kept_only_when_it_fits_the_query_better(toy):
     bank, r = toy
-    res = r.search(_query(car_x=36), k=1)            # query car 4 bank px right of the bank car
+    res = r.search(_query(car_x=36), k=1)  # query car 4 bank px right of the bank car
     q = res.query
     j_car = int(np.flatnonzero(q.cls == CAR)[0])
     theta = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]]), (len(q), 1, 1))
-    theta[j_car, 0, 2] = -2 * 8 / 128                 # content moves 8 canvas px to the right
+    theta[j_car, 0, 2] = -2 * 8 / 128  # content moves 8 canvas px to the right
     cv = compose_canvas(bank, res, config=PLAIN, theta=theta)
     assert cv.warped[j_car] and cv.warped.sum() == 1
     base = compose_canvas(bank, res, config=PLAIN)
     s = bank.segment(cv.bank_ids[j_car])
     y0, x0, y1, x1 = (2 * v for v in s.bbox)
-    assert (cv.owner[y0:y1, x0 + 8:x1 + 8] == j_car).all()
-    assert (cv.rgb[y0:y1, x0 + 8:x1 + 8] == s.rgb).all()              # integer shift is exact
+    assert (cv.owner[y0:y1, x0 + 8 : x1 + 8] == j_car).all()
+    assert (cv.rgb[y0:y1, x0 + 8 : x1 + 8] == s.rgb).all()  # integer shift is exact
     assert (base.owner[y0:y1, x0:x1] == j_car).all()
-    theta[j_car, 0, 2] = +2 * 8 / 128                 # moving away fits worse: not used
+    theta[j_car, 0, 2] = +2 * 8 / 128  # moving away fits worse: not used
     cv2 = compose_canvas(bank, res, config=PLAIN, theta=theta)
     assert not cv2.warped.any() and (cv2.owner == base.owner).all()
     with pytest.raises(ValueError, match="theta"):
@@ -324,8 +348,9 @@ def test_warp_is_kept_only_when_it_fits_the_query_better(toy):
 def test_training_canvas_pastes_the_photo_where_retrieved_and_query_agree(toy):
     from semsynth.sims.canvas import training_canvas
     from semsynth.sims.segments import extract_segments
+
     bank, r = toy
-    sample = _samples()[1]                                # image "b" (id 1), left out of retrieval
+    sample = _samples()[1]  # image "b" (id 1), left out of retrieval
     res = r.search(_query(), k=1, exclude_images=[1])
     plain = dict(rng=0, elision_ratio=0, recolor_p=0, corrupt_deg=0)
     cv = training_canvas(bank, res, sample["image"], **plain)
@@ -333,29 +358,30 @@ def test_training_canvas_pastes_the_photo_where_retrieved_and_query_agree(toy):
     assert len(got) and (bank.image[got] == 0).all()
     assert cv.support.any() and (cv.rgb[cv.support] == sample["image"][cv.support]).all()
     assert (cv.rgb[~cv.support] == 0).all() and (cv.support == (cv.owner >= 0)).all()
-    q = extract_segments(_query(), 19, bank.thin)        # the query segments, same order
+    q = extract_segments(_query(), 19, bank.thin)  # the query segments, same order
     up = lambda m: np.repeat(np.repeat(m, 2, 0), 2, 1)  # noqa: E731  (bank frame -> photo frame)
     void = np.zeros(cv.label.shape, bool)
-    for j in np.flatnonzero(cv.bank_ids >= 0):           # pasted = retrieved mask ∧ query mask
+    for j in np.flatnonzero(cv.bank_ids >= 0):  # pasted = retrieved mask ∧ query mask
         placed, qm = _placed_mask(bank, cv.bank_ids[j]), up(q.full_mask(j))
         assert not (cv.owner == j)[~(placed & qm)].any()
         void |= placed & ~qm
-    assert (cv.label[void] == SPACE.void).all()          # the retrieved shape spills: void there
+    assert (cv.label[void] == SPACE.void).all()  # the retrieved shape spills: void there
     base = up(_query())
-    assert (cv.label[~void] == base[~void]).all()        # and nowhere else without corruption
+    assert (cv.label[~void] == base[~void]).all()  # and nowhere else without corruption
     rec = training_canvas(bank, res, sample["image"], **{**plain, "recolor_p": 1})
     assert (rec.support == cv.support).all() and (rec.rgb != cv.rgb).any()
-    other = _samples()[0]["image"]                       # colours of the retrieved photo's box
-    ref = training_canvas(bank, res, sample["image"], ref_image=lambda i: _samples()[i]["image"],
-                          **{**plain, "recolor_p": 1})
+    other = _samples()[0]["image"]  # colours of the retrieved photo's box
+    ref = training_canvas(
+        bank, res, sample["image"], ref_image=lambda i: _samples()[i]["image"], **{**plain, "recolor_p": 1}
+    )
     assert i_differs(ref.rgb, rec.rgb) and other.shape == sample["image"].shape
     wh = training_canvas(bank, res, sample["image"], **{**plain, "elision_ratio": 0.5})
     white = (wh.rgb == 255).all(-1) & ~(cv.rgb == 255).all(-1)
     assert white.any() and (wh.support >= cv.support).all()
-    assert (white & ~cv.support).any()                   # the band reaches outside the support too
+    assert (white & ~cv.support).any()  # the band reaches outside the support too
     cor = training_canvas(bank, res, sample["image"], **{**plain, "corrupt_deg": 2.5})
     changed = cor.label != cv.label
-    assert (cor.label[changed] == SPACE.void).all()      # corruption only voids
+    assert (cor.label[changed] == SPACE.void).all()  # corruption only voids
 
 
 def i_differs(a: np.ndarray, b: np.ndarray) -> bool:
@@ -366,6 +392,7 @@ def test_cli_canvas_writes_inspection_images(toy, tmp_path, capsys):
     from PIL import Image
 
     from semsynth.cli import main
+
     bank, _ = toy
     f = tmp_path / "layout_001.png"
     save_label(f, _query(), SPACE)
@@ -380,9 +407,10 @@ def test_cli_canvas_writes_inspection_images(toy, tmp_path, capsys):
 def test_canvas_from_a_bank_of_the_cityscapes_sample(cityscapes_sample, tmp_path):
     from semsynth.data import LayoutDataset, open_dataset
     from semsynth.sims.canvas import query_masks, render_segment
-    root = cityscapes_sample   # the real sample in ../shared, or its synthetic stand-in
+
+    root = cityscapes_sample  # the real sample in ../shared, or its synthetic stand-in
     ds = open_dataset(root, space=SPACE, size=(256, 512), cache=False)
-    small = LayoutDataset(ds.items[:3], SPACE, size=(256, 512), cache=False)   # 3 pairs is enough
+    small = LayoutDataset(ds.items[:3], SPACE, size=(256, 512), cache=False)  # 3 pairs is enough
     bank = build_bank(small, tmp_path / "b", size=(128, 256), rgb_scale=2, progress=False)
     val = open_dataset(root, split="val", space=SPACE, require_images=False, cache=False)
     res = Retriever(bank).search(val.arrays(0)[0], mode="context")
@@ -401,12 +429,13 @@ def test_clip_to_query_keeps_the_layout_and_pastes_inside_each_query(toy):
     from dataclasses import replace
 
     from semsynth.sims.segments import extract_segments
+
     bank, r = toy
     res = r.search(_query(car_x=40), k=1)
     free = compose_canvas(bank, res, config=PLAIN)
     clip = compose_canvas(bank, res, config=replace(PLAIN, clip_to_query=True, context_fill=False))
     up = lambda m: np.repeat(np.repeat(m, 2, 0), 2, 1)  # noqa: E731  (bank frame -> canvas frame)
-    assert (clip.label == up(_query(car_x=40))).all()            # the layout as given
+    assert (clip.label == up(_query(car_x=40))).all()  # the layout as given
     q = extract_segments(_query(car_x=40), 19, bank.thin)
     for j in np.flatnonzero(clip.bank_ids >= 0):
         assert not (clip.owner == j)[~up(q.full_mask(j))].any()  # nothing outside its query segment

@@ -1,28 +1,26 @@
 """The shared trainer end to end on a tiny synthetic dataset (tests/synthetic.py): overfitting, exact resume, checkpoints,
 synthesize on a folder, and two-process DDP on CPU (gloo)."""
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cfg  # noqa: E402  (tiny_data, the fixture, comes from conftest too)
 from PIL import Image
 from safetensors.torch import load_file
+from synthetic import write_labelids, write_paletted_labelids  # noqa: E402
 
 from semsynth import checkpoint as ckpt
 from semsynth.cli import main as cli
 from semsynth.labels import get_space
 from semsynth.pipelines import CRNPipeline
 from semsynth.train import train
-
-
-from conftest import tiny_cfg  # noqa: E402  (tiny_data, the fixture, comes from conftest too)
-from synthetic import write_labelids, write_paletted_labelids  # noqa: E402
 
 
 def test_overfits_a_few_images(tiny_data, tmp_path):
@@ -92,18 +90,38 @@ def test_synthesize_folder_via_cli(tiny_data, tmp_path):
     write_labelids(labels / "a_gtFine_labelIds.png", size=(128, 256))
     write_paletted_labelids(labels / "gta.png", size=(64, 128))
     out = tmp_path / "out"
-    assert cli(["synthesize", str(tmp_path / "run"), str(labels), "-o", str(out), "--grid",
-                "--size", "32", "64", "--device", "cpu"]) == 0
+    assert (
+        cli(
+            [
+                "synthesize",
+                str(tmp_path / "run"),
+                str(labels),
+                "-o",
+                str(out),
+                "--grid",
+                "--size",
+                "32",
+                "64",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"{s}_k{i}.png" for s in ("a_gtFine_labelIds", "gta") for i in range(3)]
-                           + ["a_gtFine_labelIds_grid.png", "gta_grid.png"])
+    assert names == sorted(
+        [f"{s}_k{i}.png" for s in ("a_gtFine_labelIds", "gta") for i in range(3)]
+        + ["a_gtFine_labelIds_grid.png", "gta_grid.png"]
+    )
     assert Image.open(out / "gta_k0.png").size == (64, 32)
     before = (out / "gta_k0.png").read_bytes()
     # refuses to overwrite, and writes nothing when refusing
     assert cli(["synthesize", str(tmp_path / "run"), str(labels), "-o", str(out), "--size", "32", "64"]) == 2
     assert (out / "gta_k0.png").read_bytes() == before
-    assert cli(["synthesize", str(tmp_path / "run"), str(labels), "-o", str(out), "--size", "32", "64",
-                "--overwrite"]) == 0
+    assert (
+        cli(["synthesize", str(tmp_path / "run"), str(labels), "-o", str(out), "--size", "32", "64", "--overwrite"])
+        == 0
+    )
 
 
 def test_pipeline_python_api_matches_model(tiny_data, tmp_path):
@@ -121,9 +139,14 @@ def test_pipeline_python_api_matches_model(tiny_data, tmp_path):
 def test_init_from_previous_stage_and_train_only(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, steps=1), tmp_path / "low", progress=False)
     # next stage: one more module on top, new head; only the top module + head train
-    cfg = tiny_cfg(tiny_data, steps=2, init_from=str(tmp_path / "low"),
-                   model={"arch": "crn", "levels": 6, "k": 1, "width_mult": 1 / 32},
-                   train_only=["blocks.g_128.", "head."], **{"data.size": [64, 128]})
+    cfg = tiny_cfg(
+        tiny_data,
+        steps=2,
+        init_from=str(tmp_path / "low"),
+        model={"arch": "crn", "levels": 6, "k": 1, "width_mult": 1 / 32},
+        train_only=["blocks.g_128.", "head."],
+        **{"data.size": [64, 128]},
+    )
     train(cfg, tmp_path / "high", progress=False)
     low = load_file(str(ckpt.resolve(tmp_path / "low")))
     high = load_file(str(ckpt.resolve(tmp_path / "high")))
@@ -142,11 +165,33 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     # agree with the single-process run to 1e-5.
     # The adversarial term's discriminator is averaged across ranks the same way.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SEMSYNTH_OFFLINE": "1"}
-    sets = [f"data.path={tiny_data}", "data.size=[32,64]", "loss.preset=pixel", "data.flip=false",
-            "loss.adversarial={width: 8, scales: 2}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "semsynth.cli", "train", "crn-tiny", "--out", str(tmp_path / "ddp"), "--steps", "2",
-           "--batch-size", "1", "--set", *sets]
+    sets = [
+        f"data.path={tiny_data}",
+        "data.size=[32,64]",
+        "loss.preset=pixel",
+        "data.flip=false",
+        "loss.adversarial={width: 8, scales: 2}",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "semsynth.cli",
+        "train",
+        "crn-tiny",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--set",
+        *sets,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     single = tmp_path / "single"

@@ -60,11 +60,16 @@ scores, bootstrap), `distribution` (FD/KID at matched sizes), `diversity`, `repo
 JSON, Markdown, HTML), `run` (`evaluate`). The JSON document is described in
 docs/evaluate-report.md.
 """
+
 from __future__ import annotations
 
 from .common import EvaluationError
 from .consistency import (
-    LayoutCounts, bootstrap_intervals, confusion_matrix, evaluation_space, paired_bootstrap,
+    LayoutCounts,
+    bootstrap_intervals,
+    confusion_matrix,
+    evaluation_space,
+    paired_bootstrap,
     segmentation_scores,
 )
 from .distribution import FeatureNet, build_feature_net, matched_distances
@@ -73,13 +78,35 @@ from .pairing import Group, pair_files
 from .report import Report, write_report
 from .run import evaluate
 from .segmenters import (
-    ESPNetSegmenter, Segmenter, available_segmenters, build_segmenter, default_segmenter,
+    ESPNetSegmenter,
+    Segmenter,
+    available_segmenters,
+    build_segmenter,
+    default_segmenter,
     register_segmenter,
 )
 
 __all__ = [
-    "Segmenter", "ESPNetSegmenter", "register_segmenter", "build_segmenter", "available_segmenters",
-    "default_segmenter", "confusion_matrix", "segmentation_scores", "LayoutCounts", "bootstrap_intervals",
-    "paired_bootstrap", "evaluation_space", "PerceptualDistance", "FeatureNet", "build_feature_net",
-    "matched_distances", "pair_files", "Group", "evaluate", "Report", "write_report", "EvaluationError",
+    "Segmenter",
+    "ESPNetSegmenter",
+    "register_segmenter",
+    "build_segmenter",
+    "available_segmenters",
+    "default_segmenter",
+    "confusion_matrix",
+    "segmentation_scores",
+    "LayoutCounts",
+    "bootstrap_intervals",
+    "paired_bootstrap",
+    "evaluation_space",
+    "PerceptualDistance",
+    "FeatureNet",
+    "build_feature_net",
+    "matched_distances",
+    "pair_files",
+    "Group",
+    "evaluate",
+    "Report",
+    "write_report",
+    "EvaluationError",
 ]

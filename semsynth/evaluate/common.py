@@ -1,4 +1,5 @@
 """What every part of the evaluation shares: its error type and the one image resize."""
+
 from __future__ import annotations
 
 import torch
@@ -14,5 +15,4 @@ class EvaluationError(InputError):
 def _resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
-                         antialias=antialias).clamp_(0, 1)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias).clamp_(0, 1)

@@ -6,12 +6,13 @@ positives `tp`, layout pixels `gt` (predicted void included) and predictions `pr
 predictions excluded). Summing those counts over a resample of layouts and recomputing the
 scores is the bootstrap: the layout is the unit that is resampled, because a layout's pixels are
 not independent of each other."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,8 +56,7 @@ def scores_from_counts(tp, gt, pred) -> dict[str, np.ndarray]:
             "pixel_accuracy": np.where(total > 0, tp.sum(-1) / total, np.nan),
             "miou": np.where(n_present > 0, np.where(present, iou, 0).sum(-1) / n_present, np.nan),
             "miou_union": np.where(defined.any(-1), np.where(defined, iou, 0).sum(-1) / defined.sum(-1), np.nan),
-            "mean_class_accuracy": np.where(n_present > 0, np.where(present, recall, 0).sum(-1) / n_present,
-                                            np.nan),
+            "mean_class_accuracy": np.where(n_present > 0, np.where(present, recall, 0).sum(-1) / n_present, np.nan),
         }
 
 
@@ -101,13 +101,17 @@ class LayoutCounts:
     layout summed into its row)."""
 
     stems: list[str]
-    tp: np.ndarray      # (L, C) int64
+    tp: np.ndarray  # (L, C) int64
     gt: np.ndarray
     pred: np.ndarray
 
     @classmethod
-    def from_dict(cls, counts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
-                  stems: Sequence[str] | None = None) -> "LayoutCounts":
+    def from_dict(
+        cls,
+        counts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+        num_classes: int,
+        stems: Sequence[str] | None = None,
+    ) -> LayoutCounts:
         stems = list(counts if stems is None else stems)
         if not stems:
             z = np.zeros((0, num_classes), dtype=np.int64)
@@ -115,7 +119,7 @@ class LayoutCounts:
         tp, gt, pred = (np.stack([counts[s][i] for s in stems]) for i in range(3))
         return cls(stems, tp, gt, pred)
 
-    def subset(self, stems: Sequence[str]) -> "LayoutCounts":
+    def subset(self, stems: Sequence[str]) -> LayoutCounts:
         row = {s: i for i, s in enumerate(self.stems)}
         idx = np.array([row[s] for s in stems], dtype=np.int64)
         return LayoutCounts(list(stems), self.tp[idx], self.gt[idx], self.pred[idx])
@@ -142,20 +146,29 @@ def _interval(values: np.ndarray, level: float) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def bootstrap_intervals(counts: LayoutCounts, names: Sequence[str], resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict:
+def bootstrap_intervals(
+    counts: LayoutCounts, names: Sequence[str], resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Percentile bootstrap intervals over layouts: {score: [lo, hi], "per_class_iou": {name:
     [lo, hi] or None}}. Deterministic for a seed; None everywhere for fewer than 2 layouts.
     A class's IoU interval is taken over the resamples where it is defined."""
     if len(counts.stems) < 2:
         return {**{k: None for k in SCALAR_SCORES}, "per_class_iou": {n: None for n in names}}
     s = counts.scores(resample_weights(len(counts.stems), resamples, seed))
-    return {**{k: _interval(s[k], level) for k in SCALAR_SCORES},
-            "per_class_iou": {n: _interval(s["iou"][:, j], level) for j, n in enumerate(names)}}
+    return {
+        **{k: _interval(s[k], level) for k in SCALAR_SCORES},
+        "per_class_iou": {n: _interval(s["iou"][:, j], level) for j, n in enumerate(names)},
+    }
 
 
-def paired_bootstrap(model: LayoutCounts, baseline: LayoutCounts, names: Sequence[str],
-                     resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+def paired_bootstrap(
+    model: LayoutCounts,
+    baseline: LayoutCounts,
+    names: Sequence[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """`model` − `baseline` on the layouts both have, with the same resamples for both, so the
     layout-to-layout variation they share cancels. Returns {"layouts": n, score: {"model",
     "baseline", "diff", "interval", "ratio", "ratio_interval"}, "per_class_iou": {name: {"diff",
@@ -184,8 +197,11 @@ def paired_bootstrap(model: LayoutCounts, baseline: LayoutCounts, names: Sequenc
                     out["ratio_interval"] = _interval(np.where(db > 0, da / db, np.nan), level)
         return out
 
-    return {"layouts": len(stems), **{k: entry(k) for k in SCALAR_SCORES},
-            "per_class_iou": {n: entry("iou", j) for j, n in enumerate(names)}}
+    return {
+        "layouts": len(stems),
+        **{k: entry(k) for k in SCALAR_SCORES},
+        "per_class_iou": {n: entry("iou", j) for j, n in enumerate(names)},
+    }
 
 
 # ---------------------------------------------------------------------------- label decoding

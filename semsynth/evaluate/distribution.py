@@ -17,18 +17,18 @@ the same two sets per split (on random subsets of `kid_subset_size` when m is la
 subsets differ from split to split and its spread is real. When m is below the feature
 dimension the covariances are rank-deficient and FD is dominated by its bias; the report then
 says so and leads with KID."""
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .common import EvaluationError, _resize
-from .diversity import _squeezenet_available
 from .segmenters import ESPNetSegmenter, Segmenter
 
 
@@ -68,22 +68,33 @@ def build_feature_net(key: str, device, inception_path=None, segmenter: Segmente
         from ..models.inception import load_fid_inception
 
         net = load_fid_inception(inception_path).to(device)
-        return FeatureNet("inception", "FID (Inception-v3 pt_inception-2015-12-05, pool3 2048-d)",
-                          True, 2048, lambda x: net(x.to(device)))
+        return FeatureNet(
+            "inception",
+            "FID (Inception-v3 pt_inception-2015-12-05, pool3 2048-d)",
+            True,
+            2048,
+            lambda x: net(x.to(device)),
+        )
     if key == "squeezenet1_1":
         from ..models.backbones import build_backbone
 
         sq = build_backbone("squeezenet1_1", layers=["fire9"]).to(device)
         return FeatureNet(
-            "squeezenet1_1", "FD-SqueezeNet1.1 (fire9 pooled, 512-d; non-standard, not comparable "
-            "to published FID)", False, 512,
-            lambda x: sq(_resize(x.to(device), (299, 299)))["fire9"].mean((2, 3)))
+            "squeezenet1_1",
+            "FD-SqueezeNet1.1 (fire9 pooled, 512-d; non-standard, not comparable to published FID)",
+            False,
+            512,
+            lambda x: sq(_resize(x.to(device), (299, 299)))["fire9"].mean((2, 3)),
+        )
     if key == "espnet":
         seg = segmenter if isinstance(segmenter, ESPNetSegmenter) else ESPNetSegmenter("espnet-cityscapes", device)
         return FeatureNet(
-            "espnet", f"FD-ESPNet ({seg.name} encoder b3 pooled, 256-d; non-standard, not "
-            "comparable to published FID)", False, 256,
-            lambda x: seg.features(x)["b3"].mean((2, 3)))
+            "espnet",
+            f"FD-ESPNet ({seg.name} encoder b3 pooled, 256-d; non-standard, not comparable to published FID)",
+            False,
+            256,
+            lambda x: seg.features(x)["b3"].mean((2, 3)),
+        )
     raise EvaluationError(f"unknown feature network {key!r}; choose inception, squeezenet1_1 or espnet")
 
 
@@ -101,7 +112,7 @@ def _splits(n: int, m: int, draws: int, rng: np.random.Generator) -> tuple[list[
     out = []
     while len(out) < draws:
         p = rng.permutation(n)
-        key = (tuple(sorted(p[:m].tolist())), tuple(sorted(p[m: 2 * m].tolist())))
+        key = (tuple(sorted(p[:m].tolist())), tuple(sorted(p[m : 2 * m].tolist())))
         if key not in seen:
             seen.add(key)
             out.append((np.array(key[0]), np.array(key[1])))
@@ -113,9 +124,15 @@ def _spread(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std())}
 
 
-def matched_distances(fn: FeatureNet, models: dict[str, tuple[np.ndarray, list[str]]],
-                      real: tuple[np.ndarray, list[str]], draws: int = 50, seed: int = 0,
-                      kid_subset_size: int = 1000, fid_method: str = "auto") -> dict:
+def matched_distances(
+    fn: FeatureNet,
+    models: dict[str, tuple[np.ndarray, list[str]]],
+    real: tuple[np.ndarray, list[str]],
+    draws: int = 50,
+    seed: int = 0,
+    kid_subset_size: int = 1000,
+    fid_method: str = "auto",
+) -> dict:
     """FD and KID of every model against the real photos at matched sizes, and the real
     split-half floor (see the module docstring for the design).
 
@@ -147,12 +164,24 @@ def matched_distances(fn: FeatureNet, models: dict[str, tuple[np.ndarray, list[s
             rows[name].setdefault(s, []).append(i)
     layouts = sorted(set(real_row).intersection(*(set(r) for r in rows.values())))
     n, m = len(layouts), len(layouts) // 2
-    out = {**fn.describe(), "layouts": n, "n_per_set": m, "draws": 0, "distinct_splits": 0,
-           "kid_subset_size": None, "fd_method": None, "fd_reliable": False, "note": None,
-           "real_split_half": None, "models": {}}
+    out = {
+        **fn.describe(),
+        "layouts": n,
+        "n_per_set": m,
+        "draws": 0,
+        "distinct_splits": 0,
+        "kid_subset_size": None,
+        "fd_method": None,
+        "fd_reliable": False,
+        "note": None,
+        "real_split_half": None,
+        "models": {},
+    }
     if m < 2:
-        out["note"] = (f"too few layouts for distances: {n} have a real photo and images from every "
-                       f"model; matched sets of at least 2 vs 2 need 4")
+        out["note"] = (
+            f"too few layouts for distances: {n} have a real photo and images from every "
+            f"model; matched sets of at least 2 vs 2 need 4"
+        )
         return out
     rng = np.random.default_rng(seed)
     splits, total = _splits(n, m, draws, rng)
@@ -174,15 +203,23 @@ def matched_distances(fn: FeatureNet, models: dict[str, tuple[np.ndarray, list[s
     out["real_split_half"] = {"fd": floor["mean"], "fd_std": floor["std"], "kid": _spread(floor_kid), "n": [m, m]}
     for name, (feats, stems) in models.items():
         f = _spread(vals[name]["fd"])
-        entry = {"fd": f["mean"], "fd_std": f["std"], "kid": _spread(vals[name]["kid"]), "n": [m, m],
-                 "fd_excess": _spread(np.subtract(vals[name]["fd"], floor_fd)),
-                 "fd_unmatched": None, "n_unmatched": [int(len(feats)), int(len(rfeat))]}
+        entry = {
+            "fd": f["mean"],
+            "fd_std": f["std"],
+            "kid": _spread(vals[name]["kid"]),
+            "n": [m, m],
+            "fd_excess": _spread(np.subtract(vals[name]["fd"], floor_fd)),
+            "fd_unmatched": None,
+            "n_unmatched": [int(len(feats)), int(len(rfeat))],
+        }
         if len(feats) >= 2 and len(rfeat) >= 2:
             entry["fd_unmatched"] = fd(feats, rfeat)
         out["models"][name] = entry
     out["fd_method"] = "/".join(sorted(used))
     if not out["fd_reliable"]:
-        out["note"] = (f"{m} images per set is below the {fn.dims} feature dimensions: the covariances have "
-                       f"rank {m - 1} at most, so FD is dominated by its small-sample bias and means "
-                       f"something only next to the floor at the same size; KID (unbiased) leads")
+        out["note"] = (
+            f"{m} images per set is below the {fn.dims} feature dimensions: the covariances have "
+            f"rank {m - 1} at most, so FD is dominated by its small-sample bias and means "
+            f"something only next to the floor at the same size; KID (unbiased) leads"
+        )
     return out

@@ -1,5 +1,6 @@
 """Diversity: perceptual distance among the k outputs of a layout, and between different layouts
 as its reference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +37,7 @@ class PerceptualDistance:
 
             layers = ["conv1", "fire3", "fire5", "fire7", "fire9"]
             net = build_backbone("squeezenet1_1", layers=layers).to(self.device)
+
             def feats(x):
                 f = net(x)
                 return [f[l] for l in layers]
@@ -45,8 +47,11 @@ class PerceptualDistance:
         elif backbone == "espnet":
             from ..models.espnet import espnet_preprocess
 
-            seg = segmenter if isinstance(segmenter, ESPNetSegmenter) \
+            seg = (
+                segmenter
+                if isinstance(segmenter, ESPNetSegmenter)
                 else ESPNetSegmenter("espnet-cityscapes", self.device)
+            )
             layers = ["level1", "b1", "b2", "b3"]
 
             def feats(x):
@@ -120,5 +125,3 @@ def _between_layouts(perceptual: PerceptualDistance, kept: dict, chain: list[str
             ds.append(float(perceptual.pair_distance(prev, f)[0]))
         prev = f
     return float(np.mean(ds)) if ds else None
-
-

@@ -1,11 +1,12 @@
 """Pairing files: a layout ``<stem>.*`` with synthesized images ``<stem>.*`` / ``<stem>_k<i>.*`` and
 a real photo ``<stem>.*``; Cityscapes suffixes are ignored and sub-folders searched."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..data import _scan, cityscapes_frame, list_label_files
 from .common import EvaluationError
@@ -25,7 +26,7 @@ class Group:
 
     stem: str
     label: Path
-    images: list[Path] = field(default_factory=list)   # synthesized variants, by k
+    images: list[Path] = field(default_factory=list)  # synthesized variants, by k
     real: Path | None = None
 
 
@@ -74,14 +75,16 @@ def pair_files(label_dir, images_dir=None, real_dir=None) -> tuple[list[Group], 
                     orphans.append(f.relative_to(images_dir).as_posix())
                     continue
             if idx in variants.setdefault(k, {}):
-                raise EvaluationError(f"{images_dir}: {variants[k][idx].name} and {f.name} are both "
-                                      f"variant {idx} of layout {k!r}")
+                raise EvaluationError(
+                    f"{images_dir}: {variants[k][idx].name} and {f.name} are both variant {idx} of layout {k!r}"
+                )
             variants[k][idx] = f
         if orphans:
             raise EvaluationError(
                 f"{len(orphans)} image(s) in {images_dir} have no layout in {label_dir}: "
                 f"{_examples(orphans)}. Images must be named after their layout: <stem>.png or "
-                f"<stem>_k<i>.png (layouts there look like {_examples(sorted(labels)[:3], 3)}).")
+                f"<stem>_k<i>.png (layouts there look like {_examples(sorted(labels)[:3], 3)})."
+            )
         for k, v in variants.items():
             groups[k].images = [v[i] for i in sorted(v)]
         if grids:
@@ -96,16 +99,19 @@ def pair_files(label_dir, images_dir=None, real_dir=None) -> tuple[list[Group], 
             k = _key(f)
             if k in groups:
                 if groups[k].real is not None:
-                    raise EvaluationError(f"{real_dir}: {groups[k].real.name} and {f.name} are both "
-                                          f"photos of layout {k!r}")
+                    raise EvaluationError(
+                        f"{real_dir}: {groups[k].real.name} and {f.name} are both photos of layout {k!r}"
+                    )
                 groups[k].real = f
                 found += 1
             else:
                 unpaired.append(f.name)
         if not found:
-            raise EvaluationError(f"no real photo in {real_dir} matches a layout in {label_dir} by "
-                                  f"name (photos: {_examples(unpaired, 3)}; layouts: "
-                                  f"{_examples(sorted(labels)[:3], 3)})")
+            raise EvaluationError(
+                f"no real photo in {real_dir} matches a layout in {label_dir} by "
+                f"name (photos: {_examples(unpaired, 3)}; layouts: "
+                f"{_examples(sorted(labels)[:3], 3)})"
+            )
         notes["real_without_layout"] = len(unpaired)
 
     if images_dir is not None:
@@ -118,5 +124,3 @@ def pair_files(label_dir, images_dir=None, real_dir=None) -> tuple[list[Group], 
         out = [g for g in groups.values() if g.real]
         notes["layouts_without_images"] = len(groups) - len(out)
     return sorted(out, key=lambda g: g.stem), notes
-
-

@@ -1,6 +1,7 @@
 """The evaluation report: `Report` holds the JSON document (schema in docs/evaluate-report.md)
 and the thumbnails, and renders the Markdown summary the CLI prints, report.md and report.html
 from that document alone."""
+
 from __future__ import annotations
 
 import html
@@ -95,8 +96,10 @@ class Report:
         for c in self.columns:
             s = self.data["segmentation"][c]
             iv = s["intervals"]
-            out.append(f"{self._col_head(c)}: mIoU {_with_interval(s['miou'], iv['miou'])}, pixel accuracy "
-                       f"{_with_interval(s['pixel_accuracy'], iv['pixel_accuracy'])} ({s['layouts']} layouts)")
+            out.append(
+                f"{self._col_head(c)}: mIoU {_with_interval(s['miou'], iv['miou'])}, pixel accuracy "
+                f"{_with_interval(s['pixel_accuracy'], iv['pixel_accuracy'])} ({s['layouts']} layouts)"
+            )
         return out
 
     def _protocol_lines(self) -> list[str]:
@@ -106,24 +109,33 @@ class Report:
         res = p["segmentation_resolution"]
         out = [f"- layouts: `{i['labels']}` ({i['label_space']}), {i['layouts']} evaluated"]
         for m, info in i["models"].items():
-            out.append(f"- {m}: `{info['folder']}`, {info['images']} images "
-                       f"(variants per layout: {info['variants_per_layout']})")
+            out.append(
+                f"- {m}: `{info['folder']}`, {info['images']} images "
+                f"(variants per layout: {info['variants_per_layout']})"
+            )
         if i["real"]:
             out.append(f"- real: `{i['real']}`, {i['real_photos']} photos")
-        out.append(f"- segmenter: {seg['name']} at {'×'.join(map(str, res)) if isinstance(res, list) else res} "
-                   f"(H×W); device {d['device']}, {d.get('precision', 'fp32')}; time {d['timing_s'].get('total')} s")
+        out.append(
+            f"- segmenter: {seg['name']} at {'×'.join(map(str, res)) if isinstance(res, list) else res} "
+            f"(H×W); device {d['device']}, {d.get('precision', 'fp32')}; time {d['timing_s'].get('total')} s"
+        )
         ld = p["label_decoding"]
-        out.append(f"- label decoding: {ld['label_space']}, encoding {ld['encoding']}"
-                   + (f"; {ld['polegroup_note']}" if ld.get("polegroup_note") else ""))
+        out.append(
+            f"- label decoding: {ld['label_space']}, encoding {ld['encoding']}"
+            + (f"; {ld['polegroup_note']}" if ld.get("polegroup_note") else "")
+        )
         ca = p["classes_averaged"]
-        out.append(f"- mIoU averages over the {len(ca['classes'])} classes present in the layouts "
-                   f"({', '.join(ca['classes'])}); the second mIoU row also counts classes only predicted")
+        out.append(
+            f"- mIoU averages over the {len(ca['classes'])} classes present in the layouts "
+            f"({', '.join(ca['classes'])}); the second mIoU row also counts classes only predicted"
+        )
         for n in p["distance_networks"]:
-            out.append(f"- distances: {n['name']}, images at "
-                       f"{'×'.join(map(str, p['distance_resolution']))} (H×W)")
+            out.append(f"- distances: {n['name']}, images at {'×'.join(map(str, p['distance_resolution']))} (H×W)")
         b = p["bootstrap"]
-        out.append(f"- intervals: {100 * b['level']:.0f} % percentile bootstrap over layouts, {b['resamples']} "
-                   f"resamples, seed {b['seed']}")
+        out.append(
+            f"- intervals: {100 * b['level']:.0f} % percentile bootstrap over layouts, {b['resamples']} "
+            f"resamples, seed {b['seed']}"
+        )
         return out
 
     def _summary_rows(self) -> tuple[list[str], list[list[str]]]:
@@ -135,18 +147,25 @@ class Report:
         def srow(label, key):
             return [label] + [_with_interval(seg[c][key], seg[c]["intervals"][key]) for c in cols]
 
-        rows = [srow(f"mIoU % ({sname}, classes in layouts)", "miou"),
-                srow("mIoU % (classes in layouts or predicted)", "miou_union"),
-                srow("pixel accuracy %", "pixel_accuracy"),
-                srow("mean class accuracy %", "mean_class_accuracy")]
+        rows = [
+            srow(f"mIoU % ({sname}, classes in layouts)", "miou"),
+            srow("mIoU % (classes in layouts or predicted)", "miou_union"),
+            srow("pixel accuracy %", "pixel_accuracy"),
+            srow("mean class accuracy %", "mean_class_accuracy"),
+        ]
         to_real = {c["model"]: c for c in d["comparisons"] if c["baseline"] == "real"}
         if to_real:
             row = ["mIoU as % of the real photos'"]
             for c in cols:
                 m = to_real.get(c, {}).get("miou", {})
                 r, ri = m.get("ratio"), m.get("ratio_interval")
-                row.append("100" if c == "real" else "—" if r is None
-                           else f"{100 * r:.0f}" + (f" [{100 * ri[0]:.0f}, {100 * ri[1]:.0f}]" if ri else ""))
+                row.append(
+                    "100"
+                    if c == "real"
+                    else "—"
+                    if r is None
+                    else f"{100 * r:.0f}" + (f" [{100 * ri[0]:.0f}, {100 * ri[1]:.0f}]" if ri else "")
+                )
             rows.append(row)
         for dist in d["distribution"]:
             floor = dist.get("real_split_half")
@@ -175,63 +194,93 @@ class Report:
         div = d.get("diversity")
         if div:
             net = div["network"].split()[0]
-            rows.append([f"diversity (within layout, {net})"]
-                        + [("n/a (one photo per layout)" if c == "real" else
-                            "—" if div["models"].get(c, {}).get("mean") is None else
-                            f"{div['models'][c]['mean']:.4f} ({div['models'][c]['layouts']} layouts)")
-                           for c in cols])
+            rows.append(
+                [f"diversity (within layout, {net})"]
+                + [
+                    (
+                        "n/a (one photo per layout)"
+                        if c == "real"
+                        else "—"
+                        if div["models"].get(c, {}).get("mean") is None
+                        else f"{div['models'][c]['mean']:.4f} ({div['models'][c]['layouts']} layouts)"
+                    )
+                    for c in cols
+                ]
+            )
             btw = div.get("between_layouts") or {}
             if any(v is not None for v in btw.values()):
-                rows.append([f"distance between different layouts (reference, {div['between_layouts_pairs']} "
-                             f"pairs)"] + ["—" if btw.get(c) is None else f"{btw[c]:.4f}" for c in cols])
+                rows.append(
+                    [f"distance between different layouts (reference, {div['between_layouts_pairs']} pairs)"]
+                    + ["—" if btw.get(c) is None else f"{btw[c]:.4f}" for c in cols]
+                )
         return ["metric"] + [self._col_head(c) for c in cols], rows
 
     def _comparison_rows(self) -> tuple[list[str], list[list[str]]]:
         head = ["comparison (same layouts)", "layouts", "Δ mIoU (points)", "Δ pixel accuracy (points)", "reading"]
         rows = []
         for c in self.data["comparisons"]:
-            rows.append([f"{c['model']} − {c['baseline']}", str(c["layouts"]),
-                         _with_interval(c["miou"]["diff"], c["miou"]["interval"], signed=True),
-                         _with_interval(c["pixel_accuracy"]["diff"], c["pixel_accuracy"]["interval"], signed=True),
-                         _reading(c)])
+            rows.append(
+                [
+                    f"{c['model']} − {c['baseline']}",
+                    str(c["layouts"]),
+                    _with_interval(c["miou"]["diff"], c["miou"]["interval"], signed=True),
+                    _with_interval(c["pixel_accuracy"]["diff"], c["pixel_accuracy"]["interval"], signed=True),
+                    _reading(c),
+                ]
+            )
         return head, rows
 
     def _class_rows(self) -> tuple[list[str], list[list[str]]]:
         cols = self.columns
         seg = self.data["segmentation"]
-        deltas = [c for c in self.data["comparisons"] if c["baseline"] != "real"
-                  and c["baseline"] == (cols[0] if cols else None)]
+        deltas = [
+            c
+            for c in self.data["comparisons"]
+            if c["baseline"] != "real" and c["baseline"] == (cols[0] if cols else None)
+        ]
         names = list(seg[cols[0]]["per_class_iou"])
         rows = []
         for n in names:
             vals = [seg[c]["per_class_iou"][n] for c in cols]
             if all(v is None for v in vals):
                 continue
-            row = [n] + [_with_interval(seg[c]["per_class_iou"][n], seg[c]["intervals"]["per_class_iou"][n])
-                         for c in cols]
-            row += [_with_interval(c["per_class_iou"][n]["diff"], c["per_class_iou"][n]["interval"], signed=True)
-                    for c in deltas]
+            row = [n] + [
+                _with_interval(seg[c]["per_class_iou"][n], seg[c]["intervals"]["per_class_iou"][n]) for c in cols
+            ]
+            row += [
+                _with_interval(c["per_class_iou"][n]["diff"], c["per_class_iou"][n]["interval"], signed=True)
+                for c in deltas
+            ]
             rows.append(row)
         head = ["class IoU %"] + list(cols) + [f"{c['model']} − {c['baseline']}" for c in deltas]
         return head, rows
 
     def _notes(self) -> list[str]:
         d = self.data
-        notes = ["mIoU over the classes present in the layouts (the definition behind the quoted ESPNet "
-                 "accuracies); pixels that are void in the layout are ignored, void predictions count as errors.",
-                 "[a, b]: 95 % bootstrap interval over layouts; a paired comparison resamples the same layouts for "
-                 "both columns, so an interval of the difference that excludes 0 is a difference these layouts "
-                 "support. Neighbouring video frames are not independent layouts: with them the intervals are "
-                 "too narrow."]
+        notes = [
+            "mIoU over the classes present in the layouts (the definition behind the quoted ESPNet "
+            "accuracies); pixels that are void in the layout are ignored, void predictions count as errors.",
+            "[a, b]: 95 % bootstrap interval over layouts; a paired comparison resamples the same layouts for "
+            "both columns, so an interval of the difference that excludes 0 is a difference these layouts "
+            "support. Neighbouring video frames are not independent layouts: with them the intervals are "
+            "too narrow.",
+        ]
         if d["distribution"]:
-            notes.append("FD/KID are taken between sets of the same size: the layouts with a real photo are split "
-                         "into random disjoint halves A and B; the real column (the floor) is FD(real A, real B), "
-                         "a model's is FD(its images of A, one variant each, real B); mean ± sd over the splits. "
-                         "Non-standard distances use networks available here and are NOT comparable to "
-                         "published FIDs.")
+            notes.append(
+                "FD/KID are taken between sets of the same size: the layouts with a real photo are split "
+                "into random disjoint halves A and B; the real column (the floor) is FD(real A, real B), "
+                "a model's is FD(its images of A, one variant each, real B); mean ± sd over the splits. "
+                "Non-standard distances use networks available here and are NOT comparable to "
+                "published FIDs."
+            )
             for dist in d["distribution"]:
-                notes.append(f"{dist['name']}: " + (dist["note"] or f"{dist['n_per_set']} images per set, "
-                                                    f"at least the {dist['dims']} feature dimensions."))
+                notes.append(
+                    f"{dist['name']}: "
+                    + (
+                        dist["note"]
+                        or f"{dist['n_per_set']} images per set, at least the {dist['dims']} feature dimensions."
+                    )
+                )
         if d.get("diversity"):
             notes.append("Diversity: " + d["diversity"]["definition"] + f" ({d['diversity']['network']}).")
         notes += [f"warning: {w}" for w in d.get("warnings", [])]
@@ -240,8 +289,18 @@ class Report:
     def summary_markdown(self) -> str:
         """What `semsynth evaluate` prints: inputs and protocol, headline, summary and comparisons."""
         head, rows = self._summary_rows()
-        md = ["# semsynth evaluation", "", *self._protocol_lines(), "", *[f"**{h}**  " for h in self.headline()],
-              "", "## Summary", "", _md_table(head, rows), ""]
+        md = [
+            "# semsynth evaluation",
+            "",
+            *self._protocol_lines(),
+            "",
+            *[f"**{h}**  " for h in self.headline()],
+            "",
+            "## Summary",
+            "",
+            _md_table(head, rows),
+            "",
+        ]
         if self.data["comparisons"]:
             md += ["## Paired comparisons", "", _md_table(*self._comparison_rows()), ""]
         md += [f"- {n}" for n in self._notes()]
@@ -272,37 +331,66 @@ class Report:
 
         md = [self.summary_markdown(), "", "## Per-class IoU", "", _md_table(chead, crows), ""]
         if thumbs:
-            md += ["## Examples", "", "Each cell: up to 3 variants, the segmenter's reading of the first below.", "",
-                   _md_table(["layout stem"] + cols,
-                             [[s] + [f"![{c}]({cells[c]})" if c in cells else "—" for c in cols]
-                              for s, cells in thumbs]), ""]
+            md += [
+                "## Examples",
+                "",
+                "Each cell: up to 3 variants, the segmenter's reading of the first below.",
+                "",
+                _md_table(
+                    ["layout stem"] + cols,
+                    [[s] + [f"![{c}]({cells[c]})" if c in cells else "—" for c in cols] for s, cells in thumbs],
+                ),
+                "",
+            ]
         with atomic_path(paths["md"]) as tmp:
             tmp.write_text("\n".join(md))
 
-        style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-                 "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top}"
-                 "td:first-child,th:first-child{text-align:left}td img{max-height:260px}")
+        style = (
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;vertical-align:top}"
+            "td:first-child,th:first-child{text-align:left}td img{max-height:260px}"
+        )
         shead, srows = self._summary_rows()
-        body = ["<h1>semsynth evaluation</h1><ul>"
-                + "".join("<li>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(s[2:])) + "</li>"
-                          for s in self._protocol_lines()) + "</ul>",
-                "<p>" + "<br>".join(f"<b>{html.escape(h)}</b>" for h in self.headline()) + "</p>",
-                "<h2>Summary</h2>", _html_table(shead, srows)]
+        body = [
+            "<h1>semsynth evaluation</h1><ul>"
+            + "".join(
+                "<li>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(s[2:])) + "</li>"
+                for s in self._protocol_lines()
+            )
+            + "</ul>",
+            "<p>" + "<br>".join(f"<b>{html.escape(h)}</b>" for h in self.headline()) + "</p>",
+            "<h2>Summary</h2>",
+            _html_table(shead, srows),
+        ]
         if self.data["comparisons"]:
             body += ["<h2>Paired comparisons</h2>", _html_table(*self._comparison_rows())]
-        body += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in self._notes()) + "</ul>",
-                 "<h2>Per-class IoU</h2>", _html_table(chead, crows)]
+        body += [
+            "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in self._notes()) + "</ul>",
+            "<h2>Per-class IoU</h2>",
+            _html_table(chead, crows),
+        ]
         if thumbs:
             head = "".join(_html_cell(c, "th") for c in ["layout stem"] + cols)
             trs = "".join(
-                "<tr>" + _html_cell(s, "td") + "".join(
-                    f"<td><img src=\"{html.escape(cells[c])}\" alt=\"{html.escape(s)} {html.escape(c)}\"></td>"
-                    if c in cells else "<td>—</td>" for c in cols) + "</tr>"
-                for s, cells in thumbs)
-            body += ["<h2>Examples</h2><p>Each cell: up to 3 variants, the segmenter's reading of the first below.</p>",
-                     f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"]
-        page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>semsynth evaluation</title>"
-                f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+                "<tr>"
+                + _html_cell(s, "td")
+                + "".join(
+                    f'<td><img src="{html.escape(cells[c])}" alt="{html.escape(s)} {html.escape(c)}"></td>'
+                    if c in cells
+                    else "<td>—</td>"
+                    for c in cols
+                )
+                + "</tr>"
+                for s, cells in thumbs
+            )
+            body += [
+                "<h2>Examples</h2><p>Each cell: up to 3 variants, the segmenter's reading of the first below.</p>",
+                f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>",
+            ]
+        page = (
+            f'<!doctype html><html><head><meta charset="utf-8"><title>semsynth evaluation</title>'
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        )
         with atomic_path(paths["html"]) as tmp:
             tmp.write_text(page)
         return paths

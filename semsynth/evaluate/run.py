@@ -1,12 +1,13 @@
 """`evaluate`: one pass over every image folder (segmentation, features, diversity, thumbnails),
 then the scores, intervals, paired comparisons and matched distances, gathered in a `Report`."""
+
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,13 @@ from ..precision import autocast, resolve_precision
 from ..utils import pick_device
 from .common import EvaluationError, _resize
 from .consistency import (
-    LayoutCounts, bootstrap_intervals, confusion_counts, confusion_matrix, evaluation_space,
-    paired_bootstrap, segmentation_scores,
+    LayoutCounts,
+    bootstrap_intervals,
+    confusion_counts,
+    confusion_matrix,
+    evaluation_space,
+    paired_bootstrap,
+    segmentation_scores,
 )
 from .distribution import FeatureNet, _find_fid_weights, build_feature_net, matched_distances
 from .diversity import PerceptualDistance, _between_layouts, _pick_chain, _squeezenet_available
@@ -34,13 +40,13 @@ class _SetResult:
     conf: np.ndarray
     layout_counts: dict = field(default_factory=dict)  # stem -> (tp, gt, pred), variants summed
     per_image_accuracy: dict = field(default_factory=dict)
-    features: dict = field(default_factory=dict)      # feature-net key -> (N, D)
+    features: dict = field(default_factory=dict)  # feature-net key -> (N, D)
     feature_stems: list = field(default_factory=list)  # the layout of each feature row
-    diversity: dict = field(default_factory=dict)     # stem -> mean pairwise distance
-    thumbs: dict = field(default_factory=dict)        # stem -> {"images": [uint8], "segmentation": uint8}
+    diversity: dict = field(default_factory=dict)  # stem -> mean pairwise distance
+    thumbs: dict = field(default_factory=dict)  # stem -> {"images": [uint8], "segmentation": uint8}
     count: int = 0
     size_warnings: list = field(default_factory=list)
-    kept: dict = field(default_factory=dict)          # stem -> first image at the feature size
+    kept: dict = field(default_factory=dict)  # stem -> first image at the feature size
 
 
 def _load(path: Path) -> torch.Tensor:
@@ -59,12 +65,22 @@ def _thumb(arr: np.ndarray, height: int = 128, nearest: bool = False) -> np.ndar
 
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    return (img.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    return img.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def _run_set(entries: list[tuple[Group, list[Path]]], seg: Segmenter, space: LabelSpace,
-             encoding, feature_nets: list[FeatureNet], feat_size, perceptual: PerceptualDistance | None,
-             batch_size: int, thumb_stems: set, device, keep_stems: set = frozenset()) -> _SetResult:
+def _run_set(
+    entries: list[tuple[Group, list[Path]]],
+    seg: Segmenter,
+    space: LabelSpace,
+    encoding,
+    feature_nets: list[FeatureNet],
+    feat_size,
+    perceptual: PerceptualDistance | None,
+    batch_size: int,
+    thumb_stems: set,
+    device,
+    keep_stems: set = frozenset(),
+) -> _SetResult:
     """One pass over an image set: segmentation confusion (in total and per layout), pooled
     features, within-layout diversity, thumbnails. Images are streamed in batches; only small
     results are kept."""
@@ -92,7 +108,9 @@ def _run_set(entries: list[tuple[Group, list[Path]]], seg: Segmenter, space: Lab
             th = res.thumbs.get(stem)
             if th is not None and "segmentation" not in th:
                 th["segmentation"] = _thumb(colorize(pred[b], space), nearest=True)
-        buf_img.clear(); buf_lab.clear(); buf_meta.clear()
+        buf_img.clear()
+        buf_lab.clear()
+        buf_meta.clear()
 
     fbuf: list[torch.Tensor] = []
 
@@ -121,7 +139,9 @@ def _run_set(entries: list[tuple[Group, list[Path]]], seg: Segmenter, space: Lab
             xs = img if seg_size is None else _resize(img, size, antialias=False)
             if seg_size is None and buf_img and tuple(buf_img[0].shape[-2:]) != tuple(size):
                 flush()
-            buf_img.append(xs); buf_lab.append(lab); buf_meta.append((group.stem, p.name))
+            buf_img.append(xs)
+            buf_lab.append(lab)
+            buf_meta.append((group.stem, p.name))
             keep = i == 0 and group.stem in keep_stems
             if feature_nets or keep:
                 small = _resize(img, feat_size) if feat_size else img  # once for both uses
@@ -157,10 +177,10 @@ def _tile(images: list[np.ndarray], segmentation: np.ndarray | None, gap: int = 
     canvas = np.full((rows, max(w, segmentation.shape[1] if segmentation is not None else 0), 3), 255, np.uint8)
     x = 0
     for a in images:
-        canvas[: a.shape[0], x: x + a.shape[1]] = a[..., :3]
+        canvas[: a.shape[0], x : x + a.shape[1]] = a[..., :3]
         x += a.shape[1] + gap
     if segmentation is not None:
-        canvas[h + gap:, : segmentation.shape[1]] = segmentation[..., :3]
+        canvas[h + gap :, : segmentation.shape[1]] = segmentation[..., :3]
     return canvas
 
 
@@ -192,22 +212,40 @@ def _model_folders(images, with_real: bool) -> list[tuple[str, Path]]:
     names = [n for n, _ in items]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise EvaluationError(f"two image folders are both named {dup[0]!r}: name them, e.g. "
-                              f"crn={items[0][1]} sims={items[-1][1]}")
+        raise EvaluationError(
+            f"two image folders are both named {dup[0]!r}: name them, e.g. crn={items[0][1]} sims={items[-1][1]}"
+        )
     if with_real and "real" in names:
         raise EvaluationError("'real' names the --real photos; give the image folder another name (name=folder)")
     return items
 
 
-def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str | Segmenter | None" = None,
-             segmenter_size: tuple[int, int] | None = None, label_space: "str | LabelSpace | None" = None,
-             label_encoding: str | None = None, polegroup: str = "pole",
-             inception: "str | Path | None" = None, fid_method: str = "auto", fd_network: str = "auto",
-             device=None, precision: str | None = "auto", batch_size: int = 4, draws: int = 50,
-             kid_subset_size: int = 1000,
-             bootstrap: int = 1000, confidence: float = 0.95, diversity_network: str = "auto",
-             thumbnails: int = 4, between_pairs: int = 20, seed: int = 0,
-             progress: Callable[[str], None] | None = None) -> Report:
+def evaluate(
+    images_dir=None,
+    labels_dir=None,
+    real_dir=None,
+    *,
+    segmenter: str | Segmenter | None = None,
+    segmenter_size: tuple[int, int] | None = None,
+    label_space: str | LabelSpace | None = None,
+    label_encoding: str | None = None,
+    polegroup: str = "pole",
+    inception: str | Path | None = None,
+    fid_method: str = "auto",
+    fd_network: str = "auto",
+    device=None,
+    precision: str | None = "auto",
+    batch_size: int = 4,
+    draws: int = 50,
+    kid_subset_size: int = 1000,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    diversity_network: str = "auto",
+    thumbnails: int = 4,
+    between_pairs: int = 20,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
     """Evaluate image folders against the layouts in `labels_dir`, with the `real_dir` photos of
     the same layouts side by side as the ceiling.
 
@@ -247,8 +285,10 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     if segmenter is None:
         segmenter = default_segmenter(space.name if space else "cityscapes")
         if segmenter is None:
-            raise EvaluationError(f"no default segmenter for label space {space.name!r}; "
-                                  f"give --segmenter (registered: {available_segmenters()})")
+            raise EvaluationError(
+                f"no default segmenter for label space {space.name!r}; "
+                f"give --segmenter (registered: {available_segmenters()})"
+            )
     seg = build_segmenter(segmenter, device=device, input_size=segmenter_size)
     if space is None:
         space = seg.space
@@ -256,7 +296,8 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
         raise EvaluationError(
             f"segmenter {seg.name!r} predicts the {seg.space.name!r} label space "
             f"({seg.space.num_classes} classes) but the layouts are read as {space.name!r} "
-            f"({space.num_classes}); choose a matching --segmenter or --label-space")
+            f"({space.num_classes}); choose a matching --segmenter or --label-space"
+        )
     space = evaluation_space(space, polegroup)
     warnings: list[str] = []
 
@@ -278,12 +319,15 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     if per_model:
         common = sorted(set.intersection(*(set(g) for g in per_model.values())))
         if not common:
-            raise EvaluationError(f"no layout in {labels_dir} has images in every folder "
-                                  f"({', '.join(str(f) for _, f in folders)})")
+            raise EvaluationError(
+                f"no layout in {labels_dir} has images in every folder ({', '.join(str(f) for _, f in folders)})"
+            )
         for name, g in per_model.items():
             if len(g) > len(common):
-                warnings.append(f"{name}: {len(g) - len(common)} layout(s) with images are left out because "
-                                f"another folder has none for them; every column uses the same {len(common)}")
+                warnings.append(
+                    f"{name}: {len(g) - len(common)} layout(s) with images are left out because "
+                    f"another folder has none for them; every column uses the same {len(common)}"
+                )
         label_of = {s: per_model[folders[0][0]][s].label for s in common}
     else:
         common = sorted(real_of)
@@ -299,8 +343,11 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
         sets["real"] = [(Group(s, label_of[s], real=real_of[s]), [real_of[s]]) for s in common if s in real_of]
         if not sets["real"]:
             raise EvaluationError(f"no real photo in {real_dir} belongs to a layout with images")
-    log(f"{len(common)} layouts; " + ", ".join(f"{k}: {sum(len(p) for _, p in v)} images" for k, v in sets.items())
-        + f"; segmenter {seg.name} on {device}")
+    log(
+        f"{len(common)} layouts; "
+        + ", ".join(f"{k}: {sum(len(p) for _, p in v)} images" for k, v in sets.items())
+        + f"; segmenter {seg.name} on {device}"
+    )
 
     # -- distribution networks: only with models and real photos to compare
     feature_nets: list[FeatureNet] = []
@@ -317,8 +364,10 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
         else:
             from ..models.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 
-            fid_note = (f"standard FID not computed: the Inception weights {FID_WEIGHTS_FILE} were not "
-                        f"given (--inception PATH) nor found; they are at {FID_WEIGHTS_URL}")
+            fid_note = (
+                f"standard FID not computed: the Inception weights {FID_WEIGHTS_FILE} were not "
+                f"given (--inception PATH) nor found; they are at {FID_WEIGHTS_URL}"
+            )
         key = fd_network
         auto = key == "auto"
         if auto:
@@ -344,23 +393,38 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
             warnings.append(f"diversity not computed: no perceptual network available ({e})")
 
     thumb_stems = set(common[:thumbnails])
-    chain = _pick_chain([s for s in common if real_dir is None or s in real_of], between_pairs, seed) \
-        if perceptual is not None else []
+    chain = (
+        _pick_chain([s for s in common if real_dir is None or s in real_of], between_pairs, seed)
+        if perceptual is not None
+        else []
+    )
     results: dict[str, _SetResult] = {}
     timing = {}
     for name, entries in sets.items():
         t = time.perf_counter()
         log(f"evaluating {name} ({sum(len(p) for _, p in entries)} images)")
         with autocast(device, precision):
-            results[name] = _run_set(entries, seg, space, label_encoding, feature_nets, feat_size,
-                                     perceptual if name in multi else None, batch_size,
-                                     thumb_stems, device, set(chain))
+            results[name] = _run_set(
+                entries,
+                seg,
+                space,
+                label_encoding,
+                feature_nets,
+                feat_size,
+                perceptual if name in multi else None,
+                batch_size,
+                thumb_stems,
+                device,
+                set(chain),
+            )
         timing[name] = round(time.perf_counter() - t, 2)
 
     # -- segmentation: scores, intervals over layouts, paired comparisons
     names = list(space.names)
-    counts = {k: LayoutCounts.from_dict(r.layout_counts, space.num_classes, [g.stem for g, _ in sets[k]])
-              for k, r in results.items()}
+    counts = {
+        k: LayoutCounts.from_dict(r.layout_counts, space.num_classes, [g.stem for g, _ in sets[k]])
+        for k, r in results.items()
+    }
     segmentation = {}
     for k, r in results.items():
         s = segmentation_scores(r.conf, names)
@@ -373,13 +437,23 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     models = list(per_model)
     comparisons = []
     for i, base in enumerate(models):
-        for other in models[i + 1:]:
-            comparisons.append({"model": other, "baseline": base,
-                                **paired_bootstrap(counts[other], counts[base], names, bootstrap, seed, confidence)})
+        for other in models[i + 1 :]:
+            comparisons.append(
+                {
+                    "model": other,
+                    "baseline": base,
+                    **paired_bootstrap(counts[other], counts[base], names, bootstrap, seed, confidence),
+                }
+            )
     if "real" in results:
         for m in models:
-            comparisons.append({"model": m, "baseline": "real",
-                                **paired_bootstrap(counts[m], counts["real"], names, bootstrap, seed, confidence)})
+            comparisons.append(
+                {
+                    "model": m,
+                    "baseline": "real",
+                    **paired_bootstrap(counts[m], counts["real"], names, bootstrap, seed, confidence),
+                }
+            )
     if fid_note:
         warnings.append(fid_note)
 
@@ -387,10 +461,17 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
     distribution = []
     t = time.perf_counter()
     for fn in feature_nets:
-        distribution.append(matched_distances(
-            fn, {m: (results[m].features[fn.key], results[m].feature_stems) for m in models},
-            (results["real"].features[fn.key], results["real"].feature_stems),
-            draws, seed, kid_subset_size, fid_method))
+        distribution.append(
+            matched_distances(
+                fn,
+                {m: (results[m].features[fn.key], results[m].feature_stems) for m in models},
+                (results["real"].features[fn.key], results["real"].feature_stems),
+                draws,
+                seed,
+                kid_subset_size,
+                fid_method,
+            )
+        )
     if feature_nets:
         timing["distribution"] = round(time.perf_counter() - t, 2)
 
@@ -401,14 +482,18 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
         per = {}
         for m in models:
             vals = np.array(list(results[m].diversity.values()), dtype=np.float64)
-            per[m] = {"layouts": int(len(vals)), "mean": float(vals.mean()) if len(vals) else None,
-                      "std": float(vals.std()) if len(vals) else None, "per_layout": results[m].diversity}
+            per[m] = {
+                "layouts": int(len(vals)),
+                "mean": float(vals.mean()) if len(vals) else None,
+                "std": float(vals.std()) if len(vals) else None,
+                "per_layout": results[m].diversity,
+            }
         with autocast(device, precision):
             between = {k: _between_layouts(perceptual, r.kept, chain) for k, r in results.items()}
         diversity = {
             "network": perceptual.name,
             "definition": "mean pairwise distance among the k outputs of a layout; distance = mean over "
-                          "layers of the mean |a-b| of channel-normalised (unit-RMS) features",
+            "layers of the mean |a-b| of channel-normalised (unit-RMS) features",
             "models": per,
             "between_layouts": between,
             "between_layouts_pairs": max(0, len(chain) - 1),
@@ -428,39 +513,60 @@ def evaluate(images_dir=None, labels_dir=None, real_dir=None, *, segmenter: "str
                 "label_space": space.name,
                 "encoding": label_encoding or f"auto (by file name, else {space.default_encoding})",
                 "polegroup": polegroup if cityscapes else None,
-                "polegroup_note": (("polegroup (labelId 18) is scored as pole, as the generators read it "
-                                    "(default); --polegroup ignore makes it void as the official evaluation does")
-                                   if polegroup == "pole" else
-                                   ("polegroup (labelId 18) is void (ignored), as the official Cityscapes "
-                                    "evaluation; the default, --polegroup pole, scores it as pole"))
-                if cityscapes else None,
+                "polegroup_note": (
+                    (
+                        "polegroup (labelId 18) is scored as pole, as the generators read it "
+                        "(default); --polegroup ignore makes it void as the official evaluation does"
+                    )
+                    if polegroup == "pole"
+                    else (
+                        "polegroup (labelId 18) is void (ignored), as the official Cityscapes "
+                        "evaluation; the default, --polegroup pole, scores it as pole"
+                    )
+                )
+                if cityscapes
+                else None,
             },
             "classes_averaged": {
                 "miou": "mean IoU over the classes present in the evaluated layouts",
                 "miou_union": "mean IoU over the classes in the layouts or the predictions (Cityscapes "
-                              "scripts' nan-mean)",
+                "scripts' nan-mean)",
                 "classes": present,
             },
             "distance_networks": [fn.describe() for fn in feature_nets],
             "distance_resolution": list(feat_size) if feature_nets and feat_size else None,
-            "matched_sets": {"draws": draws, "kid_subset_size": kid_subset_size,
-                             "design": "disjoint halves A, B of the layouts with a real photo; floor = "
-                                       "FD(real A, real B); model = FD(model's images of A, real B)"},
-            "bootstrap": {"resamples": bootstrap, "seed": seed, "level": confidence, "unit": "layout",
-                          "method": "percentile"},
+            "matched_sets": {
+                "draws": draws,
+                "kid_subset_size": kid_subset_size,
+                "design": "disjoint halves A, B of the layouts with a real photo; floor = "
+                "FD(real A, real B); model = FD(model's images of A, real B)",
+            },
+            "bootstrap": {
+                "resamples": bootstrap,
+                "seed": seed,
+                "level": confidence,
+                "unit": "layout",
+                "method": "percentile",
+            },
             "diversity_network": perceptual.name if perceptual is not None else None,
         },
         "inputs": {
-            "labels": str(labels_dir), "real": str(real_dir) if real_dir is not None else None,
-            "label_space": space.name, "layouts": len(common),
-            "models": {m: {"folder": str(f), "images": results[m].count,
-                           "variants_per_layout": sorted({len(g.images) for g, _ in sets[m]})}
-                       for m, f in folders},
+            "labels": str(labels_dir),
+            "real": str(real_dir) if real_dir is not None else None,
+            "label_space": space.name,
+            "layouts": len(common),
+            "models": {
+                m: {
+                    "folder": str(f),
+                    "images": results[m].count,
+                    "variants_per_layout": sorted({len(g.images) for g, _ in sets[m]}),
+                }
+                for m, f in folders
+            },
             "real_photos": results["real"].count if "real" in results else 0,
             **notes,
         },
-        "columns": [{"name": k, "kind": "real" if k == "real" and real_dir is not None else "images"}
-                    for k in results],
+        "columns": [{"name": k, "kind": "real" if k == "real" and real_dir is not None else "images"} for k in results],
         "segmentation": segmentation,
         "comparisons": comparisons,
         "distribution": distribution,

@@ -3,11 +3,12 @@
 A `Segmenter` maps (B, 3, H, W) RGB in [0, 1] to (B, H, W) class indices of its label space.
 Built in: the released ESPNet models; plug-ins register with `register_segmenter` or are named
 ``module:attribute`` on the command line (the package docstring shows DRN-D-105)."""
+
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ class Segmenter:
     implement `predict(images)`: (B, 3, H, W) RGB in [0, 1] -> (B, H, W) integer class indices of
     `space`, `space.void` where the network predicts void/ignore."""
 
-    def __init__(self, name: str, space: "LabelSpace | str", input_size: tuple[int, int] | None = None):
+    def __init__(self, name: str, space: LabelSpace | str, input_size: tuple[int, int] | None = None):
         self.name = name
         self.space = get_space(space)
         self.input_size = tuple(int(v) for v in input_size) if input_size is not None else None
@@ -46,12 +47,16 @@ class Segmenter:
         if out.numel() and (int(out.min()) < 0 or int(out.max()) > self.space.void):
             raise EvaluationError(
                 f"segmenter {self.name!r}: predicted indices {int(out.min())}..{int(out.max())} are "
-                f"outside 0..{self.space.void} of label space {self.space.name!r}")
+                f"outside 0..{self.space.void} of label space {self.space.name!r}"
+            )
         return out
 
     def describe(self) -> dict:
-        return {"name": self.name, "label_space": self.space.name,
-                "input_size": list(self.input_size) if self.input_size else None}
+        return {
+            "name": self.name,
+            "label_space": self.space.name,
+            "input_size": list(self.input_size) if self.input_size else None,
+        }
 
 
 class ESPNetSegmenter(Segmenter):
@@ -59,8 +64,9 @@ class ESPNetSegmenter(Segmenter):
     (480x360). Their void output is the space's void. `input_size` overrides the resolution the
     network runs at (multiples of 8; smaller = faster, less accurate)."""
 
-    def __init__(self, preset: str = "espnet-cityscapes", device=None, path=None,
-                 input_size: tuple[int, int] | None = None):
+    def __init__(
+        self, preset: str = "espnet-cityscapes", device=None, path=None, input_size: tuple[int, int] | None = None
+    ):
         from ..models.espnet import ESPNET_PRESETS, load_espnet
 
         cfg = ESPNET_PRESETS[preset]
@@ -69,8 +75,10 @@ class ESPNetSegmenter(Segmenter):
             raise EvaluationError(f"{preset}: input size {size} must be multiples of 8")
         super().__init__(preset, cfg["space"], input_size=size)
         if cfg["classes"] != self.space.num_classes + 1:
-            raise EvaluationError(f"{preset}: {cfg['classes']} outputs do not match the "
-                                  f"{self.space.name} space ({self.space.num_classes} classes + void)")
+            raise EvaluationError(
+                f"{preset}: {cfg['classes']} outputs do not match the "
+                f"{self.space.name} space ({self.space.num_classes} classes + void)"
+            )
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.net = load_espnet(preset, path).to(self.device)
         self.mean, self.std = cfg["mean"], cfg["std"]
@@ -99,9 +107,11 @@ class ESPNetSegmenter(Segmenter):
 
 _SEGMENTERS: dict[str, Callable[..., Segmenter]] = {
     "espnet-cityscapes": lambda device=None, input_size=None: ESPNetSegmenter(
-        "espnet-cityscapes", device, input_size=input_size),
+        "espnet-cityscapes", device, input_size=input_size
+    ),
     "espnet-camvid": lambda device=None, input_size=None: ESPNetSegmenter(
-        "espnet-camvid", device, input_size=input_size),
+        "espnet-camvid", device, input_size=input_size
+    ),
 }
 _DEFAULT_FOR_SPACE = {"cityscapes": "espnet-cityscapes", "camvid": "espnet-camvid"}
 
@@ -135,13 +145,15 @@ def _build(factory: Callable[..., Segmenter], name: str, device, input_size) -> 
     return factory(device=device, input_size=tuple(int(v) for v in input_size))
 
 
-def build_segmenter(name: "str | Segmenter", device=None, input_size: tuple[int, int] | None = None) -> Segmenter:
+def build_segmenter(name: str | Segmenter, device=None, input_size: tuple[int, int] | None = None) -> Segmenter:
     """A registered segmenter by name, or ``module:attribute`` (a Segmenter or a factory);
     `input_size` (H, W) = the resolution it runs at, for factories that take one."""
     if isinstance(name, Segmenter):
         if input_size is not None and tuple(input_size) != name.input_size:
-            raise EvaluationError(f"segmenter {name.name!r} is already built for {name.input_size}; "
-                                  f"build it with input size {tuple(input_size)} instead")
+            raise EvaluationError(
+                f"segmenter {name.name!r} is already built for {name.input_size}; "
+                f"build it with input size {tuple(input_size)} instead"
+            )
         return name
     if name in _SEGMENTERS:
         obj = _build(_SEGMENTERS[name], name, device, input_size)
@@ -156,10 +168,9 @@ def build_segmenter(name: "str | Segmenter", device=None, input_size: tuple[int,
         else:
             obj = _build(target, name, device, input_size)
     else:
-        raise EvaluationError(f"unknown segmenter {name!r}; registered: {available_segmenters()}, "
-                              f"or give module:attribute")
+        raise EvaluationError(
+            f"unknown segmenter {name!r}; registered: {available_segmenters()}, or give module:attribute"
+        )
     if not isinstance(obj, Segmenter):
         raise EvaluationError(f"segmenter {name!r} built a {type(obj).__name__}, not a Segmenter")
     return obj
-
-

@@ -33,11 +33,12 @@ Backbones (`build_backbone(name)`):
 
 `pretrained=False` gives the same architecture with seeded random weights (smoke tests only).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -47,23 +48,47 @@ import torch.nn.functional as F
 from ..errors import InputError, MissingFileError, UnknownNameError
 
 __all__ = [
-    "Backbone", "VGG19Features", "SqueezeNet11", "build_backbone", "BACKBONES",
-    "load_torchvision_vgg19", "load_matconvnet_vgg19", "load_normalised_vgg", "load_squeezenet_h5",
-    "VGG19_CONVS", "MATCONVNET_MEAN_RGB", "CAFFE_MEAN_BGR",
+    "Backbone",
+    "VGG19Features",
+    "SqueezeNet11",
+    "build_backbone",
+    "BACKBONES",
+    "load_torchvision_vgg19",
+    "load_matconvnet_vgg19",
+    "load_normalised_vgg",
+    "load_squeezenet_h5",
+    "VGG19_CONVS",
+    "MATCONVNET_MEAN_RGB",
+    "CAFFE_MEAN_BGR",
 ]
 
-MATCONVNET_MEAN_RGB = (123.68, 116.779, 103.939)   # SPEC A.4.1, RGB, 0..255
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)        # the same mean in BGR order
-IMAGENET_MEAN = (0.485, 0.456, 0.406)              # torchvision, RGB in [0, 1]
+MATCONVNET_MEAN_RGB = (123.68, 116.779, 103.939)  # SPEC A.4.1, RGB, 0..255
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # the same mean in BGR order
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision, RGB in [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # (name, in, out); "pool" marks a 2x2 stride-2 pooling.
 VGG19_CONVS: list[tuple[str, int, int] | str] = [
-    ("conv1_1", 3, 64), ("conv1_2", 64, 64), "pool",
-    ("conv2_1", 64, 128), ("conv2_2", 128, 128), "pool",
-    ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), ("conv3_4", 256, 256), "pool",
-    ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512), ("conv4_4", 512, 512), "pool",
-    ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512), ("conv5_4", 512, 512),
+    ("conv1_1", 3, 64),
+    ("conv1_2", 64, 64),
+    "pool",
+    ("conv2_1", 64, 128),
+    ("conv2_2", 128, 128),
+    "pool",
+    ("conv3_1", 128, 256),
+    ("conv3_2", 256, 256),
+    ("conv3_3", 256, 256),
+    ("conv3_4", 256, 256),
+    "pool",
+    ("conv4_1", 256, 512),
+    ("conv4_2", 512, 512),
+    ("conv4_3", 512, 512),
+    ("conv4_4", 512, 512),
+    "pool",
+    ("conv5_1", 512, 512),
+    ("conv5_2", 512, 512),
+    ("conv5_3", 512, 512),
+    ("conv5_4", 512, 512),
 ]
 _VGG_CONV_NAMES = [e[0] for e in VGG19_CONVS if e != "pool"]
 _VGG_SHAPES = {n: (o, i, 3, 3) for n, i, o in (e for e in VGG19_CONVS if e != "pool")}
@@ -92,8 +117,7 @@ class Backbone(nn.Module):
             requested = list(dict.fromkeys(layers))
             unknown = [l for l in requested if l not in all_layers]
             if unknown:
-                raise InputError(f"{type(self).__name__} has no layer(s) {unknown}; "
-                                 f"available: {all_layers}")
+                raise InputError(f"{type(self).__name__} has no layer(s) {unknown}; available: {all_layers}")
         deepest = max((all_layers.index(l) for l in requested), default=0)
         self.layers: list[str] = all_layers[: deepest + 1]
         self.requested: list[str] = ["input"] + [l for l in requested if l != "input"]
@@ -122,12 +146,12 @@ class Backbone(nn.Module):
             self.load_weights(weights)
         self.freeze()
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "Backbone":  # always eval: frozen statistics
+    def train(self, mode: bool = True) -> Backbone:  # always eval: frozen statistics
         return super().train(False)
 
     def num_parameters(self) -> int:
@@ -138,8 +162,10 @@ def _set_conv(conv: nn.Conv2d, w: torch.Tensor, b: torch.Tensor, name: str) -> N
     w = torch.as_tensor(w, dtype=torch.float32)
     b = torch.as_tensor(b, dtype=torch.float32).reshape(-1)
     if tuple(w.shape) != tuple(conv.weight.shape) or b.numel() != conv.out_channels:
-        raise InputError(f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do not match the "
-                         f"expected {tuple(conv.weight.shape)} / ({conv.out_channels},)")
+        raise InputError(
+            f"{name}: weight {tuple(w.shape)} / bias {tuple(b.shape)} do not match the "
+            f"expected {tuple(conv.weight.shape)} / ({conv.out_channels},)"
+        )
     with torch.no_grad():
         conv.weight.copy_(w)
         conv.bias.copy_(b)
@@ -157,8 +183,15 @@ class VGG19Features(Backbone):
 
     ALL_LAYERS = ("input", *_VGG_CONV_NAMES)
 
-    def __init__(self, layers=None, weights: Weights | None = None, input_mode: str = "matconvnet",
-                 pool: str = "avg", padding: str = "zeros", max_conv: str = "conv5_4"):
+    def __init__(
+        self,
+        layers=None,
+        weights: Weights | None = None,
+        input_mode: str = "matconvnet",
+        pool: str = "avg",
+        padding: str = "zeros",
+        max_conv: str = "conv5_4",
+    ):
         if max_conv not in _VGG_CONV_NAMES:
             raise InputError(f"max_conv {max_conv!r} is not a VGG-19 conv")
         super().__init__(layers, ["input"] + _VGG_CONV_NAMES[: _VGG_CONV_NAMES.index(max_conv) + 1])
@@ -196,8 +229,7 @@ class VGG19Features(Backbone):
             _set_conv(self.prep, *weights["prep"], name="prep")
         for name, conv in self.convs.items():
             if name not in weights:
-                raise InputError(f"the weights have no {name} (they reach {sorted(weights)}); "
-                                 f"request shallower layers")
+                raise InputError(f"the weights have no {name} (they reach {sorted(weights)}); request shallower layers")
             _set_conv(conv, *weights[name], name=name)
 
     def prepare(self, x):
@@ -222,11 +254,29 @@ class VGG19Features(Backbone):
 # ----------------------------------------------------------------------------- SqueezeNet 1.1
 
 _FIRES = {  # name: (in, squeeze, expand) per expand branch
-    "fire2": (64, 16, 64), "fire3": (128, 16, 64), "fire4": (128, 32, 128), "fire5": (256, 32, 128),
-    "fire6": (256, 48, 192), "fire7": (384, 48, 192), "fire8": (384, 64, 256), "fire9": (512, 64, 256),
+    "fire2": (64, 16, 64),
+    "fire3": (128, 16, 64),
+    "fire4": (128, 32, 128),
+    "fire5": (256, 32, 128),
+    "fire6": (256, 48, 192),
+    "fire7": (384, 48, 192),
+    "fire8": (384, 64, 256),
+    "fire9": (512, 64, 256),
 }
-_SQUEEZE_PLAN = ["conv1", "pool", "fire2", "fire3", "pool", "fire4", "fire5", "pool",
-                 "fire6", "fire7", "fire8", "fire9"]
+_SQUEEZE_PLAN = [
+    "conv1",
+    "pool",
+    "fire2",
+    "fire3",
+    "pool",
+    "fire4",
+    "fire5",
+    "pool",
+    "fire6",
+    "fire7",
+    "fire8",
+    "fire9",
+]
 
 
 def _squeezenet_shapes() -> dict[str, tuple[int, int, int, int]]:
@@ -281,8 +331,9 @@ class SqueezeNet11(Backbone):
                 h = F.relu(self.convs["conv1"](h))
             else:
                 s = F.relu(self.convs[f"{step}_squeeze1x1"](h))
-                h = torch.cat([F.relu(self.convs[f"{step}_expand1x1"](s)),
-                               F.relu(self.convs[f"{step}_expand3x3"](s))], 1)
+                h = torch.cat(
+                    [F.relu(self.convs[f"{step}_expand1x1"](s)), F.relu(self.convs[f"{step}_expand3x3"](s))], 1
+                )
             if step in wanted:
                 out[step] = h
         return out
@@ -314,11 +365,14 @@ def load_torchvision_vgg19(path) -> Weights:
         if w is None or b is None:
             if out:
                 break  # a truncated file: keep what it has
-            raise InputError(f"{path}: no 'features.{idx}.weight' — not a torchvision VGG-19 state dict "
-                             f"(keys start {list(sd)[:4]})")
+            raise InputError(
+                f"{path}: no 'features.{idx}.weight' — not a torchvision VGG-19 state dict (keys start {list(sd)[:4]})"
+            )
         if tuple(w.shape) != _VGG_SHAPES[name]:
-            raise InputError(f"{path}: features.{idx}.weight has shape {tuple(w.shape)}, VGG-19 {name} "
-                             f"needs {_VGG_SHAPES[name]} (a VGG-16 or other network?)")
+            raise InputError(
+                f"{path}: features.{idx}.weight has shape {tuple(w.shape)}, VGG-19 {name} "
+                f"needs {_VGG_SHAPES[name]} (a VGG-16 or other network?)"
+            )
         out[name] = (w.float(), b.float())
     return out
 
@@ -433,8 +487,10 @@ def load_matconvnet_vgg19(path) -> Weights:
         if not found:
             found = dict(zip(_VGG_CONV_NAMES, unnamed))
     else:
-        raise InputError(f"{path}: no 'layers' variable; not a MatConvNet network "
-                         f"(variables: {[k for k in data if not k.startswith('__')]})")
+        raise InputError(
+            f"{path}: no 'layers' variable; not a MatConvNet network "
+            f"(variables: {[k for k in data if not k.startswith('__')]})"
+        )
 
     out = {}
     for name in _VGG_CONV_NAMES:
@@ -443,8 +499,10 @@ def load_matconvnet_vgg19(path) -> Weights:
         f, b = found[name]
         w = _hwio(f)
         if tuple(w.shape) != _VGG_SHAPES[name]:
-            raise InputError(f"{path}: {name} filters have shape {tuple(np.shape(f))} (HWIO), expected "
-                             f"{tuple(_VGG_SHAPES[name][i] for i in (2, 3, 1, 0))}")
+            raise InputError(
+                f"{path}: {name} filters have shape {tuple(np.shape(f))} (HWIO), expected "
+                f"{tuple(_VGG_SHAPES[name][i] for i in (2, 3, 1, 0))}"
+            )
         out[name] = (w, torch.from_numpy(np.asarray(b, dtype=np.float32).reshape(-1).copy()))
     if not out:
         raise InputError(f"{path}: found no VGG-19 conv filters in the MatConvNet layers")
@@ -467,8 +525,10 @@ def load_squeezenet_h5(path) -> Weights:
             kern = [a for a in arrays if a.ndim == 4 and a.shape == (kh, kw, i, o)]
             bias = [a for a in arrays if a.ndim == 1 and a.shape == (o,)]
             if len(kern) != 1 or len(bias) != 1:
-                raise InputError(f"{path}: group {key!r} should hold one ({kh},{kw},{i},{o}) kernel and "
-                                 f"one ({o},) bias; found shapes {[a.shape for a in arrays]}")
+                raise InputError(
+                    f"{path}: group {key!r} should hold one ({kh},{kw},{i},{o}) kernel and "
+                    f"one ({o},) bias; found shapes {[a.shape for a in arrays]}"
+                )
             out[key] = (_hwio(kern[0]), torch.from_numpy(np.asarray(bias[0], dtype=np.float32)))
     n = sum(w.numel() + b.numel() for w, b in out.values())
     if n != SqueezeNet11.NUM_PARAMETERS:
@@ -477,6 +537,7 @@ def load_squeezenet_h5(path) -> Weights:
 
 
 # ----------------------------------------------------------------------------- registry
+
 
 # backbone name -> (weights alias in semsynth.weights, reader, constructor)
 class Pixels(Backbone):
@@ -495,22 +556,41 @@ class Pixels(Backbone):
 
 BACKBONES: dict[str, dict] = {
     "pixels": {"weights": None, "reader": None, "cls": Pixels, "options": {}},
-    "vgg19-matconvnet": {"weights": "vgg19-matconvnet", "reader": load_matconvnet_vgg19,
-                         "cls": VGG19Features, "options": {"input_mode": "matconvnet", "pool": "avg"}},
-    "vgg19": {"weights": "vgg19", "reader": load_torchvision_vgg19,
-              "cls": VGG19Features, "options": {"input_mode": "torchvision", "pool": "avg"}},
-    "vgg19-normalised": {"weights": "vgg19-normalised", "reader": load_normalised_vgg,
-                         "cls": VGG19Features, "options": {"input_mode": "conv1x1", "pool": "avg",
-                                                           "padding": "reflect", "max_conv": "conv3_1"}},
-    "squeezenet1_1": {"weights": "squeezenet1_1", "reader": load_squeezenet_h5,
-                      "cls": SqueezeNet11, "options": {}},
+    "vgg19-matconvnet": {
+        "weights": "vgg19-matconvnet",
+        "reader": load_matconvnet_vgg19,
+        "cls": VGG19Features,
+        "options": {"input_mode": "matconvnet", "pool": "avg"},
+    },
+    "vgg19": {
+        "weights": "vgg19",
+        "reader": load_torchvision_vgg19,
+        "cls": VGG19Features,
+        "options": {"input_mode": "torchvision", "pool": "avg"},
+    },
+    "vgg19-normalised": {
+        "weights": "vgg19-normalised",
+        "reader": load_normalised_vgg,
+        "cls": VGG19Features,
+        "options": {"input_mode": "conv1x1", "pool": "avg", "padding": "reflect", "max_conv": "conv3_1"},
+    },
+    "squeezenet1_1": {"weights": "squeezenet1_1", "reader": load_squeezenet_h5, "cls": SqueezeNet11, "options": {}},
 }
-_ALIASES = {"vgg19-torchvision": "vgg19", "normalised-vgg": "vgg19-normalised",
-            "vgg19-normalized": "vgg19-normalised", "squeezenet": "squeezenet1_1"}
+_ALIASES = {
+    "vgg19-torchvision": "vgg19",
+    "normalised-vgg": "vgg19-normalised",
+    "vgg19-normalized": "vgg19-normalised",
+    "squeezenet": "squeezenet1_1",
+}
 
 
-def build_backbone(name: str, path: str | os.PathLike | None = None, layers: Iterable[str] | None = None,
-                   pretrained: bool = True, **options) -> Backbone:
+def build_backbone(
+    name: str,
+    path: str | os.PathLike | None = None,
+    layers: Iterable[str] | None = None,
+    pretrained: bool = True,
+    **options,
+) -> Backbone:
     """A frozen backbone computing `layers` (and everything before them, nothing after).
 
     path: the weight file (default: `semsynth.weights.resolve` of the backbone's file).

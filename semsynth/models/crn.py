@@ -9,6 +9,7 @@ read as k images (image i = channels i, k+i, 2k+i, as the official transpose/spl
 Parameter names mirror the official TensorFlow variables one to one (`official_names`), so a
 converter of the released checkpoints is a rename plus HWIO -> OIHW transpose.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError, UnknownNameError
 from ..labels import area_resize
 from .layers import cpu_channels_last, layer_norm_lrelu
 from .registry import register_arch, register_presets
-from ..errors import InputError, UnknownNameError
 
 # Widths of the released models by module index from the 4x8 base: 1024 below 128 px height,
 # 512 at 128 and 256, then 128 at 512 and 32 at 1024 (demo_512p/1024p overrides).
@@ -30,13 +31,13 @@ OFFICIAL_WIDTHS = (1024, 1024, 1024, 1024, 1024, 512, 512, 128, 32)
 
 @dataclass
 class CRNConfig:
-    num_classes: int = 19           # input channels = num_classes + 1 (void)
-    levels: int = 7                 # 7 modules: 4x8 ... 256x512
+    num_classes: int = 19  # input channels = num_classes + 1 (void)
+    levels: int = 7  # 7 modules: 4x8 ... 256x512
     base: tuple[int, int] = (4, 8)  # grid of the coarsest module (e.g. (3, 4) for CamVid's 4:3)
-    k: int = 9                      # images produced at once (3k-channel head)
+    k: int = 9  # images produced at once (3k-channel head)
     widths: tuple[int, ...] | None = None  # per module, coarse to fine; default OFFICIAL_WIDTHS
-    width_mult: float = 1.0         # scales every width (small/fast variants)
-    grad_checkpoint: bool = False   # recompute module activations in backward (saves memory)
+    width_mult: float = 1.0  # scales every width (small/fast variants)
+    grad_checkpoint: bool = False  # recompute module activations in backward (saves memory)
     extra: dict = field(default_factory=dict)
 
     def module_widths(self) -> list[int]:
@@ -87,7 +88,7 @@ class CRN(nn.Module):
 
     def level_name(self, i: int) -> str:
         """Official name of module i: 'g_<height>' at the 4x8 base (g_4, g_8, ... g_1024)."""
-        return f"g_{self.config.base[0] * 2 ** i}" if self.config.base[0] == 4 else f"g_l{i}"
+        return f"g_{self.config.base[0] * 2**i}" if self.config.base[0] == 4 else f"g_l{i}"
 
     def reset_parameters(self):
         # TF slim defaults: Glorot-uniform weights, zero biases; LayerNorm gamma 1, beta 0.
@@ -102,8 +103,10 @@ class CRN(nn.Module):
         H, W = label.shape[-2:]
         f = 2 ** (n - 1)
         if H % f or W % f:
-            raise InputError(f"label size {H}x{W} is not divisible by {f} (= 2^(levels-1)); "
-                             f"native size is {self.config.size[0]}x{self.config.size[1]}")
+            raise InputError(
+                f"label size {H}x{W} is not divisible by {f} (= 2^(levels-1)); "
+                f"native size is {self.config.size[0]}x{self.config.size[1]}"
+            )
         label = cpu_channels_last(label)
         labels = [label]
         for _ in range(n - 1):  # each level is the area-downsampling of the next finer one
@@ -136,7 +139,7 @@ class CRN(nn.Module):
         out["head.bias"] = f"{top}_conv100/biases"
         return out
 
-    def load_official_tf(self, variables: dict[str, "torch.Tensor | object"]) -> None:
+    def load_official_tf(self, variables: dict[str, torch.Tensor | object]) -> None:
         """Load TF variables (name -> array, HWIO conv kernels) of a released checkpoint."""
         import numpy as np
 
@@ -152,10 +155,12 @@ class CRN(nn.Module):
 
 
 # Official totals (released TF checkpoints) in comments.
-CRN_PRESETS = register_presets({
-    "crn-256p": {"arch": "crn", "levels": 7, "k": 9},          # 97,875,483 parameters
-    "crn-512p": {"arch": "crn", "levels": 8, "k": 1},          # 98,622,851
-    "crn-1024p": {"arch": "crn", "levels": 9, "k": 1},         # 98,674,531
-    "crn-gta-256p": {"arch": "crn", "levels": 7, "k": 9},      # same structure as crn-256p
-    "crn-tiny": {"arch": "crn", "levels": 5, "k": 3, "width_mult": 1 / 32},  # 64x128 smoke tests
-})
+CRN_PRESETS = register_presets(
+    {
+        "crn-256p": {"arch": "crn", "levels": 7, "k": 9},  # 97,875,483 parameters
+        "crn-512p": {"arch": "crn", "levels": 8, "k": 1},  # 98,622,851
+        "crn-1024p": {"arch": "crn", "levels": 9, "k": 1},  # 98,674,531
+        "crn-gta-256p": {"arch": "crn", "levels": 7, "k": 9},  # same structure as crn-256p
+        "crn-tiny": {"arch": "crn", "levels": 5, "k": 3, "width_mult": 1 / 32},  # 64x128 smoke tests
+    }
+)

@@ -27,6 +27,7 @@ Input convention of the released weights (see ``../shared/README.md``): BGR 0..2
 dataset mean subtracted and divided by the dataset std, then divided by 255.
 :func:`espnet_preprocess` does that from RGB in [0, 1].
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,12 @@ from ..errors import InputError, UnknownNameError
 from .layers import cpu_channels_last
 
 __all__ = [
-    "ESPNetEncoder", "ESPNet", "ESPNET_PRESETS", "build_espnet", "load_espnet", "espnet_preprocess",
+    "ESPNetEncoder",
+    "ESPNet",
+    "ESPNET_PRESETS",
+    "build_espnet",
+    "load_espnet",
+    "espnet_preprocess",
 ]
 
 _EPS = 1e-3
@@ -75,8 +81,9 @@ class C(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, k: int, stride: int = 1, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(n_in, n_out, k, stride=stride, padding=(k - 1) // 2 * dilation,
-                              dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(
+            n_in, n_out, k, stride=stride, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False
+        )
 
     def forward(self, x):
         return self.conv(x)
@@ -210,12 +217,20 @@ class ESPNet(nn.Module):
 # classes + void), input size (H, W), BGR mean/std
 ESPNET_PRESETS: dict[str, dict] = {
     "espnet-cityscapes": {
-        "classes": 20, "skip": "level1", "space": "cityscapes", "size": (512, 1024),
-        "mean": (72.3923111, 82.90893555, 73.15840149), "std": (45.3192215, 46.15289307, 44.91483307),
+        "classes": 20,
+        "skip": "level1",
+        "space": "cityscapes",
+        "size": (512, 1024),
+        "mean": (72.3923111, 82.90893555, 73.15840149),
+        "std": (45.3192215, 46.15289307, 44.91483307),
     },
     "espnet-camvid": {
-        "classes": 12, "skip": "b1", "space": "camvid", "size": (360, 480),
-        "mean": (105.66, 103.33, 99.63), "std": (71.12, 71.67, 67.87),
+        "classes": 12,
+        "skip": "b1",
+        "space": "camvid",
+        "size": (360, 480),
+        "mean": (105.66, 103.33, 99.63),
+        "std": (71.12, 71.67, 67.87),
     },
 }
 

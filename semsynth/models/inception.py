@@ -19,6 +19,7 @@ to 299x299 (bilinear, ``align_corners=False``, no antialiasing, as pytorch-fid) 
 `frechet_distance` and `kernel_inception_distance` work on any (N, D) feature arrays, so they
 also serve the non-standard distances on other networks.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,14 +32,19 @@ import torch.nn.functional as F
 from ..errors import CheckpointError, InputError, MissingFileError
 
 __all__ = [
-    "FIDInceptionV3", "load_fid_inception", "FID_WEIGHTS_FILE", "FID_WEIGHTS_URL",
-    "frechet_distance", "frechet_distance_features", "feature_statistics", "kernel_inception_distance",
+    "FIDInceptionV3",
+    "load_fid_inception",
+    "FID_WEIGHTS_FILE",
+    "FID_WEIGHTS_URL",
+    "frechet_distance",
+    "frechet_distance_features",
+    "feature_statistics",
+    "kernel_inception_distance",
     "polynomial_mmd",
 ]
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   + FID_WEIGHTS_FILE)
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
 
 
 class BasicConv2d(nn.Module):
@@ -72,12 +78,15 @@ class InceptionA(nn.Module):
         self.branch_pool = BasicConv2d(n_in, pool_features, 1)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg3(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg3(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -91,11 +100,14 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):
@@ -118,8 +130,13 @@ class InceptionC(nn.Module):
     def forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d = x
-        for m in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
-                  self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for m in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             d = m(d)
         return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg3(x))], 1)
 
@@ -161,12 +178,17 @@ class InceptionE(nn.Module):
         a = self.branch3x3_1(x)
         d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.pool == "max" else _avg3(x)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(a), self.branch3x3_2b(a),
-            self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d),
-            self.branch_pool(pooled),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(a),
+                self.branch3x3_2b(a),
+                self.branch3x3dbl_3a(d),
+                self.branch3x3dbl_3b(d),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 class FIDInceptionV3(nn.Module):
@@ -202,8 +224,19 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
-                     "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        for name in (
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+        ):
             x = getattr(self, name)(x)
         return x.mean((2, 3))
 
@@ -215,8 +248,7 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise MissingFileError(
-            f"FID Inception weights not found at {p}; get {FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL}")
+        raise MissingFileError(f"FID Inception weights not found at {p}; get {FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL}")
     W.verify(p)
     net = FIDInceptionV3()
     try:
@@ -226,8 +258,9 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
         net.load_state_dict(state, strict=True)
     except Exception as e:  # torch.load raises many types on a wrong file (even IndexError)
         why = " ".join(str(e).split())[:300]
-        raise CheckpointError(f"{p}: not the FID Inception weights {FID_WEIGHTS_FILE} "
-                              f"({type(e).__name__}: {why})") from None
+        raise CheckpointError(
+            f"{p}: not the FID Inception weights {FID_WEIGHTS_FILE} ({type(e).__name__}: {why})"
+        ) from None
     return net.requires_grad_(False).eval()
 
 
@@ -255,8 +288,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise InputError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
-                         f"sigma {s1.shape} vs {s2.shape}")
+        raise InputError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     diff = mu1 - mu2
     if method == "eigh":
         w, u = np.linalg.eigh((s1 + s1.T) / 2)
@@ -310,8 +342,9 @@ def frechet_distance_features(x: np.ndarray, y: np.ndarray, method: str = "auto"
     return float(diff @ diff + tr1 + tr2 - 2 * nuclear), method
 
 
-def polynomial_mmd(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
-                   coef0: float = 1.0) -> float:
+def polynomial_mmd(
+    x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> float:
     """Unbiased MMD² with the kernel k(a, b) = (gamma·a·b + coef0)^degree, gamma = 1/D."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     m, n = len(x), len(y)
@@ -321,13 +354,14 @@ def polynomial_mmd(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float |
     kxx = (g * x @ x.T + coef0) ** degree
     kyy = (g * y @ y.T + coef0) ** degree
     kxy = (g * x @ y.T + coef0) ** degree
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+    )
 
 
-def kernel_inception_distance(x: np.ndarray, y: np.ndarray, num_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> dict:
+def kernel_inception_distance(
+    x: np.ndarray, y: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> dict:
     """KID (Bińkowski et al. 2018): the unbiased polynomial-kernel MMD² averaged over random
     subsets of size min(subset_size, len(x), len(y)). Returns {"mean", "std", "subset_size",
     "num_subsets"}; deterministic for a given seed."""
@@ -336,8 +370,15 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray, num_subsets: int = 1
     if m < 2:
         raise InputError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
     rng = np.random.default_rng(seed)
-    vals = np.array([
-        polynomial_mmd(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
-        for _ in range(num_subsets)])
-    return {"mean": float(vals.mean()), "std": float(vals.std()), "subset_size": int(m),
-            "num_subsets": int(num_subsets)}
+    vals = np.array(
+        [
+            polynomial_mmd(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+            for _ in range(num_subsets)
+        ]
+    )
+    return {
+        "mean": float(vals.mean()),
+        "std": float(vals.std()),
+        "subset_size": int(m),
+        "num_subsets": int(num_subsets),
+    }

@@ -10,6 +10,7 @@ dot product, the per-channel affine folded into one multiply-add, the activation
 autograd (training, or any tensor that needs a gradient) the plain modules run, so gradients are
 untouched. The two paths agree to float rounding (tests/test_crn.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,7 +74,7 @@ def layer_norm_lrelu(x: torch.Tensor, norm: nn.GroupNorm, slope: float = SLOPE) 
     rstd = (var + norm.eps).rsqrt()
     w = norm.weight.to(acc) if norm.weight is not None else torch.ones(C, dtype=acc, device=x.device)
     b = norm.bias.to(acc) if norm.bias is not None else torch.zeros(C, dtype=acc, device=x.device)
-    scale = w[None, :] * rstd[:, None]             # (B, C)
+    scale = w[None, :] * rstd[:, None]  # (B, C)
     shift = b[None, :] - mean[:, None] * scale
     x.mul_(scale.to(x.dtype)[:, :, None, None]).add_(shift.to(x.dtype)[:, :, None, None])
     return F.leaky_relu_(x, slope)

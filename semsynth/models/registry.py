@@ -8,9 +8,10 @@
 `models/__init__.py` imports every model module at its top, so the registry is complete
 whenever `build_model` can be called. (As in timm's `register_model`.)
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -26,11 +27,13 @@ PRESETS: dict[str, dict] = {}
 def register_arch(name: str, config_cls=None):
     """Class decorator: `build_model({"arch": name, ...})` builds `cls(config_cls(**rest))`
     (the config dataclass checks the keys), or `cls(rest)` without a config class."""
+
     def deco(cls):
         if name in ARCHS:
             raise ValueError(f"architecture {name!r} is registered twice")
         ARCHS[name] = (lambda cfg: cls(config_from_dict(config_cls, cfg))) if config_cls else cls
         return cls
+
     return deco
 
 
@@ -45,7 +48,7 @@ def register_presets(presets: dict[str, dict]) -> dict[str, dict]:
     return presets
 
 
-def model_config(name_or_config: "str | dict", **overrides) -> dict:
+def model_config(name_or_config: str | dict, **overrides) -> dict:
     """Resolve a preset name or config dict (plus overrides) to a full {"arch", ...} dict."""
     if isinstance(name_or_config, str):
         if name_or_config not in PRESETS:
@@ -57,7 +60,7 @@ def model_config(name_or_config: "str | dict", **overrides) -> dict:
     return cfg
 
 
-def build_model(name_or_config: "str | dict", **overrides) -> nn.Module:
+def build_model(name_or_config: str | dict, **overrides) -> nn.Module:
     """Build a network from a preset name (`crn-256p`, ...) or a stored config dict."""
     cfg = model_config(name_or_config, **overrides)
     arch = cfg.pop("arch")

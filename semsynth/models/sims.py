@@ -32,6 +32,7 @@ Module names are shared between the variants, so `init_from` (the trainer's part
 name and shape) carries the backbone 256 -> 512 and the 512 block and heads 512 -> 1024, as the
 README's progressive recipe intends (SPEC B.6.5).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,22 +42,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .layers import cpu_channels_last, layer_norm_lrelu
 from .registry import register_arch, register_presets
-from ..errors import InputError
 
 __all__ = [
-    "TransformConfig", "OrderConfig", "SynthesisConfig", "SIMSTransform", "SIMSOrder", "SIMSSynthesis",
-    "warp", "pixel_to_normalized", "normalized_to_pixel", "snap_theta", "invert_theta", "jitter_theta",
-    "pair_input", "front_probability", "SIMS_PRESETS", "tf_pool",
+    "TransformConfig",
+    "OrderConfig",
+    "SynthesisConfig",
+    "SIMSTransform",
+    "SIMSOrder",
+    "SIMSSynthesis",
+    "warp",
+    "pixel_to_normalized",
+    "normalized_to_pixel",
+    "snap_theta",
+    "invert_theta",
+    "jitter_theta",
+    "pair_input",
+    "front_probability",
+    "SIMS_PRESETS",
+    "tf_pool",
 ]
 
 # Official widths (SPEC B.3.2, B.4.3, B.6.3): encoder stages, convs per stage.
 ENCODER5 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 ENCODER6 = ENCODER5 + ((512, 512, 512),)
 DECODER6 = ((512, 512),) * 5 + ((256, 256),)  # D6, D5, D4, D3, D2, D1 (coarse to fine)
-FINAL = (256, 256)                              # DF at the backbone resolution
-FINE = (128, 128)                               # g_decoder_512
+FINAL = (256, 256)  # DF at the backbone resolution
+FINE = (128, 128)  # g_decoder_512
 
 
 def _scale(widths, mult: float):
@@ -152,22 +166,20 @@ class TransformConfig:
     theta_units: str = "normalised"
 
 
-
 @dataclass
 class OrderConfig:
     num_classes: int = 19
     work_size: tuple[int, int] = (256, 512)
     width_mult: float = 1.0
     fc_width: int = 1024
-    dropout: float = 0.5      # keep-probability 0.5 in the original
-
+    dropout: float = 0.5  # keep-probability 0.5 in the original
 
 
 @dataclass
 class SynthesisConfig:
     num_classes: int = 19
-    stages: int = 0           # 0: 256x512 model, 1: 512x1024, 2: 1024x2048 (backbone at 1/2**stages)
-    levels: int = 6           # encoder/decoder stages (6 in the original: 256x512 -> 4x8)
+    stages: int = 0  # 0: 256x512 model, 1: 512x1024, 2: 1024x2048 (backbone at 1/2**stages)
+    levels: int = 6  # encoder/decoder stages (6 in the original: 256x512 -> 4x8)
     width_mult: float = 1.0
     grad_checkpoint: bool = False
     native: tuple[int, int] | None = None  # output size it is trained for; default 256x512 * 2**stages
@@ -177,11 +189,10 @@ class SynthesisConfig:
     # CPU run then spends its steps on filling and harmonising instead of learning to copy.
     canvas_skip: bool = False
 
-
     @property
     def size(self) -> tuple[int, int]:
         """Native output size (H, W): what pipelines compose canvases at."""
-        return tuple(self.native) if self.native else (256 * 2 ** self.stages, 512 * 2 ** self.stages)
+        return tuple(self.native) if self.native else (256 * 2**self.stages, 512 * 2**self.stages)
 
 
 # ----------------------------------------------------------------------------- transformation
@@ -211,8 +222,14 @@ class SIMSTransform(nn.Module):
         size = self.config.work_size
         # Resizing each input before concatenating equals resizing the concatenation (linear per
         # channel) and avoids a full-resolution 24-channel copy.
-        x = torch.cat([_resize(segment, size), _resize(target_mask.to(segment.dtype), size),
-                       _resize(label.to(segment.dtype), size)], 1)
+        x = torch.cat(
+            [
+                _resize(segment, size),
+                _resize(target_mask.to(segment.dtype), size),
+                _resize(label.to(segment.dtype), size),
+            ],
+            1,
+        )
         f = self.encoder(x)
         # theta in float32 even under autocast: bf16 would round the identity's 1.0 to +-0.4 %,
         # i.e. several pixels of scale error at 1024 px.
@@ -276,8 +293,9 @@ def snap_theta(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return pixel_to_normalized(torch.cat([lin, t], -1), h, w)
 
 
-def jitter_theta(centre: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor,
-                 h: int, w: int) -> torch.Tensor:
+def jitter_theta(
+    centre: torch.Tensor, scale: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
     """Normalised theta (N,2,3) whose `warp` moves content by: scaling by `scale` and rotating by
     `angle` (radians, counter-clockwise on screen) about `centre` (N,2: continuous pixel x, y), then
     shifting by `shift` (N,2 pixels). `invert_theta` of it is the map that undoes the jitter."""
@@ -318,8 +336,9 @@ class SIMSOrder(nn.Module):
         return self.fc2(self.dropout(self.fc1(f))).flatten(1)
 
 
-def pair_input(label: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor,
-               colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_input(
+    label: torch.Tensor, mask_a: torch.Tensor, mask_b: torch.Tensor, colors: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The order net's inputs (train_generate_order.m:78-84, order.py:177-186).
 
     label (B,H,W) class indices (void = C); mask_a/mask_b (P,H,W) bool, pair p belonging to image
@@ -362,7 +381,7 @@ class SIMSSynthesis(nn.Module):
         m = config.width_mult
         cx = config.num_classes + 1 + 3 + 1
         enc = _scale(ENCODER6[: config.levels], m)
-        dec = _scale(DECODER6[6 - config.levels:], m)
+        dec = _scale(DECODER6[6 - config.levels :], m)
         self.encoder = nn.ModuleList()
         cin = cx
         for ws in enc:
@@ -395,20 +414,23 @@ class SIMSSynthesis(nn.Module):
     def _run(self, block, x):
         if self.config.grad_checkpoint and self.training and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
+
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
     def forward(self, label, canvas, support=None):
         cfg = self.config
         if support is None:
-            support = (canvas.sum(1, keepdim=True) > 0)
+            support = canvas.sum(1, keepdim=True) > 0
         x = cpu_channels_last(torch.cat([label.to(canvas.dtype), canvas, support.to(canvas.dtype)], 1))
         H, W = x.shape[-2:]
         f = 2 ** (cfg.stages + cfg.levels)
         if H % f or W % f:
-            raise InputError(f"input size {H}x{W} is not divisible by {f} (= 2^(stages+levels)); "
-                             f"native size is {cfg.size[0]}x{cfg.size[1]}")
-        s = 2 ** cfg.stages
+            raise InputError(
+                f"input size {H}x{W} is not divisible by {f} (= 2^(stages+levels)); "
+                f"native size is {cfg.size[0]}x{cfg.size[1]}"
+            )
+        s = 2**cfg.stages
         xb = _resize(x, (H // s, W // s))
         pools, h = [], xb
         for block in self.encoder:
@@ -432,7 +454,7 @@ class SIMSSynthesis(nn.Module):
                 rgb = self.rgb_1024(torch.cat([x, _resize(rgb, (H, W))], 1))
         out = (rgb + 1) / 2
         if cfg.canvas_skip:
-            known = (support > 0) & ~(canvas == 1).all(1, keepdim=True)   # photo pixels, not elision white
+            known = (support > 0) & ~(canvas == 1).all(1, keepdim=True)  # photo pixels, not elision white
             out = out + known.to(out.dtype) * (canvas.to(out.dtype) - 0.5)
         return out, sem
 
@@ -441,15 +463,21 @@ class SIMSSynthesis(nn.Module):
 
 # Parameter counts (19 classes) in comments; the spec's recomputed totals are ~55.7M (256) and
 # ~56.1M (512) for synthesis.
-SIMS_PRESETS: dict[str, dict] = register_presets({
-    "sims-synthesis-256p": {"arch": "sims-synthesis", "stages": 0},    # 55,671,319 (spec: ~55.7M)
-    "sims-synthesis-512p": {"arch": "sims-synthesis", "stages": 1},    # 56,138,903 (spec: ~56.1M)
-    "sims-synthesis-1024p": {"arch": "sims-synthesis", "stages": 2},   # 56,138,987 (+ the 27->3 1x1 conv)
-    "sims-transform": {"arch": "sims-transform", "theta_units": "pixels"},  # 14,734,086
-    "sims-order": {"arch": "sims-order"},                              # 15,267,476
-    # Smoke tests at 32x64: 1/16 widths; synthesis has the 512-style fine block over a 3-level backbone.
-    "sims-tiny": {"arch": "sims-synthesis", "stages": 1, "levels": 3, "width_mult": 1 / 16, "native": [32, 64]},
-    "sims-transform-tiny": {"arch": "sims-transform", "work_size": [32, 64], "width_mult": 1 / 16,
-                            "theta_units": "pixels"},
-    "sims-order-tiny": {"arch": "sims-order", "work_size": [32, 64], "width_mult": 1 / 16},
-})
+SIMS_PRESETS: dict[str, dict] = register_presets(
+    {
+        "sims-synthesis-256p": {"arch": "sims-synthesis", "stages": 0},  # 55,671,319 (spec: ~55.7M)
+        "sims-synthesis-512p": {"arch": "sims-synthesis", "stages": 1},  # 56,138,903 (spec: ~56.1M)
+        "sims-synthesis-1024p": {"arch": "sims-synthesis", "stages": 2},  # 56,138,987 (+ the 27->3 1x1 conv)
+        "sims-transform": {"arch": "sims-transform", "theta_units": "pixels"},  # 14,734,086
+        "sims-order": {"arch": "sims-order"},  # 15,267,476
+        # Smoke tests at 32x64: 1/16 widths; synthesis has the 512-style fine block over a 3-level backbone.
+        "sims-tiny": {"arch": "sims-synthesis", "stages": 1, "levels": 3, "width_mult": 1 / 16, "native": [32, 64]},
+        "sims-transform-tiny": {
+            "arch": "sims-transform",
+            "work_size": [32, 64],
+            "width_mult": 1 / 16,
+            "theta_units": "pixels",
+        },
+        "sims-order-tiny": {"arch": "sims-order", "work_size": [32, 64], "width_mult": 1 / 16},
+    }
+)

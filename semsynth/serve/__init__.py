@@ -4,6 +4,7 @@
 queues); `static/` is the page, plain JavaScript served from this folder only. Importing this
 package does not import FastAPI; `create_app`, `load_models` and `run` do.
 """
+
 from __future__ import annotations
 
 __all__ = ["create_app", "load_models", "run", "Limits"]

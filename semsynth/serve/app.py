@@ -19,6 +19,7 @@ files are read once from this package's static/ folder and served from that tabl
 Host and Origin headers must be local when bound to loopback (DNS rebinding, cross-site posts).
 Every error answers {"error": message}; tracebacks go to the server log only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,10 +35,10 @@ import tempfile
 import threading
 import time
 import warnings
-from urllib.parse import urlsplit
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -61,11 +62,18 @@ from ..utils import pick_device
 log = logging.getLogger("semsynth.serve")
 
 STATIC = Path(__file__).parent / "static"
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-          ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
 # The page needs nothing from elsewhere; the policy makes the browser refuse anything that would.
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-        "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 # SIMS makes one image per pass (retrieval is shared); at most this many variants per request
 SIMS_VARIANTS = 4
 MAX_SEED = 2**31 - 1
@@ -73,10 +81,10 @@ MAX_SEED = 2**31 - 1
 
 @dataclass(frozen=True)
 class Limits:
-    max_body: int = 20 * 2**20       # bytes of a request body (413)
-    max_pixels: int = 4096 * 2048    # pixels of an uploaded layout (413)
-    queue: int = 4                   # requests waiting or running per model (429 beyond)
-    timeout: float = 60.0            # seconds per request, queueing included (503 beyond)
+    max_body: int = 20 * 2**20  # bytes of a request body (413)
+    max_pixels: int = 4096 * 2048  # pixels of an uploaded layout (413)
+    queue: int = 4  # requests waiting or running per model (429 beyond)
+    timeout: float = 60.0  # seconds per request, queueing included (503 beyond)
 
 
 class ApiError(Exception):
@@ -103,7 +111,7 @@ class ModelSlot:
         self.space = pipe.space
         self.size = tuple(int(v) for v in pipe.size)
         self.k = pipe.max_k or SIMS_VARIANTS  # SIMS variants have no natural limit: cap them here
-        self.default_k = pipe.default_k        # (a SIMS variant costs a whole pass)
+        self.default_k = pipe.default_k  # (a SIMS variant costs a whole pass)
         self.device = torch.device(pipe.device)
         self.queue = int(queue)
         self.procedural = list(self.space.names) == list(get_space("cityscapes").names)
@@ -120,12 +128,24 @@ class ModelSlot:
     def info(self) -> dict:
         with self._lock:
             pending = self._pending
-        return {"name": self.name, "kind": self.kind, "source": self.source, "bank": self.bank,
-                "label_space": self.space.name, "classes": self.space.num_classes,
-                "height": self.size[0], "width": self.size[1], "k": self.k, "default_k": self.default_k,
-                "precision": self.precision,
-                "device": str(self.device), "procedural": self.procedural, "queue": self.queue,
-                "pending": pending, **self.stats}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "bank": self.bank,
+            "label_space": self.space.name,
+            "classes": self.space.num_classes,
+            "height": self.size[0],
+            "width": self.size[1],
+            "k": self.k,
+            "default_k": self.default_k,
+            "precision": self.precision,
+            "device": str(self.device),
+            "procedural": self.procedural,
+            "queue": self.queue,
+            "pending": pending,
+            **self.stats,
+        }
 
     def submit(self, fn, *args) -> Future | None:
         """Queue `fn(*args)` on this model's worker; None when the queue is full."""
@@ -173,8 +193,14 @@ def _model_name(spec: str) -> str:
     return p.parent.name if p.suffix == ".safetensors" and p.stem == "model" else (p.stem if p.suffix else p.name)
 
 
-def load_models(specs: list[str] | None = None, bank: str | None = None, device: str | None = None,
-                precision: str = "auto", queue: int = 4, say=print) -> dict[str, ModelSlot]:
+def load_models(
+    specs: list[str] | None = None,
+    bank: str | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    queue: int = 4,
+    say=print,
+) -> dict[str, ModelSlot]:
     """Name -> ModelSlot for checkpoints or bundled names (default: every installed bundled model;
     SIMS ones only with a bank). The names are what requests choose from; nothing else loads."""
     if queue < 1:
@@ -187,8 +213,10 @@ def load_models(specs: list[str] | None = None, bank: str | None = None, device:
         sims = pipeline_class(ckpt.read_metadata(spec)["task"]) is SIMSPipeline
         if sims and not bank:
             if explicit:
-                raise InputError(f"{spec}: is a SIMS model; serve it with --bank BANK (a memory bank "
-                                 "built with `semsynth sims build-bank`)")
+                raise InputError(
+                    f"{spec}: is a SIMS model; serve it with --bank BANK (a memory bank "
+                    "built with `semsynth sims build-bank`)"
+                )
             say(f"semsynth serve: skipping the SIMS model {spec!r} (no --bank given)")
             continue
         pipe = load_pipeline(spec, device=str(dev), precision=precision, **({"bank": bank} if sims else {}))
@@ -227,8 +255,7 @@ def image_size(data: bytes, max_pixels: int) -> None:
         return
     if w * h > max_pixels:
         size = "more than PIL's decompression-bomb limit of" if w == math.inf else f"{w}x{h} = {w * h:,}"
-        raise ApiError(413, f"the layout is {size} pixels; this server accepts at most "
-                            f"{max_pixels:,} (--max-pixels)")
+        raise ApiError(413, f"the layout is {size} pixels; this server accepts at most {max_pixels:,} (--max-pixels)")
 
 
 def read_upload(data: bytes, name: str, space) -> np.ndarray:
@@ -245,8 +272,12 @@ def read_upload(data: bytes, name: str, space) -> np.ndarray:
 
 def layout_json(ids: np.ndarray, **extra) -> dict:
     h, w = ids.shape
-    return {**extra, "width": int(w), "height": int(h),
-            "ids": base64.b64encode(np.ascontiguousarray(ids, dtype="<u2").tobytes()).decode("ascii")}
+    return {
+        **extra,
+        "width": int(w),
+        "height": int(h),
+        "ids": base64.b64encode(np.ascontiguousarray(ids, dtype="<u2").tobytes()).decode("ascii"),
+    }
 
 
 def png_data_url(arr: np.ndarray) -> str:
@@ -338,8 +369,11 @@ class Guard:
 def _static_table() -> dict[str, tuple[bytes, str]]:
     """Name -> (bytes, type) of the files in static/, read once: a request picks an entry by
     name, so no part of a URL is ever joined to a path."""
-    return {p.name: (p.read_bytes(), _TYPES.get(p.suffix, "application/octet-stream"))
-            for p in sorted(STATIC.iterdir()) if p.is_file() and p.suffix in _TYPES}
+    return {
+        p.name: (p.read_bytes(), _TYPES.get(p.suffix, "application/octet-stream"))
+        for p in sorted(STATIC.iterdir())
+        if p.is_file() and p.suffix in _TYPES
+    }
 
 
 def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_only: bool = True):
@@ -378,8 +412,11 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
         fut = slot.submit(fn, slot, *args)
         if fut is None:
             wait = slot.retry_after()
-            raise ApiError(429, f"model {slot.name!r} is busy ({slot.queue} requests queued, --queue); "
-                                f"retry in {wait} s", {"Retry-After": str(wait)})
+            raise ApiError(
+                429,
+                f"model {slot.name!r} is busy ({slot.queue} requests queued, --queue); retry in {wait} s",
+                {"Retry-After": str(wait)},
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.timeout
         waiting = asyncio.wrap_future(fut)
@@ -399,8 +436,9 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
                 slot.stats["abandoned" if gone else "timed_out"] += 1
                 if gone:
                     return None
-                raise ApiError(503, f"no answer within {limits.timeout:g} s (--timeout)",
-                               {"Retry-After": str(slot.retry_after())})
+                raise ApiError(
+                    503, f"no answer within {limits.timeout:g} s (--timeout)", {"Retry-After": str(slot.retry_after())}
+                )
 
     async def label_form(request: Request):
         """(form, slot, upload bytes, safe name) of a multipart request with a file field `label`."""
@@ -435,16 +473,18 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
     @app.get("/")
     async def index():
         body, kind = static["index.html"]
-        return Response(body, media_type=kind, headers={"Content-Security-Policy": _CSP,
-                                                        "X-Content-Type-Options": "nosniff"})
+        return Response(
+            body, media_type=kind, headers={"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+        )
 
     @app.get("/static/{name}")
     async def static_file(name: str):
         if name not in static:
             raise ApiError(404, "not found")
         body, kind = static[name]
-        return Response(body, media_type=kind, headers={"X-Content-Type-Options": "nosniff",
-                                                        "Cache-Control": "no-cache"})
+        return Response(
+            body, media_type=kind, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+        )
 
     @app.get("/api/health")
     async def health():
@@ -452,25 +492,37 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
 
     @app.get("/api/models")
     async def models():
-        return {"models": [s.info() for s in slots.values()],
-                "limits": {**asdict(limits), "sims_variants": SIMS_VARIANTS}}
+        return {
+            "models": [s.info() for s in slots.values()],
+            "limits": {**asdict(limits), "sims_variants": SIMS_VARIANTS},
+        }
 
     @app.get("/api/models/{name}/palette")
     async def palette(name: str):
         slot = slot_for(name)
         sp = slot.space
         ids = sp.file_ids()
-        return {"model": slot.name, "label_space": sp.name, "encoding": sp.default_encoding,
-                "void": sp.void, "void_id": int(ids[sp.void]) if ids[sp.void] >= 0 else None,
-                "classes": [{"index": i, "name": n, "color": c, "id": int(ids[i])}
-                            for i, (n, c) in enumerate(zip(sp.names, sp.colors.tolist()))]}
+        return {
+            "model": slot.name,
+            "label_space": sp.name,
+            "encoding": sp.default_encoding,
+            "void": sp.void,
+            "void_id": int(ids[sp.void]) if ids[sp.void] >= 0 else None,
+            "classes": [
+                {"index": i, "name": n, "color": c, "id": int(ids[i])}
+                for i, (n, c) in enumerate(zip(sp.names, sp.colors.tolist()))
+            ],
+        }
 
     @app.get("/api/layout")
     async def procedural(request: Request, model: str | None = None, seed: int = Query(0, ge=0, le=MAX_SEED)):
         slot = slot_for(model)
         if not slot.procedural:
-            raise ApiError(422, f"procedural layouts are Cityscapes street scenes; model {slot.name!r} "
-                                f"uses the {slot.space.name} label space")
+            raise ApiError(
+                422,
+                f"procedural layouts are Cityscapes street scenes; model {slot.name!r} "
+                f"uses the {slot.space.name} label space",
+            )
         return await run(request, slot, _job_procedural, seed) or Response(status_code=499)
 
     @app.post("/api/decode")
@@ -486,8 +538,7 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
         images = await run(request, slot, _job_synthesize, data, name, k, seed)
         if images is None:
             return Response(status_code=499)  # the client has gone; nobody reads this
-        return {"model": slot.name, "seed": seed, "width": slot.size[1], "height": slot.size[0],
-                "images": images}
+        return {"model": slot.name, "seed": seed, "width": slot.size[1], "height": slot.size[0], "images": images}
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request, e):
@@ -496,8 +547,7 @@ def create_app(slots: dict[str, ModelSlot], limits: Limits = Limits(), local_onl
     return Guard(app, limits.max_body, local_only)
 
 
-def make_server(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1",
-                port: int = 7860):
+def make_server(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1", port: int = 7860):
     """(uvicorn server, its bound socket, the URL to open). The socket is bound here, so a taken
     port is one clear error; port 0 takes any free one."""
     import uvicorn
@@ -506,18 +556,24 @@ def make_server(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: st
     try:
         sock = socket.create_server((host, port), family=family)
     except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port "
-                         "or --host") from None
+        raise InputError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host"
+        ) from None
     local = _is_loopback(host)
     shown = host if local else "127.0.0.1"
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{sock.getsockname()[1]}/"
-    config = uvicorn.Config(create_app(slots, limits, local_only=local), log_level="warning",
-                            timeout_keep_alive=5, timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        create_app(slots, limits, local_only=local),
+        log_level="warning",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=2,
+    )
     return uvicorn.Server(config), sock, url
 
 
-def run(slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1", port: int = 7860,
-        say=print) -> None:
+def run(
+    slots: dict[str, ModelSlot], limits: Limits = Limits(), host: str = "127.0.0.1", port: int = 7860, say=print
+) -> None:
     """Serve until Ctrl+C."""
     server, sock, url = make_server(slots, limits, host, port)
     say(f"semsynth serve: open {url}  (models: {', '.join(slots)}; Ctrl+C stops)", flush=True)

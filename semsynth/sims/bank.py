@@ -43,6 +43,7 @@ Deliberate differences from the original (`train_connect_component_mask.m`):
 * photos are RGB throughout (decoded with PIL); the original mixed MATLAB RGB with cv2's BGR in
   some scripts (B.8.13).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,21 +52,29 @@ import shutil
 import sys
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
+from ..errors import InputError
 from ..labels import LabelSpace, get_space
 from ..utils import atomic_path
-from .segments import (REFERENCE_SIZE, SegmentSet, class_roles, extract_segments, layout_grid,
-                       scaled_area)
+from .segments import REFERENCE_SIZE, SegmentSet, class_roles, extract_segments, layout_grid, scaled_area
 
-from ..errors import InputError
-
-__all__ = ["Bank", "BankError", "Segment", "build_bank", "build_bank_from_paths", "open_bank", "default_workers",
-           "SEG_DTYPE", "DEFAULT_SIG_GRID", "DEFAULT_CONTEXT_GRID"]
+__all__ = [
+    "Bank",
+    "BankError",
+    "Segment",
+    "build_bank",
+    "build_bank_from_paths",
+    "open_bank",
+    "default_workers",
+    "SEG_DTYPE",
+    "DEFAULT_SIG_GRID",
+    "DEFAULT_CONTEXT_GRID",
+]
 
 FORMAT = "semsynth-sims-bank-2"
 DEFAULT_SIG_GRID = (16, 32)
@@ -74,12 +83,22 @@ DEFAULT_CONTEXT_GRID = (32, 64)
 #: their IoU with any query the original retrieves for (area > 1000) is below 0.05.
 DEFAULT_INDEX_MIN_AREA = 50
 
-SEG_DTYPE = np.dtype([
-    ("cls", "<i4"), ("image", "<i4"), ("y0", "<i4"), ("x0", "<i4"), ("y1", "<i4"), ("x1", "<i4"),
-    ("area", "<i8"), ("mask_off", "<i8"), ("pole_off", "<i8"), ("rgb_off", "<i8"), ("rgb_len", "<i8"),
-])
-INDEX_DTYPE = np.dtype(SEG_DTYPE.descr + [("shard", "<i4"), ("local", "<i4"),
-                                          ("run_off", "<i8"), ("run_len", "<i4")])
+SEG_DTYPE = np.dtype(
+    [
+        ("cls", "<i4"),
+        ("image", "<i4"),
+        ("y0", "<i4"),
+        ("x0", "<i4"),
+        ("y1", "<i4"),
+        ("x1", "<i4"),
+        ("area", "<i8"),
+        ("mask_off", "<i8"),
+        ("pole_off", "<i8"),
+        ("rgb_off", "<i8"),
+        ("rgb_len", "<i8"),
+    ]
+)
+INDEX_DTYPE = np.dtype(SEG_DTYPE.descr + [("shard", "<i4"), ("local", "<i4"), ("run_off", "<i8"), ("run_len", "<i4")])
 #: One horizontal run of a class mask: `p` = y * (W + 1) + x of its first pixel in the bank
 #: frame, `n` its length. Exact IoU against a query is then two lookups per run in the query's
 #: row-wise prefix sums (retrieval.py), vectorised over any set of candidates.
@@ -120,7 +139,7 @@ def _pack(mask: np.ndarray) -> np.ndarray:
 
 def _unpack(buf: np.ndarray, off: int, h: int, w: int) -> np.ndarray:
     n = h * w
-    return np.unpackbits(np.asarray(buf[off: off + (n + 7) // 8]), count=n).reshape(h, w).view(bool)
+    return np.unpackbits(np.asarray(buf[off : off + (n + 7) // 8]), count=n).reshape(h, w).view(bool)
 
 
 def _encode_rgb(px: np.ndarray) -> np.ndarray:
@@ -140,8 +159,16 @@ def _upsample(mask: np.ndarray, s: int) -> np.ndarray:
     return mask if s == 1 else np.repeat(np.repeat(mask, s, 0), s, 1)
 
 
-def _encode_image(name: str, source: str, label: np.ndarray, rgb: np.ndarray, segs: SegmentSet,
-                  layout: np.ndarray, scale: int, label_dtype) -> dict:
+def _encode_image(
+    name: str,
+    source: str,
+    label: np.ndarray,
+    rgb: np.ndarray,
+    segs: SegmentSet,
+    layout: np.ndarray,
+    scale: int,
+    label_dtype,
+) -> dict:
     """Everything one image adds to a shard, encoded (packed masks, compressed RGB and label map),
     with byte offsets relative to the image's own buffers. Runs in the worker processes of a
     parallel build, so the main process only concatenates; the bytes do not depend on where it ran."""
@@ -162,14 +189,22 @@ def _encode_image(name: str, source: str, label: np.ndarray, rgb: np.ndarray, se
         mo += len(pm)
         po += len(pp)
         up = _upsample(segs.masks[i], scale)
-        px = _encode_rgb(rgb[y0 * scale: y1 * scale, x0 * scale: x1 * scale][up])
+        px = _encode_rgb(rgb[y0 * scale : y1 * scale, x0 * scale : x1 * scale][up])
         rows["rgb_off"][i], rows["rgb_len"][i] = ro, len(px)
         rgbs.append(px)
         ro += len(px)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.uint8)  # noqa: E731
-    return {"name": name, "source": source, "rows": rows, "masks": cat(masks), "poles": cat(poles),
-            "rgb": cat(rgbs), "sig": segs.sig, "layout": layout,
-            "label": zlib.compress(np.ascontiguousarray(label.astype(label_dtype)).tobytes(), 6)}
+    return {
+        "name": name,
+        "source": source,
+        "rows": rows,
+        "masks": cat(masks),
+        "poles": cat(poles),
+        "rgb": cat(rgbs),
+        "sig": segs.sig,
+        "layout": layout,
+        "label": zlib.compress(np.ascontiguousarray(label.astype(label_dtype)).tobytes(), 6),
+    }
 
 
 class _ShardBuffer:
@@ -223,9 +258,13 @@ class _ShardBuffer:
         imgs["label_len"] = lens
         imgs["label_off"] = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else []
         arrays = {
-            "segments": segs, "masks": cat(self.masks), "poles": cat(self.poles),
-            "rgb": cat(self.rgb), "layout": np.stack(self.layouts),
-            "labels": np.frombuffer(b"".join(self.labels), dtype=np.uint8), "images": imgs,
+            "segments": segs,
+            "masks": cat(self.masks),
+            "poles": cat(self.poles),
+            "rgb": cat(self.rgb),
+            "layout": np.stack(self.layouts),
+            "labels": np.frombuffer(b"".join(self.labels), dtype=np.uint8),
+            "images": imgs,
         }
         for name, arr in arrays.items():
             with atomic_path(tmp / f"{name}.npy") as p, open(p, "wb") as f:
@@ -233,8 +272,16 @@ class _ShardBuffer:
         with atomic_path(tmp / "sig.npz") as p, open(p, "wb") as f:
             np.savez_compressed(f, sig=np.concatenate(self.sigs))
         with atomic_path(tmp / "images.json") as p:
-            p.write_text(json.dumps({"first_image": self.first_image, "names": self.names,
-                                     "sources": self.sources, "label_dtype": np.dtype(label_dtype).str}))
+            p.write_text(
+                json.dumps(
+                    {
+                        "first_image": self.first_image,
+                        "names": self.names,
+                        "sources": self.sources,
+                        "label_dtype": np.dtype(label_dtype).str,
+                    }
+                )
+            )
         if folder.exists():  # left over by an interrupted build that never recorded it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -280,11 +327,13 @@ class Bank:
 
     # -------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | Path) -> "Bank":
+    def open(cls, path: str | Path) -> Bank:
         path = Path(path)
         if not path.is_dir():
-            raise BankError(f"{path}: memory bank folder not found (build one with "
-                            f"`semsynth sims build-bank --data DATA --out {path}`)")
+            raise BankError(
+                f"{path}: memory bank folder not found (build one with "
+                f"`semsynth sims build-bank --data DATA --out {path}`)"
+            )
         meta = _read_json(path / "bank.json", "bank description")
         if meta.get("format") != FORMAT:
             raise BankError(f"{path / 'bank.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -324,8 +373,10 @@ class Bank:
         return len(self.image_names)
 
     def __repr__(self) -> str:
-        return (f"Bank({str(self.path)!r}, {self.num_images} images, {len(self)} indexed segments "
-                f"of {self.num_stored_segments} stored, size={self.size}, rgb_scale={self.rgb_scale})")
+        return (
+            f"Bank({str(self.path)!r}, {self.num_images} images, {len(self)} indexed segments "
+            f"of {self.num_stored_segments} stored, size={self.size}, rgb_scale={self.rgb_scale})"
+        )
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
@@ -377,8 +428,10 @@ class Bank:
         if sh is None:
             d = self.path / "shards" / self.meta["shards"][k]["name"]
             try:
-                sh = {n: np.load(d / f"{n}.npy", mmap_mode="r")
-                      for n in ("segments", "masks", "poles", "rgb", "labels", "images")}
+                sh = {
+                    n: np.load(d / f"{n}.npy", mmap_mode="r")
+                    for n in ("segments", "masks", "poles", "rgb", "labels", "images")
+                }
                 sh.update(json.loads((d / "images.json").read_text()))
             except (OSError, ValueError) as e:
                 raise BankError(f"{d}: damaged or missing shard ({e})") from e
@@ -402,7 +455,7 @@ class Bank:
     def full_mask(self, i: int, which: str = "mask") -> np.ndarray:
         out = np.zeros(self.size, dtype=bool)
         r = self.table[i]
-        out[r["y0"]:r["y1"], r["x0"]:r["x1"]] = self.mask(i, which)
+        out[r["y0"] : r["y1"], r["x0"] : r["x1"]] = self.mask(i, which)
         return out
 
     def segment(self, i: int) -> Segment:
@@ -415,11 +468,19 @@ class Bank:
         up = _upsample(m, s)
         rgb = np.zeros((*up.shape, 3), np.uint8)
         off, n = int(r["rgb_off"]), int(r["rgb_len"])
-        rgb[up] = _decode_rgb(sh["rgb"][off: off + n], int(up.sum()))
-        return Segment(index=i, cls=int(r["cls"]), image=int(r["image"]),
-                       bbox=(int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"])),
-                       area=int(r["area"]), mask=m, pole_mask=self.mask(i, "pole"), rgb=rgb,
-                       rgb_mask=up, rgb_scale=s)
+        rgb[up] = _decode_rgb(sh["rgb"][off : off + n], int(up.sum()))
+        return Segment(
+            index=i,
+            cls=int(r["cls"]),
+            image=int(r["image"]),
+            bbox=(int(r["y0"]), int(r["x0"]), int(r["y1"]), int(r["x1"])),
+            area=int(r["area"]),
+            mask=m,
+            pole_mask=self.mask(i, "pole"),
+            rgb=rgb,
+            rgb_mask=up,
+            rgb_scale=s,
+        )
 
     def source_label(self, image: int) -> np.ndarray:
         """The class-index map (bank size) of source image `image` (global id)."""
@@ -427,7 +488,7 @@ class Bank:
         sh = self._shard(k)
         j = image - sh["first_image"]
         off, n = int(sh["images"][j]["label_off"]), int(sh["images"][j]["label_len"])
-        raw = zlib.decompress(np.asarray(sh["labels"][off: off + n]).tobytes())
+        raw = zlib.decompress(np.asarray(sh["labels"][off : off + n]).tobytes())
         return np.frombuffer(raw, dtype=np.dtype(sh["label_dtype"])).reshape(self.size).astype(np.int64)
 
     def stored_segments(self, image: int) -> np.ndarray:
@@ -438,7 +499,7 @@ class Bank:
         return segs[segs["image"] == image]
 
     # -------------------------------------------------------------- adding
-    def add(self, samples, **kwargs) -> "Bank":
+    def add(self, samples, **kwargs) -> Bank:
         """Append images (skipping names already present); see `build_bank`."""
         return build_bank(samples, self.path, **kwargs)
 
@@ -459,8 +520,10 @@ def _write_index(path: Path, meta: dict) -> dict:
         return path / "shards" / s["name"]
 
     def damaged(d, e):
-        return BankError(f"{d}: damaged or missing shard ({e}); remove it from {path / 'bank.json'} "
-                         f"and re-run the build to redo its images")
+        return BankError(
+            f"{d}: damaged or missing shard ({e}); remove it from {path / 'bank.json'} "
+            f"and re-run the build to redo its images"
+        )
 
     for k, s in enumerate(meta["shards"]):
         d = shard_dir(s)
@@ -484,7 +547,7 @@ def _write_index(path: Path, meta: dict) -> dict:
     table = np.concatenate(tables) if tables else np.zeros(0, INDEX_DTYPE)
     order = np.argsort(table["cls"], kind="stable")
     dest = np.empty(len(order), np.int64)
-    dest[order] = np.arange(len(order))           # unsorted row -> its row in the index
+    dest[order] = np.arange(len(order))  # unsorted row -> its row in the index
     table = table[order]
     counts = np.bincount(table["cls"], minlength=C)[:C]
     offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
@@ -502,8 +565,8 @@ def _write_index(path: Path, meta: dict) -> dict:
                 masks = np.load(d / "masks.npy", mmap_mode="r")
             except (OSError, ValueError, KeyError) as e:
                 raise damaged(d, e) from e
-            rows = dest[start:start + len(t)]
-            srt = np.argsort(rows)                  # ascending writes into the memory map
+            rows = dest[start : start + len(t)]
+            srt = np.argsort(rows)  # ascending writes into the memory map
             out[rows[srt]] = sig[t["local"][srt]]
             runs, counts = _mask_runs(masks, t, width)
             fr.write(runs.tobytes())
@@ -529,8 +592,13 @@ def _write_index(path: Path, meta: dict) -> dict:
         np.save(f, np.concatenate(layouts) if layouts else np.zeros((0, *ctx), np.uint8))
     with atomic_path(idx_dir / "images.json") as p:
         p.write_text(json.dumps({"names": names, "sources": sources}))
-    info = {"version": INDEX_VERSION, "shards": [s["name"] for s in meta["shards"]], "class_offsets": offsets,
-            "num_stored_segments": stored, "num_indexed_segments": len(table)}
+    info = {
+        "version": INDEX_VERSION,
+        "shards": [s["name"] for s in meta["shards"]],
+        "class_offsets": offsets,
+        "num_stored_segments": stored,
+        "num_indexed_segments": len(table),
+    }
     _write_json(idx_dir / "index.json", info)  # last: marks the index as complete
     return info
 
@@ -558,16 +626,16 @@ def _mask_runs(buf: np.ndarray, rows: np.ndarray, width: int, chunk_pixels: int 
         sl = slice(i, j)
         nb = (hw[sl] + 7) // 8
         bits = np.unpackbits(np.asarray(buf)[_ragged(rows["mask_off"][sl], nb)])
-        bit0 = np.repeat(8 * (np.cumsum(nb) - nb), hw[sl])           # first bit of each segment
+        bit0 = np.repeat(8 * (np.cumsum(nb) - nb), hw[sl])  # first bit of each segment
         seg = np.repeat(np.arange(j - i), hw[sl])
-        r = np.arange(len(seg)) - np.repeat(np.cumsum(hw[sl]) - hw[sl], hw[sl])   # pixel in crop
+        r = np.arange(len(seg)) - np.repeat(np.cumsum(hw[sl]) - hw[sl], hw[sl])  # pixel in crop
         on = bits[bit0 + r].astype(bool)
         ws = w[sl][seg]
         col = r % ws
         prev = np.concatenate([[False], on[:-1]])
         nxt = np.concatenate([on[1:], [False]])
         first = np.flatnonzero(on & ((col == 0) | ~prev))
-        last = np.flatnonzero(on & ((col == ws - 1) | ~nxt))   # pairs up with `first`, in order
+        last = np.flatnonzero(on & ((col == ws - 1) | ~nxt))  # pairs up with `first`, in order
         s = seg[first]
         y = rows["y0"][sl][s].astype(np.int64) + r[first] // ws[first]
         x = rows["x0"][sl][s].astype(np.int64) + col[first]
@@ -597,8 +665,9 @@ def _prepare(label: np.ndarray, rgb: np.ndarray | None, size, rgb_size, name: st
         raise BankError(f"{name}: sample has no photo; a memory bank needs (layout, photo) pairs")
     rgb = np.asarray(rgb)
     if rgb.shape[:2] != label.shape:
-        raise BankError(f"{name}: photo is {rgb.shape[1]}x{rgb.shape[0]} but its label map is "
-                        f"{label.shape[1]}x{label.shape[0]}")
+        raise BankError(
+            f"{name}: photo is {rgb.shape[1]}x{rgb.shape[0]} but its label map is {label.shape[1]}x{label.shape[0]}"
+        )
     # the original's 256x512 labels and 512x1024 photos both come from the full-resolution files
     small = resize_label(label, size)
     return small.astype(np.int64), resize_image(np.ascontiguousarray(rgb, dtype=np.uint8), rgb_size)
@@ -658,8 +727,7 @@ def _process(task):
         name, source = ds.names[payload], str(ds.items[payload].image)
     else:
         name, source, ids, rgb = payload
-    label, rgb = _prepare(np.asarray(ids), None if rgb is None else np.asarray(rgb),
-                          cfg["size"], cfg["rgb_size"], name)
+    label, rgb = _prepare(np.asarray(ids), None if rgb is None else np.asarray(rgb), cfg["size"], cfg["rgb_size"], name)
     if label.max(initial=0) > cfg["C"] or label.min(initial=0) < 0:
         raise BankError(f"{name}: class indices {label.min()}..{label.max()} outside 0..{cfg['C']}")
     segs = extract_segments(label, cfg["C"], cfg["thin"], sig_grid=cfg["sig_grid"])
@@ -667,11 +735,21 @@ def _process(task):
     return _encode_image(name, source, label, rgb, segs, lay, cfg["scale"], cfg["label_dtype"])
 
 
-def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None,
-               size=None, rgb_scale: int | None = None, shard_images: int = 64,
-               sig_grid=DEFAULT_SIG_GRID, context_grid=DEFAULT_CONTEXT_GRID,
-               index_min_area: float = DEFAULT_INDEX_MIN_AREA, thin: Iterable[int] | None = None,
-               progress: bool = True, workers: int | None = 0, limit: int | None = None) -> Bank:
+def build_bank(
+    samples,
+    out: str | Path,
+    space: LabelSpace | str | None = None,
+    size=None,
+    rgb_scale: int | None = None,
+    shard_images: int = 64,
+    sig_grid=DEFAULT_SIG_GRID,
+    context_grid=DEFAULT_CONTEXT_GRID,
+    index_min_area: float = DEFAULT_INDEX_MIN_AREA,
+    thin: Iterable[int] | None = None,
+    progress: bool = True,
+    workers: int | None = 0,
+    limit: int | None = None,
+) -> Bank:
     """Build (or extend) the memory bank at `out` from (layout, photo) samples.
 
     samples: a `LayoutDataset` (`semsynth.data.open_dataset(...)`, any size: samples are resized
@@ -693,8 +771,9 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
             raise BankError(f"{meta_path}: not a semsynth bank (format {meta.get('format')!r})")
         sp = get_space(meta["space"])
         if space is not None and get_space(space).to_dict() != sp.to_dict():
-            raise BankError(f"{out}: the bank uses label space {sp.name!r}; cannot add "
-                            f"{get_space(space).name!r} layouts")
+            raise BankError(
+                f"{out}: the bank uses label space {sp.name!r}; cannot add {get_space(space).name!r} layouts"
+            )
         if size is not None and _as_hw(size) != tuple(meta["size"]):
             raise BankError(f"{out}: the bank was built at size {tuple(meta['size'])}, not {tuple(size)}")
         if rgb_scale is not None and int(rgb_scale) != int(meta["rgb_scale"]):
@@ -709,21 +788,32 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
             raise InputError(f"rgb_scale must be >= 1, got {rgb_scale}")
         roles = class_roles(sp)
         meta = {
-            "format": FORMAT, "space": sp.to_dict(), "size": list(size), "rgb_scale": int(rgb_scale),
-            "sig_grid": list(_as_hw(sig_grid)), "context_grid": list(_as_hw(context_grid)),
+            "format": FORMAT,
+            "space": sp.to_dict(),
+            "size": list(size),
+            "rgb_scale": int(rgb_scale),
+            "sig_grid": list(_as_hw(sig_grid)),
+            "context_grid": list(_as_hw(context_grid)),
             "thin": [int(c) for c in (roles.thin if thin is None else thin)],
             "index_min_area": scaled_area(float(index_min_area), size),
-            "shard_images": int(shard_images), "shards": [],
+            "shard_images": int(shard_images),
+            "shards": [],
         }
         out.mkdir(parents=True, exist_ok=True)
         (out / "shards").mkdir(exist_ok=True)
         _write_json(meta_path, meta)
     size = tuple(meta["size"])
     scale = int(meta["rgb_scale"])
-    cfg = {"size": size, "rgb_size": (size[0] * scale, size[1] * scale), "C": sp.num_classes,
-           "thin": tuple(meta["thin"]), "sig_grid": tuple(meta["sig_grid"]),
-           "context_grid": tuple(meta["context_grid"]), "scale": scale,
-           "label_dtype": np.uint8 if sp.void <= 255 else np.uint16}
+    cfg = {
+        "size": size,
+        "rgb_size": (size[0] * scale, size[1] * scale),
+        "C": sp.num_classes,
+        "thin": tuple(meta["thin"]),
+        "sig_grid": tuple(meta["sig_grid"]),
+        "context_grid": tuple(meta["context_grid"]),
+        "scale": scale,
+        "label_dtype": np.uint8 if sp.void <= 255 else np.uint16,
+    }
     present: dict[str, str] = {}
     for s in meta["shards"]:
         im = _read_json(out / "shards" / s["name"] / "images.json", "shard image list")
@@ -744,8 +834,8 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=todo, desc=f"bank {out.name}", unit="img", file=sys.stderr,
-                   dynamic_ncols=True)
+
+        bar = tqdm(total=todo, desc=f"bank {out.name}", unit="img", file=sys.stderr, dynamic_ncols=True)
 
     buf = _ShardBuffer(next_image)
     added = 0
@@ -757,8 +847,11 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
             return
         name = f"shard-{len(meta['shards']):05d}"
         nseg = buf.write(out / "shards" / name, cfg["label_dtype"])
-        meta = dict(meta, shards=meta["shards"] + [
-            {"name": name, "images": len(buf), "segments": nseg, "first_image": buf.first_image}])
+        meta = dict(
+            meta,
+            shards=meta["shards"]
+            + [{"name": name, "images": len(buf), "segments": nseg, "first_image": buf.first_image}],
+        )
         _write_json(meta_path, meta)  # commit point of the shard
         buf = _ShardBuffer(buf.first_image + len(buf))
 
@@ -770,6 +863,7 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
         ds = samples if _is_dataset(samples) else None
         if workers and workers > 0:
             from concurrent.futures import ProcessPoolExecutor
+
             pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(ds, cfg))
             results = _bounded_map(pool, _process, items, depth=2 * workers + 2)
         else:
@@ -795,14 +889,16 @@ def build_bank(samples, out: str | Path, space: "LabelSpace | str | None" = None
         _WORKER.clear()
     if skipped:
         ex = ", ".join(f"{n} ({p})" for n, p in skipped[:3])
-        print(f"warning: {len(skipped)} image(s) skipped because a different file with the same name "
-              f"is already in the bank {out}: {ex}{' ...' if len(skipped) > 3 else ''}. Bank image "
-              f"names must be unique; rename the files to add them.", file=sys.stderr)
+        print(
+            f"warning: {len(skipped)} image(s) skipped because a different file with the same name "
+            f"is already in the bank {out}: {ex}{' ...' if len(skipped) > 3 else ''}. Bank image "
+            f"names must be unique; rename the files to add them.",
+            file=sys.stderr,
+        )
     if added:
         _write_index(out, meta)
     bank = Bank.open(out)
-    bank.build_stats = {"images": added, "seconds": time.perf_counter() - t_start,
-                        "workers": int(workers)}
+    bank.build_stats = {"images": added, "seconds": time.perf_counter() - t_start, "workers": int(workers)}
     return bank
 
 
@@ -841,8 +937,14 @@ def open_bank(path: str | Path) -> Bank:
     return Bank.open(path)
 
 
-def build_bank_from_paths(paths: Iterable[str | Path], out: str | Path, space=None, split: str = "train",
-                          exclude: Iterable[str] | None = None, **kwargs) -> Bank:
+def build_bank_from_paths(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    space=None,
+    split: str = "train",
+    exclude: Iterable[str] | None = None,
+    **kwargs,
+) -> Bank:
     """`build_bank` over one or more dataset folders (opened with `semsynth.data.open_dataset`,
     without resizing or caching: the bank resizes itself). Later folders are added to the bank
     the earlier ones made. exclude: sample names or glob patterns left out (e.g. the frames a
@@ -853,8 +955,9 @@ def build_bank_from_paths(paths: Iterable[str | Path], out: str | Path, space=No
     t0 = time.perf_counter()
     added = 0
     for p in paths:
-        ds = open_dataset(p, space=space, split=split, require_images=True, cache=False,
-                          exclude=list(exclude) if exclude else None)
+        ds = open_dataset(
+            p, space=space, split=split, require_images=True, cache=False, exclude=list(exclude) if exclude else None
+        )
         bank = build_bank(ds, out, space=space if space is not None else ds.space, **kwargs)
         added += bank.build_stats["images"]
     if bank is None:

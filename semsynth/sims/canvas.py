@@ -45,10 +45,11 @@ Deliberate differences: e/f are applied in the segment's source frame before war
 moves with the segment); the outer-elision box uses the width for its right extension (B.8.11);
 `owner` is the explicit record that `fill_region` was meant to be.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,8 +64,19 @@ from .order import full_order, order_rank
 from .retrieval import Retrieval
 from .segments import class_roles
 
-__all__ = ["Canvas", "CanvasConfig", "compose_canvas", "training_canvas", "query_masks", "render_segment", "pixel_theta_to_normalized",
-           "normalized_theta_to_pixel", "IDENTITY_THETA", "elision_band", "warp_crop"]
+__all__ = [
+    "Canvas",
+    "CanvasConfig",
+    "compose_canvas",
+    "training_canvas",
+    "query_masks",
+    "render_segment",
+    "pixel_theta_to_normalized",
+    "normalized_theta_to_pixel",
+    "IDENTITY_THETA",
+    "elision_band",
+    "warp_crop",
+]
 
 IDENTITY_THETA = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
@@ -73,13 +85,13 @@ IDENTITY_THETA = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 class CanvasConfig:
     """Canvas hyper-parameters (B.5); band sizes in pixels at a canvas height of 512."""
 
-    elision: float = 0.035 * 512     # inner elision band (square side): floor(0.035 * 512) = 17
-    elision_ratio: float = 0.5       # fraction of band pixels set to white
-    elision_outside: bool = False    # training canvases (B.6.1) whiten both sides of the boundary
-    road_band: float = 30            # se_road: around source vehicles, cut from road/sidewalk
-    tree_band: float = 20            # se_tree: inside vegetation boundaries
-    outer_band: float = 40           # se_outer: outer elision around objects
-    extension: float = 0.125         # outer-elision box extension (fraction of the object size)
+    elision: float = 0.035 * 512  # inner elision band (square side): floor(0.035 * 512) = 17
+    elision_ratio: float = 0.5  # fraction of band pixels set to white
+    elision_outside: bool = False  # training canvases (B.6.1) whiten both sides of the boundary
+    road_band: float = 30  # se_road: around source vehicles, cut from road/sidewalk
+    tree_band: float = 20  # se_tree: inside vegetation boundaries
+    outer_band: float = 40  # se_outer: outer elision around objects
+    extension: float = 0.125  # outer-elision box extension (fraction of the object size)
     shadow_removal: bool = True
     vegetation_trim: bool = True
     outer_elision: bool = True
@@ -98,13 +110,13 @@ class CanvasConfig:
 
 @dataclass
 class Canvas:
-    rgb: np.ndarray                 # (H, W, 3) uint8
-    support: np.ndarray             # (H, W) bool: pixels holding pasted content
-    label: np.ndarray               # (H, W) int64 revised layout (void = C)
-    owner: np.ndarray               # (H, W) int32 query segment that last wrote the pixel, -1 none
-    order: list[int] = field(default_factory=list)        # query segments in visiting order
-    bank_ids: np.ndarray | None = None                    # (Q,) bank segment pasted per query, -1
-    warped: np.ndarray | None = None                      # (Q,) bool: the warp was kept
+    rgb: np.ndarray  # (H, W, 3) uint8
+    support: np.ndarray  # (H, W) bool: pixels holding pasted content
+    label: np.ndarray  # (H, W) int64 revised layout (void = C)
+    owner: np.ndarray  # (H, W) int32 query segment that last wrote the pixel, -1 none
+    order: list[int] = field(default_factory=list)  # query segments in visiting order
+    bank_ids: np.ndarray | None = None  # (Q,) bank segment pasted per query, -1
+    warped: np.ndarray | None = None  # (Q,) bool: the warp was kept
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(canvas (3, H, W) float in [0, 1], support (1, H, W) float) for the synthesis net."""
@@ -184,15 +196,16 @@ def warp_crop(planes: np.ndarray, box: tuple[int, int, int, int], theta, size: t
     U, V = np.meshgrid(gx, gy)
     su = A[0, 0] * U + A[0, 1] * V + t[0]
     sv = A[1, 0] * U + A[1, 1] * V + t[1]
-    px = ((su + 1) * W - 1) / 2 - x0   # source pixel coordinate within the crop
+    px = ((su + 1) * W - 1) / 2 - x0  # source pixel coordinate within the crop
     py = ((sv + 1) * H - 1) / 2 - y0
     h, w = y1 - y0, x1 - x0
     grid = torch.from_numpy(np.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1)).float()[None]
     src = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[None]
     m = src[:, :1]
     near = F.grid_sample(src, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
-    bil = F.grid_sample(torch.cat([m, src[:, 1:] * m], 1), grid, mode="bilinear",
-                        padding_mode="zeros", align_corners=False)[0]
+    bil = F.grid_sample(
+        torch.cat([m, src[:, 1:] * m], 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[0]
     res = near.clone()
     res[1:] = torch.where(near[:1] > 0.5, bil[1:] / bil[:1].clamp_min(1e-6), near[1:])
     return res.numpy(), (by0, bx0, by1, bx1)
@@ -227,14 +240,18 @@ class _Frame:
 
     def box(self, bbox) -> tuple[int, int, int, int]:
         y0, x0, y1, x1 = (int(v) for v in bbox)
-        return (int(np.searchsorted(self.ymap, y0)), int(np.searchsorted(self.xmap, x0)),
-                int(np.searchsorted(self.ymap, y1)), int(np.searchsorted(self.xmap, x1)))
+        return (
+            int(np.searchsorted(self.ymap, y0)),
+            int(np.searchsorted(self.xmap, x0)),
+            int(np.searchsorted(self.ymap, y1)),
+            int(np.searchsorted(self.xmap, x1)),
+        )
 
     def crop(self, crop: np.ndarray, bbox) -> tuple[np.ndarray, tuple]:
         """A bank-frame crop (h, w[, ...]) at `bbox` -> the canvas-frame crop and its box."""
         cb = self.box(bbox)
-        ys = self.ymap[cb[0]:cb[2]] - int(bbox[0])
-        xs = self.xmap[cb[1]:cb[3]] - int(bbox[1])
+        ys = self.ymap[cb[0] : cb[2]] - int(bbox[0])
+        xs = self.xmap[cb[1] : cb[3]] - int(bbox[1])
         return crop[ys][:, xs], cb
 
     def rgb_crop(self, rgb: np.ndarray, bbox, scale: int) -> np.ndarray:
@@ -242,8 +259,8 @@ class _Frame:
         cb = self.box(bbox)
         if (self.size[0] == self.rgb_size[0]) and (self.size[1] == self.rgb_size[1]):
             return rgb
-        ys = self.ry[cb[0]:cb[2]] - int(bbox[0]) * scale
-        xs = self.rx[cb[1]:cb[3]] - int(bbox[1]) * scale
+        ys = self.ry[cb[0] : cb[2]] - int(bbox[0]) * scale
+        xs = self.rx[cb[1] : cb[3]] - int(bbox[1]) * scale
         return rgb[np.clip(ys, 0, rgb.shape[0] - 1)][:, np.clip(xs, 0, rgb.shape[1] - 1)]
 
 
@@ -280,9 +297,17 @@ def _front_fn(front, n: int) -> Callable[[int, int], bool] | None:
     return lambda prev, new: bool(arr[prev, new] > (0.5 if arr.dtype.kind == "f" else 0))
 
 
-def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | None = None,
-                   choice: np.ndarray | None = None, theta=None, order=None, front=None,
-                   config: CanvasConfig | None = None, rng=None) -> Canvas:
+def compose_canvas(
+    bank: Bank,
+    retrieval: Retrieval,
+    size: tuple[int, int] | None = None,
+    choice: np.ndarray | None = None,
+    theta=None,
+    order=None,
+    front=None,
+    config: CanvasConfig | None = None,
+    rng=None,
+) -> Canvas:
     """Compose the canvas of one layout (see the module docstring).
 
     choice: (Q,) which column of `retrieval.ids` to paste per query segment (default 0 = top-1;
@@ -306,7 +331,7 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
     front_fn = _front_fn(front, Q)
     thetas = _thetas(theta, Q)
 
-    base = retrieval.label[fr.ymap][:, fr.xmap]            # layout at the canvas size
+    base = retrieval.label[fr.ymap][:, fr.xmap]  # layout at the canvas size
     label = base.copy()
     canvas = np.zeros((Hc, Wc, 3), np.uint8)
     support = np.zeros((Hc, Wc), bool)
@@ -346,18 +371,19 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
             pad = se_road // 2 + 2
             pb = _pad_box(sbox, pad, size)
             src = bank.source_label(seg.image)
-            src_c = src[fr.ymap[pb[0]:pb[2]]][:, fr.xmap[pb[1]:pb[3]]]
+            src_c = src[fr.ymap[pb[0] : pb[2]]][:, fr.xmap[pb[1] : pb[3]]]
             veh = np.isin(src_c, vehicles)
             if veh.any():
                 band = dilate(edge(veh), se_road)
-                empty |= band[sbox[0] - pb[0]: sbox[2] - pb[0], sbox[1] - pb[1]: sbox[3] - pb[1]] & m
+                empty |= band[sbox[0] - pb[0] : sbox[2] - pb[0], sbox[1] - pb[1] : sbox[3] - pb[1]] & m
         if cfg.vegetation_trim and c in veg:
             empty |= _band_in_frame(m, sbox, size, se_tree) & m
         # b: optional warp, kept only if it overlaps the query better
         th = thetas.get(j)
         if th is not None and not _is_identity(th):
-            stack = np.concatenate([m[None].astype(np.float32), rgb.transpose(2, 0, 1).astype(np.float32),
-                                    pole[None], empty[None]], 0)
+            stack = np.concatenate(
+                [m[None].astype(np.float32), rgb.transpose(2, 0, 1).astype(np.float32), pole[None], empty[None]], 0
+            )
             wp, wbox = warp_crop(stack, sbox, th, size)
             if wp.shape[1] > 0:
                 wm = wp[0] > 0.5
@@ -373,15 +399,14 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
         fronts = []
         if front_fn is not None:
             for region, box in ((qcrop, qbox), (m | pole, sbox)):
-                prev = owner[box[0]:box[2], box[1]:box[3]][region]
-                fronts += [int(p) for p in np.unique(prev[prev >= 0])
-                           if int(p) not in fronts and front_fn(int(p), j)]
+                prev = owner[box[0] : box[2], box[1] : box[3]][region]
+                fronts += [int(p) for p in np.unique(prev[prev >= 0]) if int(p) not in fronts and front_fn(int(p), j)]
         keep_front = np.zeros(Q + 1, bool)
         keep_front[fronts] = True  # index -1 (nothing) maps to the last entry, False
         # a: clear the layout on query mask and the (placed) pole-extended mask
         for region, box in ((qcrop, qbox), (pole, sbox)):
-            lab_r = label[box[0]:box[2], box[1]:box[3]]
-            lab_r[region & ~keep_front[owner[box[0]:box[2], box[1]:box[3]]]] = C
+            lab_r = label[box[0] : box[2], box[1] : box[3]]
+            lab_r[region & ~keep_front[owner[box[0] : box[2], box[1] : box[3]]]] = C
         y0, x0, y1, x1 = sbox
         t = m & ~keep_front[owner[y0:y1, x0:x1]]
         if cfg.clip_to_query:
@@ -414,8 +439,7 @@ def compose_canvas(bank: Bank, retrieval: Retrieval, size: tuple[int, int] | Non
     # 4: outer elision around object components
     if cfg.outer_elision:
         _outer_elision(canvas, support, label, roles, C, cfg, size)
-    return Canvas(rgb=canvas, support=support, label=label, owner=owner, order=visit,
-                  bank_ids=bank_ids, warped=warped)
+    return Canvas(rgb=canvas, support=support, label=label, owner=owner, order=visit, bank_ids=bank_ids, warped=warped)
 
 
 def _thetas(theta, Q: int) -> dict[int, np.ndarray]:
@@ -437,8 +461,9 @@ def _in_box(mask, box, target) -> np.ndarray:
     y0, x0 = max(box[0], target[0]), max(box[1], target[1])
     y1, x1 = min(box[2], target[2]), min(box[3], target[3])
     if y1 > y0 and x1 > x0:
-        out[y0 - target[0]:y1 - target[0], x0 - target[1]:x1 - target[1]] = \
-            mask[y0 - box[0]:y1 - box[0], x0 - box[1]:x1 - box[1]]
+        out[y0 - target[0] : y1 - target[0], x0 - target[1] : x1 - target[1]] = mask[
+            y0 - box[0] : y1 - box[0], x0 - box[1] : x1 - box[1]
+        ]
     return out
 
 
@@ -447,8 +472,8 @@ def _overlap(m, box, qm, qbox) -> int:
     y1, x1 = min(box[2], qbox[2]), min(box[3], qbox[3])
     if y1 <= y0 or x1 <= x0:
         return 0
-    a = m[y0 - box[0]: y1 - box[0], x0 - box[1]: x1 - box[1]]
-    b = qm[y0 - qbox[0]: y1 - qbox[0], x0 - qbox[1]: x1 - qbox[1]]
+    a = m[y0 - box[0] : y1 - box[0], x0 - box[1] : x1 - box[1]]
+    b = qm[y0 - qbox[0] : y1 - qbox[0], x0 - qbox[1] : x1 - qbox[1]]
     return int(np.count_nonzero(a & b))
 
 
@@ -472,7 +497,7 @@ def _outer_elision(canvas, support, label, roles, C, cfg: CanvasConfig, size) ->
             h, w = ys.stop - ys.start, xs.stop - xs.start
             by0, by1 = ys.start, min(H, int(np.ceil(ys.stop + cfg.extension * h)))
             bx0 = max(0, int(np.floor(xs.start - cfg.extension * w)))
-            bx1 = min(W, int(np.ceil(xs.stop + cfg.extension * w)))   # fixed: width, not height
+            bx1 = min(W, int(np.ceil(xs.stop + cfg.extension * w)))  # fixed: width, not height
             # band of the component's boundary, computed on a padded crop around its box
             py0, px0 = max(0, ys.start - pad), max(0, xs.start - pad)
             py1, px1 = min(H, ys.stop + pad), min(W, xs.stop + pad)
@@ -483,7 +508,7 @@ def _outer_elision(canvas, support, label, roles, C, cfg: CanvasConfig, size) ->
             x0, x1 = max(bx0, px0), min(bx1, px1)
             if y1 <= y0 or x1 <= x0:
                 continue
-            sel = band[y0 - py0: y1 - py0, x0 - px0: x1 - px0] & mask_context[y0:y1, x0:x1]
+            sel = band[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0] & mask_context[y0:y1, x0:x1]
             canvas[y0:y1, x0:x1][sel] = 0
             support[y0:y1, x0:x1][sel] = False
 
@@ -491,9 +516,19 @@ def _outer_elision(canvas, support, label, roles, C, cfg: CanvasConfig, size) ->
 # ----------------------------------------------------------------------------- training canvases
 
 
-def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng=None,
-                    recolor_p: float = 0.2, elision: float = 0.05 * 512, elision_ratio: float = 0.5,
-                    corrupt_deg: float = 2.5, order=None, white: int = 255) -> Canvas:
+def training_canvas(
+    bank: Bank,
+    retrieval: Retrieval,
+    image,
+    ref_image=None,
+    rng=None,
+    recolor_p: float = 0.2,
+    elision: float = 0.05 * 512,
+    elision_ratio: float = 0.5,
+    corrupt_deg: float = 2.5,
+    order=None,
+    white: int = 255,
+) -> Canvas:
     """A synthesis-network training canvas for a real (layout, photo), the original way
     (SPEC B.6.1, `train_generate_synthesis.m`); the `sims-synthesis` task's dataset
     (`semsynth.tasks.sims.SynthesisCanvases`) calls it with retrievals precomputed once per draw.
@@ -541,8 +576,8 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
     owner = np.full(size, -1, np.int32)
     bank_ids = np.full(Q, -1, np.int64)
     label = retrieval.label[fr.ymap][:, fr.xmap].copy()
-    spill = np.zeros(size, bool)   # where a retrieved or perturbed shape leaves its query: void
-    qmasks = []                    # (j, full-frame query mask) of the pasted segments, for step 6
+    spill = np.zeros(size, bool)  # where a retrieved or perturbed shape leaves its query: void
+    qmasks = []  # (j, full-frame query mask) of the pasted segments, for step 6
     visit = sorted(np.flatnonzero(retrieval.searched).tolist(), key=lambda j: (rank[q.cls[j]], j))
     for j in visit:
         b = int(retrieval.ids[j, 0])
@@ -552,9 +587,9 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
         qcrop, qbox = fr.crop(q.masks[j], q.bbox[j])
         rcrop, rbox = fr.crop(bank.mask(b), tuple(bank.bbox[b]))
         qfull = np.zeros(size, bool)
-        qfull[qbox[0]:qbox[2], qbox[1]:qbox[3]] = qcrop
+        qfull[qbox[0] : qbox[2], qbox[1] : qbox[3]] = qcrop
         rfull = np.zeros(size, bool)
-        rfull[rbox[0]:rbox[2], rbox[1]:rbox[3]] = rcrop
+        rfull[rbox[0] : rbox[2], rbox[1] : rbox[3]] = rcrop
         spill |= rfull & ~qfull
         qmasks.append(qfull)
         t = qfull & rfull
@@ -585,17 +620,23 @@ def training_canvas(bank: Bank, retrieval: Retrieval, image, ref_image=None, rng
     if qmasks and corrupt_deg > 0:
         n = len(qmasks)
         a = (2 * rng.random(n) - 1) * np.radians(corrupt_deg)
-        slack = np.stack([np.abs(np.cos(a)) * W + np.abs(np.sin(a)) * H - W,
-                          np.abs(np.sin(a)) * W + np.abs(np.cos(a)) * H - H], 1) / 2
+        slack = (
+            np.stack(
+                [np.abs(np.cos(a)) * W + np.abs(np.sin(a)) * H - W, np.abs(np.sin(a)) * W + np.abs(np.cos(a)) * H - H],
+                1,
+            )
+            / 2
+        )
         shift = (2 * rng.random((n, 2)) - 1) * slack
         t64 = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
         theta = jitter_theta(t64(np.tile([[W / 2, H / 2]], (n, 1))), t64(np.ones(n)), t64(a), t64(shift), H, W)
         qs = np.stack(qmasks)
-        moved = (warp(torch.from_numpy(qs[:, None].astype(np.float32)), theta.float(), mode="nearest") > 0.5)
+        moved = warp(torch.from_numpy(qs[:, None].astype(np.float32)), theta.float(), mode="nearest") > 0.5
         spill |= (moved[:, 0].numpy() & ~qs).any(0)
     label[spill] = C
-    return Canvas(rgb=canvas, support=support, label=label, owner=owner, order=visit,
-                  bank_ids=bank_ids, warped=np.zeros(Q, bool))
+    return Canvas(
+        rgb=canvas, support=support, label=label, owner=owner, order=visit, bank_ids=bank_ids, warped=np.zeros(Q, bool)
+    )
 
 
 # ----------------------------------------------------------------------------- helpers for networks

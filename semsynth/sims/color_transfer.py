@@ -10,6 +10,7 @@ negative eigenvalues clamped and a small epsilon added, so degenerate (flat, gre
 finite map. SIMS uses it (only) to recolour 20 % of the pasted segments of training canvases.
 The iterative IDT method of the same package is not used by SIMS and not provided.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ def mkl_matrix(a: np.ndarray, b: np.ndarray, eps: float = _EPS) -> np.ndarray:
     """The MKL map T for source covariance `a` and target covariance `b` (d x d)."""
     da2, ua = np.linalg.eigh(a)
     da = np.sqrt(np.maximum(da2, 0) + eps)
-    c = (da[:, None] * (ua.T @ b @ ua)) * da[None, :]      # Da Ua' B Ua Da
+    c = (da[:, None] * (ua.T @ b @ ua)) * da[None, :]  # Da Ua' B Ua Da
     dc2, uc = np.linalg.eigh((c + c.T) / 2)
     dc = np.sqrt(np.maximum(dc2, 0) + eps)
     inv_da = 1.0 / da
@@ -52,8 +53,9 @@ def mkl_transfer(source: np.ndarray, target: np.ndarray, eps: float = _EPS) -> n
     return mkl_map(x0, x0, x1, eps).reshape(np.shape(source))
 
 
-def mkl_transfer_image(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-                       ref_mask: np.ndarray | None = None) -> np.ndarray:
+def mkl_transfer_image(
+    image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None, ref_mask: np.ndarray | None = None
+) -> np.ndarray:
     """Recolour an (H, W, 3) image (uint8 or float [0, 1]) towards a reference image's colours.
     Statistics come from the masked pixels (all if no mask); every pixel of `image` is mapped.
     Returns the same dtype as `image`, clipped to its range."""

@@ -31,6 +31,7 @@ both). Without depth, thin structures (pole, traffic light, traffic sign) are al
 front of the non-thin class they touch, which is what the released counts show (traffic light is
 never behind anything, pole 53 times behind vs 506 in front).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,17 +50,47 @@ from ..utils import atomic_path, shared_dir
 from .segments import REFERENCE_MIN_AREA, ClassRoles, SegmentSet, class_roles, extract_segments, scaled_area
 
 __all__ = [
-    "ORIGINAL_ORDER_IDS", "full_order", "back_ratio", "order_from_counts", "original_order", "coarse_order",
-    "load_order_frequency", "occlusion_counts", "pair_relations", "save_prior", "load_prior",
-    "order_rank", "adjacent_pairs", "band_median", "object_override",
+    "ORIGINAL_ORDER_IDS",
+    "full_order",
+    "back_ratio",
+    "order_from_counts",
+    "original_order",
+    "coarse_order",
+    "load_order_frequency",
+    "occlusion_counts",
+    "pair_relations",
+    "save_prior",
+    "load_prior",
+    "order_rank",
+    "adjacent_pairs",
+    "band_median",
+    "object_override",
 ]
 
 #: `order.mat` of SIMS: 1-based Cityscapes train ids, back-most first.
 ORIGINAL_ORDER_IDS = (11, 3, 10, 4, 2, 1, 5, 9, 18, 19, 15, 14, 16, 17, 12, 6, 13, 8, 7)
 
-_CITYSCAPES_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-                     "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-                     "truck", "bus", "train", "motorcycle", "bicycle")
+_CITYSCAPES_NAMES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 
 
 def back_ratio(counts: np.ndarray) -> np.ndarray:
@@ -110,7 +141,7 @@ def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
     return m["frequency"].astype(np.int64)
 
 
-def full_order(space: "LabelSpace | str", order=None) -> list[int]:
+def full_order(space: LabelSpace | str, order=None) -> list[int]:
     """Every class index of `space` back to front: `order` (default: the class-order prior,
     `coarse_order`, where the space has one), then the remaining classes in index order. The
     pasting order of canvases and the orientation of order pairs; `order_rank` of it ranks them."""
@@ -126,8 +157,9 @@ def full_order(space: "LabelSpace | str", order=None) -> list[int]:
     return out + [c for c in range(sp.num_classes) if c not in seen]
 
 
-def coarse_order(space: "LabelSpace | str" = "cityscapes", counts: np.ndarray | None = None,
-                 prior: str | Path | None = None) -> list[int]:
+def coarse_order(
+    space: LabelSpace | str = "cityscapes", counts: np.ndarray | None = None, prior: str | Path | None = None
+) -> list[int]:
     """Back-to-front class order for `space`: from `counts` if given, else from a prior file
     written by `save_prior`, else the original SIMS order for the 19-class Cityscapes space.
     Raises KeyError for other spaces without counts (compute them with `occlusion_counts`, or
@@ -136,23 +168,31 @@ def coarse_order(space: "LabelSpace | str" = "cityscapes", counts: np.ndarray | 
     if counts is not None:
         counts = np.asarray(counts)
         if counts.shape != (space.num_classes, space.num_classes):
-            raise InputError(f"order counts are {counts.shape}, label space {space.name!r} has "
-                             f"{space.num_classes} classes")
+            raise InputError(
+                f"order counts are {counts.shape}, label space {space.name!r} has {space.num_classes} classes"
+            )
         return order_from_counts(counts).tolist()
     if prior is not None:
         return load_prior(prior, space)["order"]
     if _is_cityscapes19(space):
         return original_order().tolist()
-    raise UnknownNameError(f"no class-order prior for label space {space.name!r}; compute one from "
-                   f"labelled data with `semsynth sims order-prior --data DATA -o prior.json`")
+    raise UnknownNameError(
+        f"no class-order prior for label space {space.name!r}; compute one from "
+        f"labelled data with `semsynth sims order-prior --data DATA -o prior.json`"
+    )
 
 
 def save_prior(path: str | Path, counts: np.ndarray, space: LabelSpace) -> Path:
     counts = np.asarray(counts, dtype=np.int64)
     order = order_from_counts(counts)
-    obj = {"space": space.name, "classes": list(space.names), "counts": counts.tolist(),
-           "back_ratio": [round(float(v), 6) for v in back_ratio(counts)],
-           "order": order.tolist(), "order_names": [space.names[i] for i in order]}
+    obj = {
+        "space": space.name,
+        "classes": list(space.names),
+        "counts": counts.tolist(),
+        "back_ratio": [round(float(v), 6) for v in back_ratio(counts)],
+        "order": order.tolist(),
+        "order_names": [space.names[i] for i in order],
+    }
     path = Path(path)
     with atomic_path(path) as p:
         p.write_text(json.dumps(obj, indent=1))
@@ -215,9 +255,15 @@ def object_override(ca: int, cb: int, roles: ClassRoles) -> int | None:
     return None
 
 
-def pair_relations(label: np.ndarray, space: LabelSpace, disparity: np.ndarray | None = None,
-                   min_area: float = REFERENCE_MIN_AREA, band: int = 11, adjacency: int = 3,
-                   roles=None) -> list[tuple[int, int, int, int]]:
+def pair_relations(
+    label: np.ndarray,
+    space: LabelSpace,
+    disparity: np.ndarray | None = None,
+    min_area: float = REFERENCE_MIN_AREA,
+    band: int = 11,
+    adjacency: int = 3,
+    roles=None,
+) -> list[tuple[int, int, int, int]]:
     """Front/back relations of adjacent segment pairs of one layout, for the order statistics.
 
     Returns (segment a, segment b, class behind, class in front) for each decided pair, segment
@@ -260,8 +306,9 @@ def pair_relations(label: np.ndarray, space: LabelSpace, disparity: np.ndarray |
     return out
 
 
-def occlusion_counts(layouts, space: "LabelSpace | str" = "cityscapes", disparities=None,
-                     size=(256, 512), progress: bool = False, **kwargs) -> np.ndarray:
+def occlusion_counts(
+    layouts, space: LabelSpace | str = "cityscapes", disparities=None, size=(256, 512), progress: bool = False, **kwargs
+) -> np.ndarray:
     """(C, C) counts[i, j] = times class i was behind class j, over `layouts` (class-index maps;
     a LayoutDataset works too). disparities: matching maps or None. Layouts are resized to `size`
     (nearest) first, as the original works at 256x512."""
@@ -284,8 +331,9 @@ def occlusion_counts(layouts, space: "LabelSpace | str" = "cityscapes", disparit
         if size is not None and lab.shape != tuple(size):
             lab = resize_label(lab, size)
             if d is not None:
-                d = np.asarray(Image.fromarray(np.asarray(d, np.float32)).resize(
-                    (size[1], size[0]), Image.Resampling.NEAREST))
+                d = np.asarray(
+                    Image.fromarray(np.asarray(d, np.float32)).resize((size[1], size[0]), Image.Resampling.NEAREST)
+                )
         for _, _, back, front in pair_relations(lab, space, d, roles=roles, **kwargs):
             counts[back, front] += 1
     return counts

@@ -22,6 +22,7 @@ segment better than no warp (done by `compose_canvas`). Fixed: the pairwise orde
 the logits of the pair's two classes and cuts the new segment where the earlier one is in front
 (the released code used a wrong key and an inverted mask, B.8.10).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,11 +54,11 @@ class SIMSResult:
     """Everything one layout went through. `image` (H, W, 3) uint8."""
 
     image: np.ndarray
-    canvas: object                       # semsynth.sims.canvas.Canvas
-    retrieval: object                    # semsynth.sims.retrieval.Retrieval
-    theta: np.ndarray | None = None      # (Q, 2, 3) normalised affine per query segment
-    front: object | None = None          # PairwiseOrder
-    choice: np.ndarray | None = None     # (Q,) retrieved candidate pasted per segment (None: top-1)
+    canvas: object  # semsynth.sims.canvas.Canvas
+    retrieval: object  # semsynth.sims.retrieval.Retrieval
+    theta: np.ndarray | None = None  # (Q, 2, 3) normalised affine per query segment
+    front: object | None = None  # PairwiseOrder
+    choice: np.ndarray | None = None  # (Q,) retrieved candidate pasted per segment (None: top-1)
     extra: dict = field(default_factory=dict)
 
 
@@ -67,8 +68,9 @@ class PairwiseOrder:
     each pair is evaluated once. Inputs (order.py:177-186): the two query segments in their class
     colours and the colour layout, at the bank size. `autocast`: the pipeline's precision context."""
 
-    def __init__(self, model, retrieval, space: LabelSpace, rank: np.ndarray, device, threshold: float = 0.5,
-                 autocast=None):
+    def __init__(
+        self, model, retrieval, space: LabelSpace, rank: np.ndarray, device, threshold: float = 0.5, autocast=None
+    ):
         self.model, self.retrieval, self.space = model, retrieval, space
         self.rank, self.device, self.threshold = rank, device, threshold
         self.autocast = autocast or torch.autocast(torch.device(device).type, enabled=False)
@@ -124,18 +126,36 @@ class SIMSPipeline(Pipeline):
 
     networks = ("model", "transform", "order_net")
 
-    def __init__(self, model: torch.nn.Module, space: LabelSpace, bank=None, transform=None, order=None,
-                 meta: dict | None = None, device=None, precision: str | None = "auto", k: int = 10,
-                 retrieval_mode: str = "iou", snap: bool = True, canvas_config=None, seed: int = 0,
-                 variety: int = 3, allow_upsampled_bank: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        space: LabelSpace,
+        bank=None,
+        transform=None,
+        order=None,
+        meta: dict | None = None,
+        device=None,
+        precision: str | None = "auto",
+        k: int = 10,
+        retrieval_mode: str = "iou",
+        snap: bool = True,
+        canvas_config=None,
+        seed: int = 0,
+        variety: int = 3,
+        allow_upsampled_bank: bool = False,
+    ):
         if bank is None:
-            raise InputError("a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
-                             "built with `semsynth sims build-bank`")
+            raise InputError(
+                "a SIMS pipeline needs a memory bank: pass bank=PATH (CLI: --bank BANK), "
+                "built with `semsynth sims build-bank`"
+            )
         super().__init__(model, space, meta, device, precision)
         self.bank = bank if isinstance(bank, Bank) else Bank.open(bank)
         if list(self.bank.space.names) != list(space.names):
-            raise InputError(f"the bank's label space ({self.bank.space.name}, {self.bank.space.num_classes} "
-                             f"classes) is not the model's ({space.name}, {space.num_classes} classes)")
+            raise InputError(
+                f"the bank's label space ({self.bank.space.name}, {self.bank.space.num_classes} "
+                f"classes) is not the model's ({space.name}, {space.num_classes} classes)"
+            )
         self.transform = load_network(transform, "sims-transform", self.device)[0] if transform is not None else None
         self.order_net = load_network(order, "sims-order", self.device)[0] if order is not None else None
         self.k, self.retrieval_mode, self.snap, self.seed = int(k), retrieval_mode, bool(snap), int(seed)
@@ -169,7 +189,8 @@ class SIMSPipeline(Pipeline):
             f"this model synthesizes {H}x{W} but the bank {self.bank.path} keeps photos at {rh}x{rw} "
             f"(rgb_scale {self.bank.rgb_scale}): its segments would be upsampled. Build a full-scale bank with "
             f"`semsynth sims build-bank --data DATA --out BANK --rgb-scale {need}` (or pass "
-            f"allow_upsampled_bank=True)")
+            f"allow_upsampled_bank=True)"
+        )
 
     # ------------------------------------------------------------------ steps
     def retrieve(self, layout):
@@ -190,8 +211,11 @@ class SIMSPipeline(Pipeline):
         Q = len(q)
         theta = np.tile(np.eye(2, 3), (Q, 1, 1))
         col = np.zeros(Q, np.int64) if choice is None else np.asarray(choice, np.int64)
-        todo = [(j, int(retrieval.ids[j, col[j]])) for j in range(Q)
-                if retrieval.searched[j] and 0 <= col[j] < retrieval.ids.shape[1] and retrieval.ids[j, col[j]] >= 0]
+        todo = [
+            (j, int(retrieval.ids[j, col[j]]))
+            for j in range(Q)
+            if retrieval.searched[j] and 0 <= col[j] < retrieval.ids.shape[1] and retrieval.ids[j, col[j]] >= 0
+        ]
         if not todo:
             return theta
         s = self.bank.rgb_scale
@@ -201,18 +225,17 @@ class SIMSPipeline(Pipeline):
         onehot = one_hot(lab, self.space.num_classes)
         out = []
         for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
+            chunk = todo[i : i + batch]
             seg = torch.zeros(len(chunk), 3, H, W)
             qm = torch.zeros(len(chunk), 1, H, W)
             for n, (j, b) in enumerate(chunk):
                 sg = self.bank.segment(b)
                 y0, x0 = sg.bbox[0] * s, sg.bbox[1] * s
                 h, w = sg.rgb.shape[:2]
-                seg[n, :, y0:y0 + h, x0:x0 + w] = torch.from_numpy(sg.rgb).permute(2, 0, 1).float() / 255
+                seg[n, :, y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(sg.rgb).permute(2, 0, 1).float() / 255
                 qm[n, 0] = torch.from_numpy(up(q.full_mask(j)))
             with self.autocast():
-                th = self.transform(seg.to(self.device), qm.to(self.device),
-                                    onehot.expand(len(chunk), -1, -1, -1))
+                th = self.transform(seg.to(self.device), qm.to(self.device), onehot.expand(len(chunk), -1, -1, -1))
             th = th.double()
             if self.snap:
                 th = snap_theta(th, *size)
@@ -229,9 +252,17 @@ class SIMSPipeline(Pipeline):
 
     def compose_canvas(self, retrieval, theta=None, front=None, rng=None, config=None, choice=None, size=None):
         """The canvas at `size` (default native; `semsynth.sims.canvas.compose_canvas`)."""
-        return compose_canvas(self.bank, retrieval, size=size or self.size, theta=theta, order=self.class_order,
-                              choice=choice, front=front, config=config or self.canvas_config,
-                              rng=self.seed if rng is None else rng)
+        return compose_canvas(
+            self.bank,
+            retrieval,
+            size=size or self.size,
+            theta=theta,
+            order=self.class_order,
+            choice=choice,
+            front=front,
+            config=config or self.canvas_config,
+            rng=self.seed if rng is None else rng,
+        )
 
     @torch.no_grad()
     def synthesize(self, canvas) -> np.ndarray:
@@ -239,8 +270,9 @@ class SIMSPipeline(Pipeline):
         rgb, support = canvas.tensors()
         label = torch.as_tensor(canvas.label, dtype=torch.long)[None].to(self.device)
         with self.autocast():
-            out, _ = self.model(one_hot(label, self.space.num_classes), rgb[None].to(self.device),
-                                support[None].to(self.device))
+            out, _ = self.model(
+                one_hot(label, self.space.num_classes), rgb[None].to(self.device), support[None].to(self.device)
+            )
         return to_uint8(out[0])
 
     # ------------------------------------------------------------------ all at once
@@ -265,14 +297,16 @@ class SIMSPipeline(Pipeline):
         theta = self.align(r, choice, size=size)
         front = self.order(r)
         canvas = self.compose_canvas(r, theta, front, rng=seed if rng is None else rng, choice=choice, size=size)
-        return SIMSResult(image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front,
-                          choice=choice)
+        return SIMSResult(
+            image=self.synthesize(canvas), canvas=canvas, retrieval=r, theta=theta, front=front, choice=choice
+        )
 
     def run_variants(self, layout, k: int, rng=None, size=None, seed: int | None = None) -> list[SIMSResult]:
         """Variants 0 .. k-1 of one layout (see `choice`), retrieving once."""
         first = self.run(layout, rng=rng, size=size, seed=seed)
-        return [first] + [self.run(layout, rng=rng, variant=v, retrieval=first.retrieval, size=size, seed=seed)
-                          for v in range(1, k)]
+        return [first] + [
+            self.run(layout, rng=rng, variant=v, retrieval=first.retrieval, size=size, seed=seed) for v in range(1, k)
+        ]
 
     def _run(self, layouts, k, size, read, seed, keep):
         images, inter = [], []
@@ -294,27 +328,41 @@ class SIMSPipeline(Pipeline):
         if isinstance(result, (list, tuple)):
             result = result[0]
         out_dir = Path(out_dir)
-        raw = self.compose_canvas(result.retrieval, result.theta, result.front, choice=result.choice,
-                                  size=result.canvas.label.shape,
-                                  config=CanvasConfig(elision_ratio=0, shadow_removal=False, vegetation_trim=False,
-                                                      outer_elision=False, context_fill=False))
-        files = {f"{stem}_canvas.png": result.canvas.rgb, f"{stem}_layout.png": colorize(result.canvas.label, self.space),
-                 f"{stem}_segments.png": raw.rgb}
+        raw = self.compose_canvas(
+            result.retrieval,
+            result.theta,
+            result.front,
+            choice=result.choice,
+            size=result.canvas.label.shape,
+            config=CanvasConfig(
+                elision_ratio=0, shadow_removal=False, vegetation_trim=False, outer_elision=False, context_fill=False
+            ),
+        )
+        files = {
+            f"{stem}_canvas.png": result.canvas.rgb,
+            f"{stem}_layout.png": colorize(result.canvas.label, self.space),
+            f"{stem}_segments.png": raw.rgb,
+        }
         written = [save_image(out_dir / name, np.ascontiguousarray(arr)) for name, arr in files.items()]
         r, q = result.retrieval, result.retrieval.query
         rows = []
         for j in range(len(q)):
             b = int(result.canvas.bank_ids[j]) if result.canvas.bank_ids is not None else -1
-            rows.append({
-                "query": j, "class": self.space.names[int(q.cls[j])], "area": int(q.area[j]),
-                "bank_segment": b,
-                "source_image": self.bank.image_names[int(self.bank.image[b])] if b >= 0 else None,
-                "iou": float(r.iou[j, 0]) if b >= 0 else None,
-                "warped": bool(result.canvas.warped[j]) if result.canvas.warped is not None else False,
-                "theta": np.round(result.theta[j], 6).tolist() if result.theta is not None else None,
-            })
+            rows.append(
+                {
+                    "query": j,
+                    "class": self.space.names[int(q.cls[j])],
+                    "area": int(q.area[j]),
+                    "bank_segment": b,
+                    "source_image": self.bank.image_names[int(self.bank.image[b])] if b >= 0 else None,
+                    "iou": float(r.iou[j, 0]) if b >= 0 else None,
+                    "warped": bool(result.canvas.warped[j]) if result.canvas.warped is not None else False,
+                    "theta": np.round(result.theta[j], 6).tolist() if result.theta is not None else None,
+                }
+            )
         with atomic_path(out_dir / f"{stem}_segments.json") as tmp:
-            tmp.write_text(json.dumps({"segments": rows, "paste_order": [int(v) for v in result.canvas.order]},
-                                      indent=1))
+            tmp.write_text(
+                json.dumps({"segments": rows, "paste_order": [int(v) for v in result.canvas.order]}, indent=1)
+            )
         written.append(out_dir / f"{stem}_segments.json")
         return written

@@ -42,6 +42,7 @@ Fixed relative to the original: the top-k list is a real top-k (the original rep
 the minimum computed once per training image, so the last segment of an image won, B.8.2), and
 results are returned in memory with one naming (B.8.3).
 """
+
 from __future__ import annotations
 
 import time
@@ -50,10 +51,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .bank import Bank, _ragged
 from .segments import REFERENCE_MIN_AREA, SegmentSet, extract_segments, grid_index, layout_grid, scaled_area
-
-from ..errors import InputError
 
 __all__ = ["Retriever", "Retrieval", "retrieve", "benchmark_retrieval"]
 
@@ -91,24 +91,33 @@ class _Index:
     context grids; class_offsets: (C + 1,) rows of each class; run_off / run_len / runs: the mask
     runs (bank.py) of the *source* rows; src: (n,) row -> source row (None: the identity)."""
 
-    def __init__(self, cls, bbox, area, image, layouts, class_offsets, size, C, run_off, run_len,
-                 runs, sig, src=None):
+    def __init__(self, cls, bbox, area, image, layouts, class_offsets, size, C, run_off, run_len, runs, sig, src=None):
         self.cls, self.bbox, self.area, self.image = cls, bbox, area, image
         self.layouts, self.class_offsets, self.size, self.C = layouts, class_offsets, size, C
         self.run_off, self.run_len, self.src = run_off, run_len, src
-        runs = np.asarray(runs)         # a plain view of a memory map: np.memmap indexing is slow
+        runs = np.asarray(runs)  # a plain view of a memory map: np.memmap indexing is slow
         self.runs = runs
         self.run_p, self.run_n = runs["p"], runs["n"]
-        self.sig = np.asarray(sig)      # (n_source, gh, gw) coverage signatures, memory-mapped
+        self.sig = np.asarray(sig)  # (n_source, gh, gw) coverage signatures, memory-mapped
 
     @classmethod
-    def from_bank(cls, bank: Bank) -> "_Index":
+    def from_bank(cls, bank: Bank) -> _Index:
         t = bank.table
         i32 = lambda f: np.asarray(t[f]).astype(np.int32)  # noqa: E731
-        return cls(i32("cls"), bank.bbox.astype(np.int32), i32("area"), i32("image"),
-                   bank.layout_grids(), np.asarray(bank.class_offsets), bank.size,
-                   bank.space.num_classes, np.asarray(t["run_off"]), i32("run_len"), bank.runs(),
-                   bank.signatures())
+        return cls(
+            i32("cls"),
+            bank.bbox.astype(np.int32),
+            i32("area"),
+            i32("image"),
+            bank.layout_grids(),
+            np.asarray(bank.class_offsets),
+            bank.size,
+            bank.space.num_classes,
+            np.asarray(t["run_off"]),
+            i32("run_len"),
+            bank.runs(),
+            bank.signatures(),
+        )
 
     def __len__(self) -> int:
         return len(self.cls)
@@ -118,13 +127,13 @@ class _Index:
         arrs = [self.cls, self.bbox, self.area, self.image, self.run_off, self.run_len, self.src]
         return sum(a.nbytes for a in arrs if isinstance(a, np.ndarray) and not isinstance(a, np.memmap))
 
-    def replicate(self, n_min: int) -> "_Index":
+    def replicate(self, n_min: int) -> _Index:
         """The same rows repeated (each copy with its own image ids) until >= n_min rows, for
         benchmarks. Masks (runs) are read from the original rows."""
         n = len(self.cls)
         reps = max(1, -(-n_min // max(n, 1)))
         n_img = len(self.layouts)
-        rows = np.argsort(self.cls, kind="stable")               # class order
+        rows = np.argsort(self.cls, kind="stable")  # class order
         src = np.tile(rows, reps)
         rep = np.repeat(np.arange(reps), len(rows))
         order = np.lexsort((rep, self.cls[src]))
@@ -132,10 +141,21 @@ class _Index:
         counts = np.bincount(self.cls[src], minlength=self.C)[: self.C]
         offsets = np.concatenate([[0], np.cumsum(counts)])
         base = src if self.src is None else self.src[src]
-        return _Index(self.cls[src], self.bbox[src], self.area[src],
-                      (self.image[src] + rep * n_img).astype(np.int32),
-                      np.tile(np.asarray(self.layouts), (reps, 1, 1)), offsets, self.size, self.C,
-                      self.run_off, self.run_len, self.runs, self.sig, base.astype(np.int32))
+        return _Index(
+            self.cls[src],
+            self.bbox[src],
+            self.area[src],
+            (self.image[src] + rep * n_img).astype(np.int32),
+            np.tile(np.asarray(self.layouts), (reps, 1, 1)),
+            offsets,
+            self.size,
+            self.C,
+            self.run_off,
+            self.run_len,
+            self.runs,
+            self.sig,
+            base.astype(np.int32),
+        )
 
 
 class Retriever:
@@ -158,7 +178,7 @@ class Retriever:
         # there (sig = rint(count * 255 / cell area), segments.downsample_coverage)
         cell_area = np.bincount(self._cells_sig.ravel(), minlength=self._sig.shape[1])
         lut = np.floor((np.arange(256)[:, None] + 0.5) * cell_area[None] / 255.0 + 1e-6)
-        self._sig_ub = np.minimum(lut, cell_area[None]).astype(np.int32)    # (256, cells)
+        self._sig_ub = np.minimum(lut, cell_area[None]).astype(np.int32)  # (256, cells)
         gh, gw = self.sig_grid
         p = self.COARSE
         fine_to_coarse = ((np.arange(gh)[:, None] // p) * (-(-gw // p)) + np.arange(gw)[None] // p).ravel()
@@ -182,15 +202,15 @@ class Retriever:
         if self._coarse is None:
             ix = self.index
             nsrc = len(self._sig)
-            dt = np.int16 if self._coarse_area.max() < 2 ** 15 else np.int32
+            dt = np.int16 if self._coarse_area.max() < 2**15 else np.int32
             out = np.empty((nsrc, len(self._coarse_area)), dt)
             cells = np.arange(self._sig.shape[1])
             for s in range(0, nsrc, 16384):
-                ub = self._sig_ub[np.asarray(self._sig[s:s + 16384]), cells]
+                ub = self._sig_ub[np.asarray(self._sig[s : s + 16384]), cells]
                 acc = np.zeros((len(ub), out.shape[1]), np.int32)
                 for c in range(out.shape[1]):
                     acc[:, c] = ub[:, self._coarse_of == c].sum(1)
-                out[s:s + 16384] = np.minimum(acc, self._coarse_area[None])
+                out[s : s + 16384] = np.minimum(acc, self._coarse_area[None])
             # rows of a replicated index get their own copy, as a real bank of that size would
             self._coarse = out if ix.src is None else out[ix.src]
         return self._coarse
@@ -210,11 +230,11 @@ class Retriever:
         hit = self._win.get(float(margin))
         if hit is None:
             w = self._windows(self.index.bbox, margin).T.astype(np.int16)
-            area = ((w[2] - w[0]).astype(np.int32) * (w[3] - w[1]))
+            area = (w[2] - w[0]).astype(np.int32) * (w[3] - w[1])
             hit = self._win[float(margin)] = (np.ascontiguousarray(w), area)
         return hit
 
-    def warm(self, margin: float = 0.5) -> "Retriever":
+    def warm(self, margin: float = 0.5) -> Retriever:
         """Build the per-row caches now (otherwise built on first use)."""
         self.corners()
         self.coarse()
@@ -239,8 +259,9 @@ class Retriever:
         y1 = np.clip(b[:, 2] + margin * h, 0, H)
         x0 = np.clip(b[:, 1] - margin * w, 0, W)
         x1 = np.clip(b[:, 3] + margin * w, 0, W)
-        return np.stack([np.floor(y0 * ch / H), np.floor(x0 * cw / W),
-                         np.ceil(y1 * ch / H), np.ceil(x1 * cw / W)], 1).astype(np.int64)
+        return np.stack(
+            [np.floor(y0 * ch / H), np.floor(x0 * cw / W), np.ceil(y1 * ch / H), np.ceil(x1 * cw / W)], 1
+        ).astype(np.int64)
 
     # ---------------------------------------------------------------- search
     def search(self, label, *args, **kwargs) -> Retrieval:
@@ -253,9 +274,18 @@ class Retriever:
         finally:
             torch.set_num_threads(n)
 
-    def _search(self, label, k: int = 10, mode: str = "iou", min_area: float = REFERENCE_MIN_AREA,
-                candidates: int | None = None, context_weight: float = 1.0,
-                context_margin: float = 0.5, allowed_images=None, exclude_images=None) -> Retrieval:
+    def _search(
+        self,
+        label,
+        k: int = 10,
+        mode: str = "iou",
+        min_area: float = REFERENCE_MIN_AREA,
+        candidates: int | None = None,
+        context_weight: float = 1.0,
+        context_margin: float = 0.5,
+        allowed_images=None,
+        exclude_images=None,
+    ) -> Retrieval:
         """Retrieve for every segment of `label` (class indices, void = C; any size: resized to
         the bank size with nearest neighbour). Returns a `Retrieval`, the same as an exhaustive
         search (every same-class bank segment scored exactly).
@@ -294,9 +324,13 @@ class Retriever:
         if mode == "context" and searched.any():
             self._gen += 1
             bwin, barea = self.windows(context_margin)
-            context = {"lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
-                       "qwin": self._windows(q.bbox, context_margin), "bwin": bwin, "barea": barea,
-                       "w": float(context_weight)}
+            context = {
+                "lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
+                "qwin": self._windows(q.bbox, context_margin),
+                "bwin": bwin,
+                "barea": barea,
+                "w": float(context_weight),
+            }
 
         H, W = self.size
         corners = self.corners()
@@ -311,8 +345,8 @@ class Retriever:
             P = np.zeros((len(qi), H + 1, W + 1), np.int32)
             for r, j in enumerate(qi):
                 y0, x0, y1, x1 = q.bbox[j]
-                np.cumsum(q.masks[j], axis=1, dtype=np.int32, out=P[r, 1 + y0:1 + y1, 1 + x0:1 + x1])
-                P[r, 1 + y0:1 + y1, 1 + x1:] = P[r, 1 + y0:1 + y1, x1:x1 + 1]
+                np.cumsum(q.masks[j], axis=1, dtype=np.int32, out=P[r, 1 + y0 : 1 + y1, 1 + x0 : 1 + x1])
+                P[r, 1 + y0 : 1 + y1, 1 + x1 :] = P[r, 1 + y0 : 1 + y1, x1 : x1 + 1]
             S = np.cumsum(P, axis=1, dtype=np.int32).reshape(len(qi), -1)
             Pf = P[:, 1:, :].reshape(len(qi), -1)
             cn = corners[:, a:b]
@@ -338,8 +372,15 @@ class Retriever:
                 y0, x0, y1, x1 = q.bbox[j]
                 qc = np.bincount(self._cells_sig[y0:y1, x0:x1][q.masks[j]], minlength=self._sig.shape[1])
                 cells = np.flatnonzero(qc)
-                qd = {"j": j, "Pf": Pf[r], "area": int(q.area[j]), "iub": iub[r], "cells": cells,
-                      "qc": qc[cells].astype(np.int32), "win": None if win is None else win[r]}
+                qd = {
+                    "j": j,
+                    "Pf": Pf[r],
+                    "area": int(q.area[j]),
+                    "iub": iub[r],
+                    "cells": cells,
+                    "qc": qc[cells].astype(np.int32),
+                    "win": None if win is None else win[r],
+                }
                 got = self._best_first(U[r], k, M, a, qd, context)
                 if got is None:
                     searched[j] = False
@@ -349,8 +390,17 @@ class Retriever:
                 ids[j, :kk], iou[j, :kk], score[j, :kk] = g, ex, sc
                 if cx is not None:
                     ctx[j, :kk] = cx
-        return Retrieval(label=label, query=q, searched=searched, ids=ids, iou=iou, context_iou=ctx,
-                         score=score, mode=mode, seconds=time.perf_counter() - t0)
+        return Retrieval(
+            label=label,
+            query=q,
+            searched=searched,
+            ids=ids,
+            iou=iou,
+            context_iou=ctx,
+            score=score,
+            mode=mode,
+            seconds=time.perf_counter() - t0,
+        )
 
     def _best_first(self, u: np.ndarray, k: int, m: int, a: int, qd: dict, context: dict | None):
         """Exact top k of query qd["j"] among bank rows a + (0..len(u)-1) with upper bounds u
@@ -385,7 +435,7 @@ class Retriever:
             else:
                 pick, live = live, live[:0]
             sb = self._sig_bound(qd, a, pick)
-            keep = sb >= state["tau"]             # >=: an equal score with a lower id still wins
+            keep = sb >= state["tau"]  # >=: an equal score with a lower id still wins
             pick, sb = pick[keep], sb[keep]
             o = np.argsort(-sb, kind="stable")
             pick, sb = pick[o], sb[o]
@@ -400,7 +450,7 @@ class Retriever:
         if allsc is None:
             return None
         g = np.concatenate(rows)
-        order = np.lexsort((g, -allsc))[:k]       # best first, ties: lower id
+        order = np.lexsort((g, -allsc))[:k]  # best first, ties: lower id
         cx = np.concatenate(ctxs)[order] if context is not None else None
         return g[order], np.concatenate(ious)[order], cx, allsc[order]
 
@@ -455,7 +505,7 @@ class Retriever:
         n_img = len(self.index.layouts)
         ch, cw = self.context_grid
         if self._S is None or len(self._S) != n_img:
-            self._S = np.zeros((n_img, (ch + 1) * (cw + 1)), np.int16)   # pages touched on use
+            self._S = np.zeros((n_img, (ch + 1) * (cw + 1)), np.int16)  # pages touched on use
             self._stamp = np.zeros(n_img, np.int64)
         u = np.unique(images)
         need = u[self._stamp[u] != self._gen]
@@ -477,8 +527,12 @@ class Retriever:
         x0 = np.maximum(bw[1], qw[1])
         y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
         x1 = np.maximum(np.minimum(bw[3], qw[3]), x0)
-        agree = (S[img, y1 * cw1 + x1].astype(np.int64) - S[img, y0 * cw1 + x1]
-                 - S[img, y1 * cw1 + x0] + S[img, y0 * cw1 + x0])
+        agree = (
+            S[img, y1 * cw1 + x1].astype(np.int64)
+            - S[img, y0 * cw1 + x1]
+            - S[img, y1 * cw1 + x0]
+            + S[img, y0 * cw1 + x0]
+        )
         inter = (y1 - y0) * (x1 - x0)
         qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
         return agree / np.maximum(context["barea"][rows] + qarea - inter, 1)
@@ -488,13 +542,17 @@ class Retriever:
             label = label.cpu().numpy()
         label = np.asarray(label)
         if label.ndim != 2 or label.dtype.kind not in "ui":
-            raise InputError(f"a query layout is an (H, W) integer map of class indices, got "
-                             f"{label.dtype} {label.shape}")
+            raise InputError(
+                f"a query layout is an (H, W) integer map of class indices, got {label.dtype} {label.shape}"
+            )
         if label.size and (label.min() < 0 or label.max() > self.C):
-            raise InputError(f"query layout has class indices {label.min()}..{label.max()}, the bank's "
-                             f"label space has 0..{self.C} (void = {self.C})")
+            raise InputError(
+                f"query layout has class indices {label.min()}..{label.max()}, the bank's "
+                f"label space has 0..{self.C} (void = {self.C})"
+            )
         if label.shape != self.size:
             from ..data import resize_label
+
             label = resize_label(label, self.size)
         return label.astype(np.int64)
 
@@ -504,8 +562,9 @@ def retrieve(bank: Bank, label, k: int = 10, mode: str = "iou", **kwargs) -> Ret
     return Retriever(bank).search(label, k=k, mode=mode, **kwargs)
 
 
-def benchmark_retrieval(bank: Bank, layouts, n_segments: int = 100_000, k: int = 10,
-                        modes=("iou", "context"), repeat: int = 1) -> dict:
+def benchmark_retrieval(
+    bank: Bank, layouts, n_segments: int = 100_000, k: int = 10, modes=("iou", "context"), repeat: int = 1
+) -> dict:
     """Time retrieval per layout against the bank's index replicated to >= n_segments rows.
 
     layouts: (H, W) class-index maps (e.g. validation label maps). Returns a dict with the index
@@ -520,9 +579,15 @@ def benchmark_retrieval(bank: Bank, layouts, n_segments: int = 100_000, k: int =
     n = len(index)
     resident = index.resident_bytes() + r.cache_bytes() + np.asarray(index.layouts).nbytes
     runs_per_seg = bank.runs().nbytes / max(len(bank), 1)
-    out = {"segments": n, "images": len(index.layouts), "warm_seconds": time.perf_counter() - t0,
-           "index_mb": resident / 1e6, "index_bytes_per_segment": resident / n,
-           "runs_bytes_per_segment": runs_per_seg, "torch_threads": torch.get_num_threads()}
+    out = {
+        "segments": n,
+        "images": len(index.layouts),
+        "warm_seconds": time.perf_counter() - t0,
+        "index_mb": resident / 1e6,
+        "index_bytes_per_segment": resident / n,
+        "runs_bytes_per_segment": runs_per_seg,
+        "torch_threads": torch.get_num_threads(),
+    }
     layouts = [r._as_label(lab) for lab in layouts]
     for mode in modes:
         r.search(layouts[0], k=k, mode=mode)  # first-call overheads
@@ -532,7 +597,11 @@ def benchmark_retrieval(bank: Bank, layouts, n_segments: int = 100_000, k: int =
                 res = r.search(lab, k=k, mode=mode)
                 times.append(res.seconds)
                 nq.append(int(res.searched.sum()))
-        out[mode] = {"mean_s": float(np.mean(times)), "median_s": float(np.median(times)),
-                     "max_s": float(np.max(times)), "layouts": len(layouts),
-                     "mean_queries": float(np.mean(nq))}
+        out[mode] = {
+            "mean_s": float(np.mean(times)),
+            "median_s": float(np.median(times)),
+            "max_s": float(np.max(times)),
+            "layouts": len(layouts),
+            "mean_queries": float(np.mean(nq)),
+        }
     return out

@@ -17,6 +17,7 @@ For every class c and the label map at the bank resolution (256x512 in the origi
 Deliberate differences from the MATLAB code: no all-zero "background" slot is produced for thin
 classes (B.1 quirk ii), and masks are stored cropped to their bounding box instead of full frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,12 +25,20 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..labels import LabelSpace
 from ..errors import InputError
+from ..labels import LabelSpace
 
 __all__ = [
-    "REFERENCE_SIZE", "REFERENCE_MIN_AREA", "SegmentSet", "extract_segments", "class_roles",
-    "ClassRoles", "scaled_area", "grid_index", "downsample_coverage", "layout_grid",
+    "REFERENCE_SIZE",
+    "REFERENCE_MIN_AREA",
+    "SegmentSet",
+    "extract_segments",
+    "class_roles",
+    "ClassRoles",
+    "scaled_area",
+    "grid_index",
+    "downsample_coverage",
+    "layout_grid",
 ]
 
 #: Resolution at which the original cuts segments, retrieves and orders (H, W).
@@ -48,20 +57,42 @@ def scaled_area(area_at_reference: float, size: tuple[int, int]) -> float:
 # ----------------------------------------------------------------------------- class roles
 
 _SYN = {
-    "thin": {"pole", "polegroup", "traffic light", "traffic sign", "sign symbol", "signsymbol",
-             "street light", "streetlight", "signboard"},
+    "thin": {
+        "pole",
+        "polegroup",
+        "traffic light",
+        "traffic sign",
+        "sign symbol",
+        "signsymbol",
+        "street light",
+        "streetlight",
+        "signboard",
+    },
     # context classes of the canvas (B.5): ground, sky and "stuff" that is re-filled when uncovered
-    "context": {"road", "sidewalk", "pavement", "wall", "fence", "vegetation", "tree", "terrain",
-                "sky", "grass"},
+    "context": {"road", "sidewalk", "pavement", "wall", "fence", "vegetation", "tree", "terrain", "sky", "grass"},
     "ground": {"road", "sidewalk", "pavement"},  # shadow removal + outer-elision context
     "vegetation": {"vegetation", "tree"},
     "vehicle": {"car", "truck", "bus", "train"},  # whose shadows are cut out of road/sidewalk
     "planar": {"road", "sidewalk", "terrain", "pavement", "grass"},
     # objects of the order override of train_generate_order.m (l.22-23): in front of planar
     # classes. Unlike the canvas' object classes, building is not one.
-    "thing": {"pole", "traffic light", "traffic sign", "person", "rider", "car", "truck", "bus",
-              "train", "motorcycle", "bicycle", "pedestrian", "bicyclist", "sign symbol",
-              "polegroup"},
+    "thing": {
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+        "pedestrian",
+        "bicyclist",
+        "sign symbol",
+        "polegroup",
+    },
 }
 
 
@@ -102,8 +133,9 @@ def grid_index(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
     return (ry[:, None] * gw + rx[None, :]).astype(np.int64)
 
 
-def downsample_coverage(comp: np.ndarray, n: int, cells: np.ndarray, grid: tuple[int, int],
-                        select: np.ndarray | None = None) -> np.ndarray:
+def downsample_coverage(
+    comp: np.ndarray, n: int, cells: np.ndarray, grid: tuple[int, int], select: np.ndarray | None = None
+) -> np.ndarray:
     """Coverage signatures of components 1..n of `comp` (0 = none): (n, gh, gw) uint8, the
     fraction of each grid cell covered by the component, times 255, rounded."""
     gh, gw = grid
@@ -116,16 +148,16 @@ def downsample_coverage(comp: np.ndarray, n: int, cells: np.ndarray, grid: tuple
     return sig.reshape(n, gh, gw)
 
 
-def layout_grid(label: np.ndarray, num_classes: int, grid: tuple[int, int],
-                cells: np.ndarray | None = None) -> np.ndarray:
+def layout_grid(
+    label: np.ndarray, num_classes: int, grid: tuple[int, int], cells: np.ndarray | None = None
+) -> np.ndarray:
     """Majority class (void = num_classes included) of each grid cell: (gh, gw) uint8/uint16.
     Ties go to the lower class index."""
     gh, gw = grid
     if cells is None:
         cells = grid_index(label.shape, grid)
     k = num_classes + 1
-    counts = np.bincount(cells.ravel() * k + label.ravel().astype(np.int64),
-                         minlength=gh * gw * k).reshape(gh * gw, k)
+    counts = np.bincount(cells.ravel() * k + label.ravel().astype(np.int64), minlength=gh * gw * k).reshape(gh * gw, k)
     dtype = np.uint8 if k <= 256 else np.uint16
     return counts.argmax(1).astype(dtype).reshape(gh, gw)
 
@@ -160,16 +192,26 @@ class SegmentSet:
         out[y0:y1, x0:x1] = (self.masks if which == "mask" else self.pole_masks)[i]
         return out
 
-    def select(self, keep: np.ndarray) -> "SegmentSet":
+    def select(self, keep: np.ndarray) -> SegmentSet:
         idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
-        return SegmentSet(self.size, self.cls[idx], self.bbox[idx], self.area[idx],
-                          [self.masks[i] for i in idx], [self.pole_masks[i] for i in idx],
-                          None if self.sig is None else self.sig[idx])
+        return SegmentSet(
+            self.size,
+            self.cls[idx],
+            self.bbox[idx],
+            self.area[idx],
+            [self.masks[i] for i in idx],
+            [self.pole_masks[i] for i in idx],
+            None if self.sig is None else self.sig[idx],
+        )
 
 
-def extract_segments(label: np.ndarray, num_classes: int, thin: tuple[int, ...] = (),
-                     sig_grid: tuple[int, int] | None = (32, 64),
-                     cells: np.ndarray | None = None) -> SegmentSet:
+def extract_segments(
+    label: np.ndarray,
+    num_classes: int,
+    thin: tuple[int, ...] = (),
+    sig_grid: tuple[int, int] | None = (32, 64),
+    cells: np.ndarray | None = None,
+) -> SegmentSet:
     """Cut an (H, W) class-index map (void = num_classes) into SIMS segments (module docstring).
 
     Segments come ordered by class, then by component label (raster order of each component's

@@ -15,10 +15,12 @@ loss network that follows the model's memory format), and `critic` with `discrim
 A task registers itself where it is defined, with `@register_task("name")`; the config's
 `task:` key picks it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn as nn
@@ -37,14 +39,16 @@ TASKS: dict[str, type] = {}
 
 def register_task(name: str) -> Callable[[type], type]:
     """Class decorator: make a `Task` class available as config `task: name`."""
+
     def deco(cls: type) -> type:
         TASKS[name] = cls
         cls.name = name
         return cls
+
     return deco
 
 
-def build_task(cfg: dict, space: LabelSpace, device: torch.device) -> "Task":
+def build_task(cfg: dict, space: LabelSpace, device: torch.device) -> Task:
     name = cfg.get("task", "crn")
     if name not in TASKS:
         raise ConfigError(f"config key task: unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
@@ -96,7 +100,7 @@ def data_paths(cfg: dict) -> list[Path]:
     if not d.get("path"):
         raise ConfigError("no training data: pass --data PATH (or set data.path in the config)")
     paths = d["path"] if isinstance(d["path"], list) else [d["path"]]
-    return [shared_dir() / str(p)[len("shared:"):] if str(p).startswith("shared:") else Path(p) for p in paths]
+    return [shared_dir() / str(p)[len("shared:") :] if str(p).startswith("shared:") else Path(p) for p in paths]
 
 
 def open_training_data(cfg: dict, space: LabelSpace) -> LayoutDataset:
@@ -104,12 +108,28 @@ def open_training_data(cfg: dict, space: LabelSpace) -> LayoutDataset:
     samples joined, each folder's layout detected on its own), with `split`, `size`, `cache`,
     `label_encoding`, `exclude` (names or globs) and `vivid` applied to all."""
     d = cfg.get("data", {})
-    parts = [open_dataset(p, space=space, split=d.get("split", "train"),
-                          size=tuple(d["size"]) if d.get("size") else None,
-                          cache=d.get("cache", True), label_encoding=d.get("label_encoding"),
-                          exclude=d.get("exclude"), vivid=d.get("vivid", False)) for p in data_paths(cfg)]
+    parts = [
+        open_dataset(
+            p,
+            space=space,
+            split=d.get("split", "train"),
+            size=tuple(d["size"]) if d.get("size") else None,
+            cache=d.get("cache", True),
+            label_encoding=d.get("label_encoding"),
+            exclude=d.get("exclude"),
+            vivid=d.get("vivid", False),
+        )
+        for p in data_paths(cfg)
+    ]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    return LayoutDataset([it for p in parts for it in p.items], space, size=first.size, cache=d.get("cache", True),
-                         label_encoding=d.get("label_encoding"), layout="joined", vivid=first.vivid)
+    return LayoutDataset(
+        [it for p in parts for it in p.items],
+        space,
+        size=first.size,
+        cache=d.get("cache", True),
+        label_encoding=d.get("label_encoding"),
+        layout="joined",
+        vivid=first.vivid,
+    )

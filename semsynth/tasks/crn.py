@@ -1,6 +1,7 @@
 """The `crn` task: layout -> k images, perceptual (or per-class min-over-k diversity) loss against
 the photo (SPEC A.4), plus the optional adversarial term `loss.adversarial` (not part of CRN;
 see `losses.AdversarialLoss`)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,12 +18,13 @@ from .base import Task, register_task
 class CRNTask(Task):
     def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
         self.space = space
-        self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
-                                         **cfg.get("model_overrides", {}))
+        self.model_config = model_config(cfg["model"], num_classes=space.num_classes, **cfg.get("model_overrides", {}))
         self.model = build_model(self.model_config)
         loss_cfg = cfg.get("loss", {})
-        self.loss_fn = build_loss({k: v for k, v in loss_cfg.items() if k not in ("backbone_path", "adversarial")},
-                                  loss_cfg.get("backbone_path")).to(device)
+        self.loss_fn = build_loss(
+            {k: v for k, v in loss_cfg.items() if k not in ("backbone_path", "adversarial")},
+            loss_cfg.get("backbone_path"),
+        ).to(device)
         self.critic = build_adversarial(loss_cfg.get("adversarial"), space.num_classes + 1)
         if self.critic is not None:
             self.critic.to(device)
@@ -54,8 +56,10 @@ class CRNTask(Task):
     def load_state_dict(self, state: dict) -> None:
         if self.critic is not None:
             if "adversarial" not in state:
-                raise ConfigError("this run has loss.adversarial but its checkpoint holds no discriminator; "
-                                  "start a new run folder (init_from the old one) instead of resuming")
+                raise ConfigError(
+                    "this run has loss.adversarial but its checkpoint holds no discriminator; "
+                    "start a new run folder (init_from the old one) instead of resuming"
+                )
             self.critic.load_state_dict(state["adversarial"])
 
     @torch.no_grad()

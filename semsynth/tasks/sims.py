@@ -30,6 +30,7 @@ seeded by (seed, i, d), like the original's fixed `NN/` draw folders, so resumed
 data. `epochs` in the configs count passes over the *images* (one draw each, as the original
 picked a random draw folder per step); `dataset()` turns them into the trainer's `steps`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,15 @@ from ..sims.segments import REFERENCE_MIN_AREA, class_roles, extract_segments, s
 from .base import Task, data_paths, open_training_data, register_task
 
 __all__ = [
-    "SynthesisTask", "TransformTask", "OrderTask", "SynthesisCanvases", "JitteredSegments",
-    "OrderPairs", "training_bank", "transform_loss", "schedule_lr",
+    "SynthesisTask",
+    "TransformTask",
+    "OrderTask",
+    "SynthesisCanvases",
+    "JitteredSegments",
+    "OrderPairs",
+    "training_bank",
+    "transform_loss",
+    "schedule_lr",
 ]
 
 
@@ -141,8 +149,7 @@ def _steps_from_epochs(cfg: dict, images: int) -> None:
 class _TaskBase(Task):
     def __init__(self, cfg: dict, space: LabelSpace, device: torch.device):
         self.cfg, self.space, self.device = cfg, space, device
-        self.model_config = model_config(cfg["model"], num_classes=space.num_classes,
-                                         **cfg.get("model_overrides", {}))
+        self.model_config = model_config(cfg["model"], num_classes=space.num_classes, **cfg.get("model_overrides", {}))
         self.model = build_model(self.model_config)
         o = cfg.get("optim", {})
         self.base_lr = float(o.get("lr", 1e-4))
@@ -168,8 +175,18 @@ class JitteredSegments(_Draws):
     """Example: {"image", "label", "masks" (N, H, W) bool target masks, "jitter" (N, 2, 3) the
     normalised theta that `warp` uses to make the perturbed segment, "valid" (N,) bool}."""
 
-    def __init__(self, base, space, draws=2, seed=0, slots=10, min_area=REFERENCE_MIN_AREA,
-                 scale=(0.9, 1.1), shift=0.125 / 2, rotation_deg=0.0):
+    def __init__(
+        self,
+        base,
+        space,
+        draws=2,
+        seed=0,
+        slots=10,
+        min_area=REFERENCE_MIN_AREA,
+        scale=(0.9, 1.1),
+        shift=0.125 / 2,
+        rotation_deg=0.0,
+    ):
         super().__init__(base, space, draws, seed)
         self.slots, self.min_area = int(slots), float(min_area)
         self.scale, self.shift, self.rotation = tuple(scale), float(shift), math.radians(rotation_deg)
@@ -194,8 +211,7 @@ class JitteredSegments(_Draws):
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
         angle = (2 * u[:, 1] - 1) * self.rotation
         # round((u - 0.5) * size * 0.125 / 2) pixels (train_generate_transform.m:96-98)
-        shift = np.stack([np.round((u[:, 2] - 0.5) * bw * self.shift),
-                          np.round((u[:, 3] - 0.5) * bh * self.shift)], 1)
+        shift = np.stack([np.round((u[:, 2] - 0.5) * bw * self.shift), np.round((u[:, 3] - 0.5) * bh * self.shift)], 1)
         # Keep the jittered box inside the image: drop scale/rotation when it would not fit
         # (the original keeps the unscaled segment), then the shift when it would leave (l.80-115).
         half = np.stack([bw, bh], 1) / 2
@@ -213,12 +229,18 @@ class JitteredSegments(_Draws):
             t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
             jitter[:n] = jitter_theta(t(centre), t(scale), t(angle), t(shift), H, W).float()
         valid = torch.arange(self.slots) < n
-        return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
-                "label": torch.from_numpy(ids), "masks": masks, "jitter": jitter, "valid": valid}
+        return {
+            "image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
+            "label": torch.from_numpy(ids),
+            "masks": masks,
+            "jitter": jitter,
+            "valid": valid,
+        }
 
 
-def transform_loss(theta: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor, image: torch.Tensor,
-                   owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def transform_loss(
+    theta: torch.Tensor, segments: torch.Tensor, masks: torch.Tensor, image: torch.Tensor, owner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's masked L1 (transformation.py:163-176, 198-201), per image then averaged.
 
     theta (S,2,3), segments (S,3,H,W) network inputs, masks (S,1,H,W) target masks, image (B,3,H,W),
@@ -237,11 +259,17 @@ def transform_loss(theta: torch.Tensor, segments: torch.Tensor, masks: torch.Ten
 class TransformTask(_TaskBase):
     def dataset(self, cfg: dict, out: Path | None = None):
         j = cfg.get("jitter", {})
-        ds = JitteredSegments(open_training_data(cfg, self.space), self.space, draws=cfg.get("data", {}).get("draws", 2),
-                              seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
-                              min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
-                              scale=j.get("scale", (0.9, 1.1)), shift=float(j.get("shift", 0.0625)),
-                              rotation_deg=float(j.get("rotation_deg", 0.0)))
+        ds = JitteredSegments(
+            open_training_data(cfg, self.space),
+            self.space,
+            draws=cfg.get("data", {}).get("draws", 2),
+            seed=int(cfg.get("seed", 0)),
+            slots=int(cfg.get("slots", 10)),
+            min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
+            scale=j.get("scale", (0.9, 1.1)),
+            shift=float(j.get("shift", 0.0625)),
+            rotation_deg=float(j.get("rotation_deg", 0.0)),
+        )
         self.images = ds.num_images
         _steps_from_epochs(cfg, ds.num_images)
         return ds
@@ -328,8 +356,19 @@ class OrderPairs(_Draws):
     different classes, a before b in the coarse order; the nearer one (median nearness in the
     11x11 boundary band) is in front, except that an object always beats a planar class."""
 
-    def __init__(self, base, space, depth_files: list[Path], kind: str = "disparity", draws=1, seed=0,
-                 slots=10, min_area=REFERENCE_MIN_AREA, adjacency=3, band=11):
+    def __init__(
+        self,
+        base,
+        space,
+        depth_files: list[Path],
+        kind: str = "disparity",
+        draws=1,
+        seed=0,
+        slots=10,
+        min_area=REFERENCE_MIN_AREA,
+        adjacency=3,
+        band=11,
+    ):
         super().__init__(base, space, draws, seed)
         self.depth_files, self.kind = depth_files, kind
         self.slots, self.min_area, self.adjacency, self.band = int(slots), float(min_area), adjacency, band
@@ -384,8 +423,10 @@ class OrderTask(_TaskBase):
         folder = d.get("depth") or d.get("disparity")
         if not folder or folder == "auto":  # <data>/disparity/<split> (else <data>/disparity) of every folder
             split = d.get("split", "train")
-            folders = [r / "disparity" / split if (r / "disparity" / split).is_dir() else r / "disparity"
-                       for r in data_paths(cfg)]
+            folders = [
+                r / "disparity" / split if (r / "disparity" / split).is_dir() else r / "disparity"
+                for r in data_paths(cfg)
+            ]
         else:
             folders = [Path(folder)]
         for f in folders:
@@ -393,7 +434,8 @@ class OrderTask(_TaskBase):
                 raise MissingFileError(
                     f"{f}: no disparity maps. The order network learns front/back from disparity or "
                     f"depth: use a dataset with Cityscapes' disparity/<split>/<city>/*_disparity.png, or "
-                    f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)")
+                    f"set data.disparity=FOLDER (larger = closer) or data.depth=FOLDER (smaller = closer)"
+                )
         index: dict[str, Path] = {}
         for f in folders:
             for k, v in _depth_index(f).items():
@@ -405,11 +447,20 @@ class OrderTask(_TaskBase):
                 keep.append(k)
                 files.append(hit)
         if not keep:
-            raise MissingFileError(f"{', '.join(map(str, folders))}: none of the {len(base)} images has a "
-                                   f"depth/disparity map (looked for <frame>_disparity.png / <frame>.png / .npy)")
-        ds = OrderPairs(_Subset(base, keep), self.space, files, kind=kind, draws=d.get("draws", 1),
-                        seed=int(cfg.get("seed", 0)), slots=int(cfg.get("slots", 10)),
-                        min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)))
+            raise MissingFileError(
+                f"{', '.join(map(str, folders))}: none of the {len(base)} images has a "
+                f"depth/disparity map (looked for <frame>_disparity.png / <frame>.png / .npy)"
+            )
+        ds = OrderPairs(
+            _Subset(base, keep),
+            self.space,
+            files,
+            kind=kind,
+            draws=d.get("draws", 1),
+            seed=int(cfg.get("seed", 0)),
+            slots=int(cfg.get("slots", 10)),
+            min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
+        )
         self.images = ds.num_images
         _steps_from_epochs(cfg, ds.num_images)
         return ds
@@ -417,8 +468,9 @@ class OrderTask(_TaskBase):
     def _inputs(self, batch):
         owner, slot = (batch["target"] != -100).nonzero(as_tuple=True)
         colors = torch.as_tensor(self.space.colors, device=batch["label"].device)
-        pair, layout = pair_input(batch["label"][owner], batch["mask_a"][owner, slot],
-                                  batch["mask_b"][owner, slot], colors)
+        pair, layout = pair_input(
+            batch["label"][owner], batch["mask_a"][owner, slot], batch["mask_b"][owner, slot], colors
+        )
         return owner, slot, pair, layout, batch["target"][owner, slot]
 
     def loss(self, model, batch):
@@ -440,17 +492,28 @@ class OrderTask(_TaskBase):
             return torch.zeros(3, H, 2 * W)
         k = min(4, len(owner))
         logits = model(pair[:k], layout[:k])
-        la = batch["label"][owner[:k]].flatten(1).gather(
-            1, batch["mask_a"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True)).squeeze(1)
-        lb = batch["label"][owner[:k]].flatten(1).gather(
-            1, batch["mask_b"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True)).squeeze(1)
+        la = (
+            batch["label"][owner[:k]]
+            .flatten(1)
+            .gather(1, batch["mask_a"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True))
+            .squeeze(1)
+        )
+        lb = (
+            batch["label"][owner[:k]]
+            .flatten(1)
+            .gather(1, batch["mask_b"][owner[:k], slot[:k]].flatten(1).float().argmax(1, keepdim=True))
+            .squeeze(1)
+        )
         pa = front_probability(logits, la, lb)
         rows = []
         for j in range(k):
             a = batch["mask_a"][owner[j], slot[j]].float()
             for a_front in (bool(pa[j] > 0.5), bool(target[j] == la[j])):
-                w = torch.where(batch["mask_a"][owner[j], slot[j]], 1.0 if a_front else 0.35,
-                                0.35 if a_front else 1.0) if a.any() else 1.0
+                w = (
+                    torch.where(batch["mask_a"][owner[j], slot[j]], 1.0 if a_front else 0.35, 0.35 if a_front else 1.0)
+                    if a.any()
+                    else 1.0
+                )
                 rows.append(pair[j] * w)
         grid = torch.stack(rows).view(k, 2, 3, H, W)
         return grid.permute(2, 0, 3, 1, 4).reshape(3, k * H, 2 * W)
@@ -470,9 +533,21 @@ class SynthesisCanvases(_Draws):
     Keys: "image" (3, H, W) float, "label_gt" (H, W) the real layout, "label" the corrupted
     layout, "canvas" (3, H, W) float in [0, 1], "support" (1, H, W) float."""
 
-    def __init__(self, base, space, bank, draws=5, seed=0, pool=100, min_area=REFERENCE_MIN_AREA,
-                 colour_transfer=0.2, corrupt_rotation_deg=2.5, elision_band=0.05, elision_ratio=0.5,
-                 progress=True):
+    def __init__(
+        self,
+        base,
+        space,
+        bank,
+        draws=5,
+        seed=0,
+        pool=100,
+        min_area=REFERENCE_MIN_AREA,
+        colour_transfer=0.2,
+        corrupt_rotation_deg=2.5,
+        elision_band=0.05,
+        elision_ratio=0.5,
+        progress=True,
+    ):
         super().__init__(base, space, draws, seed)
         self.bank, self.pool, self.min_area = bank, int(pool), float(min_area)
         self.p_ct, self.corrupt = float(colour_transfer), float(corrupt_rotation_deg)
@@ -483,7 +558,7 @@ class SynthesisCanvases(_Draws):
         self.bank_of = np.array([names.get(self.base.items[i].name, -1) for i in range(self.num_images)], np.int64)
         self.image_of = {int(b): i for i, b in enumerate(self.bank_of) if b >= 0}
         self.retriever = Retriever(bank)
-        self._ret: dict[int, object] = {}      # image -> Retrieval of draw 0 (query segments)
+        self._ret: dict[int, object] = {}  # image -> Retrieval of draw 0 (query segments)
         self._ids: dict[tuple[int, int], np.ndarray] = {}
         self.precompute(progress)
 
@@ -510,13 +585,26 @@ class SynthesisCanvases(_Draws):
         ids, rgb = self.arrays(i)
         r = self._ret[i]
         r = dataclasses.replace(r, ids=self._ids[i, d][:, None], searched=self._ids[i, d] >= 0)
-        cv = training_canvas(self.bank, r, rgb, ref_image=self._photo, rng=self.rng(i, d),
-                             recolor_p=self.p_ct, elision=self.elision[0], elision_ratio=self.elision[1],
-                             corrupt_deg=self.corrupt, order=self.order)
+        cv = training_canvas(
+            self.bank,
+            r,
+            rgb,
+            ref_image=self._photo,
+            rng=self.rng(i, d),
+            recolor_p=self.p_ct,
+            elision=self.elision[0],
+            elision_ratio=self.elision[1],
+            corrupt_deg=self.corrupt,
+            order=self.order,
+        )
         rgb_t, sup = cv.tensors()
-        return {"image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
-                "label_gt": torch.from_numpy(ids), "label": torch.from_numpy(cv.label),
-                "canvas": rgb_t, "support": sup}
+        return {
+            "image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255,
+            "label_gt": torch.from_numpy(ids),
+            "label": torch.from_numpy(cv.label),
+            "canvas": rgb_t,
+            "support": sup,
+        }
 
 
 def training_bank(base, space: LabelSpace, folder: Path, size, progress: bool = True):
@@ -546,13 +634,19 @@ class SynthesisTask(_TaskBase):
         else:  # the run folder keeps it (a resumed run reuses it); without one, a temporary folder
             folder = Path(out) / "train-bank" if out else Path(tempfile.mkdtemp(prefix="semsynth-train-bank-"))
         bank = training_bank(base, self.space, folder, size)
-        ds = SynthesisCanvases(base, self.space, bank, draws=d.get("draws", 5), seed=int(cfg.get("seed", 0)),
-                               pool=int(c.get("pool", 100)),
-                               min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
-                               colour_transfer=float(c.get("colour_transfer", 0.2)),
-                               corrupt_rotation_deg=float(c.get("corrupt_rotation_deg", 2.5)),
-                               elision_band=float(c.get("elision_band", 0.05)),
-                               elision_ratio=float(c.get("elision_ratio", 0.5)))
+        ds = SynthesisCanvases(
+            base,
+            self.space,
+            bank,
+            draws=d.get("draws", 5),
+            seed=int(cfg.get("seed", 0)),
+            pool=int(c.get("pool", 100)),
+            min_area=float(cfg.get("min_area", REFERENCE_MIN_AREA)),
+            colour_transfer=float(c.get("colour_transfer", 0.2)),
+            corrupt_rotation_deg=float(c.get("corrupt_rotation_deg", 2.5)),
+            elision_band=float(c.get("elision_band", 0.05)),
+            elision_ratio=float(c.get("elision_ratio", 0.5)),
+        )
         self.images = ds.num_images
         _steps_from_epochs(cfg, ds.num_images)
         return ds
@@ -568,8 +662,11 @@ class SynthesisTask(_TaskBase):
         loss, logs = self.loss_fn(rs(fake), rs(real), None)
         w_in = dict(self.loss_fn.layers).get("input", 0.0)
         if w_in:
-            full = self.loss_fn.backbone.prepare(fake) - self.loss_fn.backbone.prepare(real.to(fake.dtype)) \
-                if hasattr(self.loss_fn.backbone, "prepare") else None
+            full = (
+                self.loss_fn.backbone.prepare(fake) - self.loss_fn.backbone.prepare(real.to(fake.dtype))
+                if hasattr(self.loss_fn.backbone, "prepare")
+                else None
+            )
             if full is not None:
                 l1 = full.abs().mean()
                 loss = loss - w_in * logs["layer/input"] + w_in * l1
