@@ -10,10 +10,11 @@ Each round times every variant once (after one warm-up pass each) and measures t
 """
 
 import argparse
+import contextlib
 
 import torch
 
-from semsynth.bench import conv_peak, time_forward
+from semsynth.bench import conv_peak, count_macs, time_forward
 from semsynth.models import build_model
 from semsynth.models.layers import reference_ops
 from semsynth.precision import autocast
@@ -31,21 +32,18 @@ def main():
     cfg = model.config
     label = torch.zeros(1, cfg.num_classes + 1, *cfg.size)
     label[:, 0] = 1
-    macs = None
-    variants = {"reference": reference_ops, "fast": None}
+    macs, _ = count_macs(model, label)
+    variants = {"reference": reference_ops, "fast": contextlib.nullcontext}
     best = {v: float("inf") for v in variants}
     peak = 0.0
     outs = {}
     for _ in range(args.rounds):
         peak = max(peak, conv_peak(args.precision))
         for name, ctx in variants.items():
-            with ctx() if ctx else torch.inference_mode(), torch.inference_mode(), autocast("cpu", args.precision):
-                sec, out = time_forward(model, label, repeats=1)
+            with ctx():
+                sec, out = time_forward(model, label, repeats=1, precision=args.precision)
             best[name] = min(best[name], sec)
             outs[name] = out.float()
-    from semsynth.bench import count_macs
-
-    macs, _ = count_macs(model, label)
     print(f"{args.preset} {args.precision}: {macs / 1e9:.0f} GMACs; {args.precision} 3x3-conv peak {peak:.0f} GFLOP/s")
     for name, sec in best.items():
         g = 2 * macs / sec / 1e9
@@ -55,7 +53,7 @@ def main():
         from torch.profiler import ProfilerActivity, profile
 
         for name, ctx in variants.items():
-            with ctx() if ctx else torch.inference_mode(), torch.inference_mode(), autocast("cpu", args.precision):
+            with ctx(), torch.inference_mode(), autocast("cpu", args.precision):
                 with profile(activities=[ProfilerActivity.CPU]) as p:
                     model(label)
             print(f"--- {name}")

@@ -77,13 +77,13 @@ def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
     return macs, act
 
 
-def time_forward(model: nn.Module, *inputs, repeats: int = 3, precision: str = "fp32"):
-    """(median seconds of `repeats` passes after one warm-up, last output), under inference mode
-    and the precision's autocast."""
+def time_forward(model: nn.Module, *inputs, repeats: int = 3, precision: str = "fp32", warmup: bool = True):
+    """(median seconds of `repeats` passes, last output), under inference mode and the
+    precision's autocast; after one untimed warm-up pass unless the caller has just run one."""
     device = next(model.parameters()).device
     times = []
     with torch.inference_mode(), autocast(device, precision):
-        out = model(*inputs)
+        out = model(*inputs) if warmup else None
         for _ in range(repeats):
             _sync(device)
             t = time.perf_counter()
@@ -144,12 +144,13 @@ def bench_model(
     model, inputs, (h, w) = network(name, size)
     model = model.to(dev)
     inputs = tuple(x.to(dev) for x in inputs)
-    macs, act = count_macs(model, *inputs)
     peak = peak if peak is not None else conv_peak(precision, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss = _rss_peak_reset()
-    seconds, _ = time_forward(model, *inputs, repeats=repeats, precision=precision)
+    with autocast(dev, precision):  # the counting pass is also the timed passes' warm-up
+        macs, act = count_macs(model, *inputs)
+    seconds, _ = time_forward(model, *inputs, repeats=repeats, precision=precision, warmup=False)
     mem = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_peak() if rss else act
     gflops = 2 * macs / seconds / 1e9
     return {
