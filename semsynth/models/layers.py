@@ -5,8 +5,9 @@ Why a separate inference path: at 256x512 one activation of 512 channels is 268 
 fresh tensor of that size is new memory from the OS (glibc serves it by mmap and returns it on
 free), so each out-of-place op pays ~0.4 ms/MB of page faults: GroupNorm + LeakyReLU then cost
 ~250 ms per layer, against ~10 ms per pass over memory that is already mapped. Without autograd
-the norm and the activation run in place on the conv's output: statistics from one sum and one
-dot product, the per-channel affine folded into one multiply-add, the activation in place. With
+the norm and the activation run in place on the conv's output: exact statistics from two chunked
+passes (mean, then squared deviations), the norm and the per-channel affine folded into one scale
+and one shift per channel, applied in place, then the activation in place. With
 autograd (training, or any tensor that needs a gradient) the plain modules run, so gradients are
 untouched. The two paths agree to float rounding (tests/test_crn.py).
 """
@@ -29,7 +30,8 @@ _fast = True
 @contextlib.contextmanager
 def reference_ops():
     """Run the plain (out-of-place, unchanged memory format) ops inside this block: the path the
-    fast one is tested and benchmarked against."""
+    fast one is tested and benchmarked against, and the one exporters trace. The switch is
+    process-wide (not per thread)."""
     global _fast
     old, _fast = _fast, False
     try:
