@@ -10,8 +10,9 @@ evaluation synthesizes the first --eval-layouts Cityscapes val layouts with `def
 precision and scores them with ESPNet in each precision (segmentation only: these layouts have
 no photos). Prints Markdown tables and writes OUT/precision.json.
 
-bf16 on a CPU without AVX512-BF16/AMX is emulated (several times slower than fp32): keep the
-sets small there.
+bf16 runs as the pipelines run it (`semsynth.precision.bf16_mode`: torch.autocast, or fp32
+arithmetic on bf16-rounded operands where the CPU has no bf16 kernels); --autocast forces
+torch.autocast everywhere, to compare the two (slow on such a CPU: keep the sets small).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semsynth import precision
 from semsynth.checkpoint import BUNDLED, read_metadata
 from semsynth.data import list_label_files, resize_label
 from semsynth.evaluate import evaluate
@@ -128,8 +130,12 @@ def main() -> int:
     ap.add_argument("--bank", help="SIMS memory bank for sims-cityscapes")
     ap.add_argument("--layouts", type=int, default=5, help="layouts per model for the PSNR")
     ap.add_argument("--eval-layouts", type=int, default=10, help="Cityscapes val layouts for the evaluation (0: none)")
+    ap.add_argument("--autocast", action="store_true", help="bf16 by torch.autocast even without bf16 kernels")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
+    if a.autocast:
+        precision.bf16_kernels = lambda: True  # what `precision.autocast` consults
+    print(f"bf16 runs as: {precision.bf16_mode('cpu')}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     fid = [r for r in (fidelity(m, a.layouts, a.bank) for m in ("default", "camvid", "sims-cityscapes")) if r]

@@ -4,7 +4,8 @@ achieved GFLOP/s as a fraction of the 3x3-convolution peak measured in the same 
 `semsynth bench crn-tiny crn-256p --precision fp32 bf16` prints a table. MACs are counted exactly
 from the layers that actually run (conv and linear, by forward hooks); seconds are the median of
 `repeats` timed passes after a warm-up; the peak is the best of a few channels_last 3x3
-convolutions (the shapes the networks spend their time in), measured before every model so a
+convolutions (the shapes the networks spend their time in) in the kernels the precision runs on
+(bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16 kernels), measured before every model so a
 throttled or shared machine moves both numbers together. Memory is CUDA's peak allocation, or on
 Linux the process's peak resident set during the passes (VmHWM after resetting it).
 
@@ -24,7 +25,7 @@ import torch.nn as nn
 
 from .checkpoint import BUNDLED, load_model
 from .models import build_model, count_parameters
-from .precision import autocast, resolve_precision
+from .precision import autocast, bf16_mode, resolve_precision
 
 PEAK_SHAPES = ((512, 32, 64), (256, 64, 128), (128, 128, 256))  # (C, H, W), C -> C 3x3
 
@@ -36,9 +37,13 @@ def _sync(device: torch.device) -> None:
 
 def conv_peak(precision: str = "fp32", device: str | torch.device = "cpu", rounds: int = 3) -> float:
     """This machine's 3x3-convolution throughput in GFLOP/s (2 FLOP per MAC) for "fp32" or
-    "bf16": the best over PEAK_SHAPES of channels_last, bias-free C -> C convolutions, batch 1."""
+    "bf16": the best over PEAK_SHAPES of channels_last, bias-free C -> C convolutions, batch 1,
+    in the kernels that precision runs on: bf16 ones, or fp32 ones where bf16 computes in fp32
+    (`precision.bf16_mode`; the peak is then the fp32 one, the strict reference)."""
     device = torch.device(device)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if precision == "bf16" and bf16_mode(device) == "fp32-compute":
+        dt = torch.float32
     best = 0.0
     for C, H, W in PEAK_SHAPES:
         x = torch.randn(1, C, H, W, device=device, dtype=dt).contiguous(memory_format=torch.channels_last)
@@ -159,7 +164,7 @@ def bench_model(
         "k": getattr(getattr(model, "config", None), "k", 1),
         "params": count_parameters(model),
         "gmacs": macs / 1e9,
-        "precision": precision,
+        "precision": precision if precision == "fp32" else f"bf16 ({bf16_mode(dev)})",
         "seconds": seconds,
         "gflops": gflops,
         "peak_gflops": peak,

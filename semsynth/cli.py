@@ -18,14 +18,14 @@ def _cmd_info(sub):
         from . import __version__
         from .labels import available_spaces
         from .models import PRESETS, build_model, count_parameters
-        from .precision import native_bf16
+        from .precision import bf16_mode, native_bf16
         from .utils import pick_device, shared_dir
 
         print(f"semsynth {__version__}")
         dev = pick_device(None)
         print(
             f"device: {dev}; --precision auto = {'bf16' if native_bf16(dev) else 'fp32'} here "
-            f"({'native' if native_bf16(dev) else 'no native'} bf16)"
+            f"({'native' if native_bf16(dev) else 'no native'} bf16; --precision bf16 runs as {bf16_mode(dev)})"
         )
         print("model presets:")
         for name in sorted(PRESETS):
