@@ -10,11 +10,21 @@ passes (mean, then squared deviations), the norm and the per-channel affine fold
 and one shift per channel, applied in place, then the activation in place. With
 autograd (training, or any tensor that needs a gradient) the plain modules run, so gradients are
 untouched. The two paths agree to float rounding (tests/test_crn.py).
+
+The same page faults hit every conv output, upsampling and concatenation: ~590k faults (2.3 GB)
+per crn-256p pass. So the first CPU inference pass tells glibc to keep freed memory for reuse
+instead of returning it to the OS (`keep_freed_memory`: no mmap for large blocks, no trimming),
+the CPU counterpart of torch's caching allocator on CUDA. crn-256p then runs ~6 % faster (18.2 ->
+17.1 s, one process, measured before and after the switch) with no faults after the first pass;
+the price is that the process keeps its peak memory. SEMSYNTH_MALLOC=system leaves malloc alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import platform
 
 import torch
 import torch.nn as nn
@@ -52,8 +62,31 @@ def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
     reference convolution, ~50x slower); unchanged otherwise (training keeps the layout it is
     given: TrainStep's `channels_last` option)."""
     if _fast and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4:
+        keep_freed_memory()
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+_malloc_tuned: bool | None = None  # None: not tried yet
+
+
+def keep_freed_memory() -> bool:
+    """Once per process, on glibc: serve large blocks from the heap and never trim it, so freed
+    activations are reused without page faults (see the module docstring). Returns whether it is
+    in effect; False without glibc or with SEMSYNTH_MALLOC=system."""
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        if os.environ.get("SEMSYNTH_MALLOC", "") != "system" and platform.libc_ver()[0] == "glibc":
+            try:
+                mallopt = ctypes.CDLL("libc.so.6").mallopt
+            except (OSError, AttributeError):
+                return False
+            M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # <malloc.h>
+            _malloc_tuned = bool(
+                mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 << 20)
+            )
+    return _malloc_tuned
 
 
 def layer_norm_lrelu(x: torch.Tensor, norm: nn.GroupNorm, slope: float = SLOPE) -> torch.Tensor:
