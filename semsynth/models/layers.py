@@ -60,7 +60,7 @@ def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
     """`x` in channels_last on the CPU inference path (oneDNN's convolutions run ~1.5x faster on
     it in fp32, and in bf16 without native support a contiguous input falls back to the slow
     reference convolution, ~50x slower); unchanged otherwise (training keeps the layout it is
-    given: TrainStep's `channels_last` option)."""
+    given: TrainStep's `channels_last` option). The first such call also runs `keep_freed_memory`."""
     if _fast and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4:
         keep_freed_memory()
         return x.contiguous(memory_format=torch.channels_last)
