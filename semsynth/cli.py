@@ -197,7 +197,11 @@ def _cmd_synthesize(sub):
     p.add_argument("--k", type=int, help="number of variants per layout (at most the model's k)")
     p.add_argument("--grid", action="store_true", help="also write the k variants tiled in one image")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="synthesis size (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="layouts per forward (default: 4 on a GPU; on a CPU as many as make 256x512 pixels, 1 to 4)",
+    )
     p.add_argument("--device")
     _add_precision_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

@@ -48,6 +48,28 @@ def test_pipeline_class_is_looked_up_by_task(crn):
         load_pipeline(crn / "crn", device="cpu", bank="some/bank")
 
 
+def test_cpu_batches_by_pixels_unless_told(crn, monkeypatch):
+    """Without a batch size a CPU forward takes as many layouts as make 256x512 pixels (1 to
+    4); an explicit batch size is kept; results do not depend on the batching (up to the
+    convolution kernels' float rounding, which varies with the batch)."""
+    from semsynth.pipelines import CRNPipeline
+
+    pipe = CRNPipeline.from_pretrained(crn / "crn", device="cpu")
+    assert [pipe.auto_batch(s) for s in ((32, 64), (128, 256), (256, 512), (512, 1024))] == [4, 4, 1, 1]
+    assert pipe.auto_batch((192, 256)) == 2
+    sizes = []
+    run = pipe._run
+    monkeypatch.setattr(pipe, "_run", lambda layouts, *a: sizes.append(len(layouts)) or run(layouts, *a))
+    ids = [street_layout(i, pipe.size) for i in range(5)]
+    auto = pipe(ids)
+    one = pipe(ids, batch_size=1)
+    pipe.CPU_BATCH_PIXELS = 2 * 32 * 64
+    two = pipe(ids)
+    assert sizes == [4, 1, 1, 1, 1, 1, 1, 2, 2, 1]
+    for a, b, c in zip(auto, one, two):
+        assert np.abs(a.astype(int) - b).max() <= 1 and np.abs(a.astype(int) - c).max() <= 1
+
+
 def test_every_pipeline_returns_k_images_per_layout(crn):
     from semsynth.pipelines import CRNPipeline, PipelineOutput
 
