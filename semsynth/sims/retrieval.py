@@ -188,7 +188,7 @@ class Retriever:
         self._coarse = None
         self._corners = None
         self._win: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-        self._S = self._stamp = None
+        self._E = self._stamp = None
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
@@ -247,7 +247,7 @@ class Retriever:
         n = sum(0 if x is None else x.nbytes for x in (self._corners, self._coarse))
         n += sum(w.nbytes + a.nbytes for w, a in self._win.values())
         ch, cw = self.context_grid
-        return n + len(self.index.layouts) * ((ch + 1) * (cw + 1) * 2 + 8)
+        return n + len(self.index.layouts) * (ch * -(-cw // 64) * 8 + 8)
 
     def _windows(self, bbox: np.ndarray, margin: float) -> np.ndarray:
         """(n, 4) context windows in context-grid cells [cy0, cx0, cy1, cx1)."""
@@ -404,29 +404,33 @@ class Retriever:
 
     def _best_first(self, u: np.ndarray, k: int, m: int, a: int, qd: dict, context: dict | None):
         """Exact top k of query qd["j"] among bank rows a + (0..len(u)-1) with upper bounds u
-        (-inf: not allowed). Batches are taken by decreasing u, re-bounded with the full
-        signatures (`_sig_bound`) and scored exactly in that tighter order, a few first (to raise
-        the k-th best score quickly), then the rest of the batch that can still reach it.
+        (-inf: not allowed). Batches are taken by decreasing u and re-bounded with the full
+        signatures (`_sig_bound`); in mode "context" the context term, cheap to compute exactly
+        (`_context_iou`), then replaces its window bound, so only rows whose signature bound plus
+        exact context can still enter are scored for mask IoU (the costly part): a few first (to
+        raise the k-th best score quickly), then the rest of the batch that can still enter.
+        "Can enter" is lexicographic on (score, -id), the order of the result: a row whose bound
+        equals the k-th best score tau enters only with an id below the k-th entry's.
         Returns (ids, iou, context_iou or None, score), best first, or None when no row is
         allowed."""
         live = np.flatnonzero(u > -np.inf)
         if not len(live):
             return None
         rows, ious, ctxs, scores = [], [], [], []
-        state = {"tau": -np.inf, "all": None}
+        kth = [-np.inf, -1]  # (score, id) of the k-th best so far
         head = max(k, 16)
 
-        def score(pick):
-            g = a + pick
+        def can_enter(bound, g):
+            return (bound > kth[0]) | ((bound == kth[0]) & (g < kth[1]))
+
+        def score(g, cx):
             ex = self._exact_iou(qd["Pf"], qd["area"], g)
-            sc, cx = ex, None
-            if context is not None:
-                cx = self._context_iou(context, qd["j"], g)
-                sc = ex + context["w"] * cx
+            sc = ex if cx is None else ex + context["w"] * cx
             rows.append(g), ious.append(ex), ctxs.append(cx), scores.append(sc)
-            allsc = state["all"] = np.concatenate(scores)
+            allg, allsc = np.concatenate(rows), np.concatenate(scores)
             if len(allsc) >= k:
-                state["tau"] = np.partition(allsc, len(allsc) - k)[len(allsc) - k]  # k-th best so far
+                top = np.lexsort((allg, -allsc))[k - 1]
+                kth[:] = allsc[top], allg[top]
 
         while len(live):
             if len(live) > m:
@@ -434,28 +438,36 @@ class Retriever:
                 pick, live = live[part[:m]], live[part[m:]]
             else:
                 pick, live = live, live[:0]
+            g = a + pick
             sb = self._sig_bound(qd, a, pick)
-            keep = sb >= state["tau"]  # >=: an equal score with a lower id still wins
-            pick, sb = pick[keep], sb[keep]
+            cx = None
+            if context is not None:
+                keep = can_enter(sb + qd["win"][pick], g)
+                g, sb = g[keep], sb[keep]
+                cx = self._context_iou(context, qd["j"], g)
+                sb = sb + context["w"] * cx
+            keep = can_enter(sb, g)
+            g, sb = g[keep], sb[keep]
+            cx = None if cx is None else cx[keep]
             o = np.argsort(-sb, kind="stable")
-            pick, sb = pick[o], sb[o]
-            if len(pick):
-                score(pick[:head])
-                rest = pick[head:][sb[head:] >= state["tau"]]
+            g, sb = g[o], sb[o]
+            cx = None if cx is None else cx[o]
+            if len(g):
+                score(g[:head], None if cx is None else cx[:head])
+                rest = np.flatnonzero(can_enter(sb[head:], g[head:])) + head
                 if len(rest):
-                    score(rest)
-            live = live[u[live] >= state["tau"]]
+                    score(g[rest], None if cx is None else cx[rest])
+            live = live[can_enter(u[live], a + live)]
             m *= 4
-        allsc = state["all"]
-        if allsc is None:
+        if not rows:
             return None
-        g = np.concatenate(rows)
+        g, allsc = np.concatenate(rows), np.concatenate(scores)
         order = np.lexsort((g, -allsc))[:k]  # best first, ties: lower id
         cx = np.concatenate(ctxs)[order] if context is not None else None
         return g[order], np.concatenate(ious)[order], cx, allsc[order]
 
     def _sig_bound(self, qd: dict, a: int, pick: np.ndarray) -> np.ndarray:
-        """Tighter upper bounds of the score of rows a + pick: per signature cell the
+        """Tighter upper bounds of the mask IoU of rows a + pick: per signature cell the
         intersection is at most min(query pixels there, the most the bank segment's coverage
         value allows), summed over the cells the query touches (and at most the box bound)."""
         ix = self.index
@@ -465,10 +477,7 @@ class Retriever:
         sg = self._sig[base[:, None], cells[None, :]]
         ib = np.minimum(self._sig_ub[sg, cells[None, :]], qd["qc"][None, :]).sum(1)
         ib = np.minimum(ib, qd["iub"][pick])
-        bound = ib / (qd["area"] + ix.area[rows] - ib)
-        if qd["win"] is not None:
-            bound = bound + qd["win"][pick]
-        return bound
+        return ib / (qd["area"] + ix.area[rows] - ib)
 
     def _exact_iou(self, Pf: np.ndarray, qarea: int, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) float64 exact mask IoU of the query (row-wise prefix sums Pf, flat
@@ -500,39 +509,47 @@ class Retriever:
         return np.maximum(h, 0) * np.maximum(w, 0)
 
     def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> np.ndarray:
-        """(len(images), (ch+1)(cw+1)) 2-D prefix sums of [bank layout == query layout] of the
-        given bank images; computed once per image and layout (search), then cached."""
+        """(n_img, ch, words) uint64 bit rows of [bank layout == query layout] (bit x of word w
+        of row y: cell (y, 64 w + x)) of the bank images, filled for the given images once per
+        layout (search), then cached. 8 bytes per 64 cells: the agreement of any rectangle is a
+        popcount per row (`_context_iou`), with no per-image prefix sums to build."""
         n_img = len(self.index.layouts)
         ch, cw = self.context_grid
-        if self._S is None or len(self._S) != n_img:
-            self._S = np.zeros((n_img, (ch + 1) * (cw + 1)), np.int16)  # pages touched on use
+        nw = -(-cw // 64)
+        if self._E is None or len(self._E) != n_img:
+            self._E = np.zeros((n_img, ch, nw), np.uint64)  # pages touched on use
             self._stamp = np.zeros(n_img, np.int64)
         u = np.unique(images)
         need = u[self._stamp[u] != self._gen]
         if len(need):
-            eq = np.asarray(self.index.layouts[need]) == lay_q[None]
-            S = np.zeros((len(need), ch + 1, cw + 1), np.int16)
-            np.cumsum(np.cumsum(eq, axis=1, dtype=np.int16), axis=2, dtype=np.int16, out=S[:, 1:, 1:])
-            self._S[need] = S.reshape(len(need), -1)
+            eq = np.zeros((len(need), ch, nw * 64), bool)
+            np.equal(np.asarray(self.index.layouts[need]), lay_q[None], out=eq[:, :, :cw])
+            self._E[need] = np.packbits(eq, axis=2, bitorder="little").view("<u8")
             self._stamp[need] = self._gen
-        return self._S
+        return self._E
+
+    #: LOW[i]: the i lowest bits set (i = 0..64)
+    _LOW = np.array([(1 << i) - 1 for i in range(65)], dtype=np.uint64)
 
     def _context_iou(self, context: dict, j: int, rows: np.ndarray) -> np.ndarray:
-        """(len(rows),) float64 context IoU of query segment j with bank rows."""
-        cw1 = self.context_grid[1] + 1
+        """(len(rows),) float64 context IoU of query segment j with bank rows: the agreeing
+        cells of the windows' intersection counted row by row (popcount of the image's
+        agreement bits masked to the intersection's columns)."""
+        ch = self.context_grid[0]
         img = self.index.image[rows]
-        S = self._agreement(context["lay"], img)
+        E = self._agreement(context["lay"], img)
         bw, qw = context["bwin"][:, rows].astype(np.int64), context["qwin"][j]
         y0 = np.maximum(bw[0], qw[0])
         x0 = np.maximum(bw[1], qw[1])
         y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
         x1 = np.maximum(np.minimum(bw[3], qw[3]), x0)
-        agree = (
-            S[img, y1 * cw1 + x1].astype(np.int64)
-            - S[img, y0 * cw1 + x1]
-            - S[img, y1 * cw1 + x0]
-            + S[img, y0 * cw1 + x0]
-        )
+        base = 64 * np.arange(E.shape[2])
+        lo = np.clip(x0[:, None] - base, 0, 64)
+        hi = np.clip(x1[:, None] - base, 0, 64)
+        cols = self._LOW[hi] & ~self._LOW[lo]  # (n, words)
+        cnt = np.bitwise_count(E[img] & cols[:, None, :]).sum(2, dtype=np.int32)  # (n, ch)
+        yy = np.arange(ch)
+        agree = np.where((yy >= y0[:, None]) & (yy < y1[:, None]), cnt, 0).sum(1)
         inter = (y1 - y0) * (x1 - x0)
         qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
         return agree / np.maximum(context["barea"][rows] + qarea - inter, 1)
