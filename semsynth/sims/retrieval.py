@@ -188,7 +188,7 @@ class Retriever:
         self._coarse = None
         self._corners = None
         self._win: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-        self._E = self._stamp = None
+        self._E = self._stamp = self._eq = None
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
@@ -361,11 +361,9 @@ class Retriever:
                 t = np.flatnonzero(qcc)
                 cb = np.minimum(coarse[a:b, t], qcc[t].astype(np.int32)).sum(1, dtype=np.int32)
                 np.minimum(iub[r], cb, out=iub[r])
-            U = iub / (Aq + Ab - iub)
-            win = None
+            U = U_iou = iub / (Aq + Ab - iub)
             if context is not None:
-                win = context["w"] * self._window_iou(context, qi, a, b)
-                U += win
+                U = U_iou + context["w"] * self._window_iou(context, qi, a, b)
             if img_ok is not None:
                 U[:, ~img_ok[ix.image[a:b]]] = -np.inf
             for r, j in enumerate(qi):
@@ -379,7 +377,7 @@ class Retriever:
                     "iub": iub[r],
                     "cells": cells,
                     "qc": qc[cells].astype(np.int32),
-                    "win": None if win is None else win[r],
+                    "ub_iou": U_iou[r],
                 }
                 got = self._best_first(U[r], k, M, a, qd, context)
                 if got is None:
@@ -438,13 +436,13 @@ class Retriever:
                 pick, live = live[part[:m]], live[part[m:]]
             else:
                 pick, live = live, live[:0]
-            g = a + pick
-            sb = self._sig_bound(qd, a, pick)
-            cx = None
-            if context is not None:
-                keep = can_enter(sb + qd["win"][pick], g)
-                g, sb = g[keep], sb[keep]
+            g, cx = a + pick, None
+            if context is not None:  # exact context first: cheaper than the signature bound
                 cx = self._context_iou(context, qd["j"], g)
+                keep = can_enter(qd["ub_iou"][pick] + context["w"] * cx, g)
+                pick, g, cx = pick[keep], g[keep], cx[keep]
+            sb = self._sig_bound(qd, a, pick)
+            if cx is not None:
                 sb = sb + context["w"] * cx
             keep = can_enter(sb, g)
             g, sb = g[keep], sb[keep]
@@ -508,24 +506,33 @@ class Retriever:
         w = np.minimum(bw[3], qw[:, 3:4]) - np.maximum(bw[1], qw[:, 1:2])
         return np.maximum(h, 0) * np.maximum(w, 0)
 
+    #: images per chunk of the agreement cache (filled a chunk at a time: contiguous, no gather)
+    AGREE_CHUNK = 256
+
     def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> np.ndarray:
         """(n_img, ch, words) uint64 bit rows of [bank layout == query layout] (bit x of word w
-        of row y: cell (y, 64 w + x)) of the bank images, filled for the given images once per
-        layout (search), then cached. 8 bytes per 64 cells: the agreement of any rectangle is a
-        popcount per row (`_context_iou`), with no per-image prefix sums to build."""
+        of row y: cell (y, 64 w + x)) of the bank images, filled for the chunks of the given
+        images once per layout (search), then cached. 8 bytes per 64 cells: the agreement of
+        any rectangle is a popcount per row (`_context_iou`), no per-image prefix sums."""
         n_img = len(self.index.layouts)
         ch, cw = self.context_grid
-        nw = -(-cw // 64)
+        nw, B = -(-cw // 64), self.AGREE_CHUNK
         if self._E is None or len(self._E) != n_img:
             self._E = np.zeros((n_img, ch, nw), np.uint64)  # pages touched on use
-            self._stamp = np.zeros(n_img, np.int64)
-        u = np.unique(images)
-        need = u[self._stamp[u] != self._gen]
-        if len(need):
-            eq = np.zeros((len(need), ch, nw * 64), bool)
-            np.equal(np.asarray(self.index.layouts[need]), lay_q[None], out=eq[:, :, :cw])
-            self._E[need] = np.packbits(eq, axis=2, bitorder="little").view("<u8")
-            self._stamp[need] = self._gen
+            self._stamp = np.zeros(-(-n_img // B), np.int64)
+            self._eq = np.zeros((B, ch, nw * 64), bool)  # columns >= cw stay False
+        chunks = images // B
+        need = chunks[self._stamp[chunks] != self._gen]
+        lay = self.index.layouts
+        for c in np.unique(need):
+            s, e = c * B, min(c * B + B, n_img)
+            eq = self._eq[: e - s]
+            np.equal(lay[s:e], lay_q[None], out=eq[:, :, :cw])
+            # 8 bools (bytes 0/1) -> one byte, bit j = byte j: the multiply moves byte j's bit
+            # to bit 56 + j without carries
+            x = eq.view("<u8") * np.uint64(0x0102040810204080)
+            self._E[s:e] = (x >> np.uint64(56)).astype(np.uint8).view("<u8")
+        self._stamp[need] = self._gen
         return self._E
 
     #: LOW[i]: the i lowest bits set (i = 0..64)
@@ -535,7 +542,6 @@ class Retriever:
         """(len(rows),) float64 context IoU of query segment j with bank rows: the agreeing
         cells of the windows' intersection counted row by row (popcount of the image's
         agreement bits masked to the intersection's columns)."""
-        ch = self.context_grid[0]
         img = self.index.image[rows]
         E = self._agreement(context["lay"], img)
         bw, qw = context["bwin"][:, rows].astype(np.int64), context["qwin"][j]
@@ -547,8 +553,9 @@ class Retriever:
         lo = np.clip(x0[:, None] - base, 0, 64)
         hi = np.clip(x1[:, None] - base, 0, 64)
         cols = self._LOW[hi] & ~self._LOW[lo]  # (n, words)
-        cnt = np.bitwise_count(E[img] & cols[:, None, :]).sum(2, dtype=np.int32)  # (n, ch)
-        yy = np.arange(ch)
+        lo_y, hi_y = (int(y0.min()), int(y1.max())) if len(rows) else (0, 0)
+        cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int32)  # (n, rows)
+        yy = np.arange(lo_y, hi_y)
         agree = np.where((yy >= y0[:, None]) & (yy < y1[:, None]), cnt, 0).sum(1)
         inter = (y1 - y0) * (x1 - x0)
         qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
