@@ -185,67 +185,114 @@ class Retriever:
         self._coarse_of = fine_to_coarse
         self._cells_coarse = fine_to_coarse[self._cells_sig]
         self._coarse_area = np.bincount(self._cells_coarse.ravel())
-        self._coarse = None
-        self._corners = None
-        self._win: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._blk: dict | None = None
+        self._win: dict[float, dict] = {}
         self._E = self._stamp = self._eq = None
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
     COARSE = 4
+    #: bank rows per block of the block bound (module docstring)
+    BLOCK = 64
 
     # ---------------------------------------------------------------- caches
-    def coarse(self) -> np.ndarray:
-        """(n, coarse cells) the most class pixels each bank row can have in each cell of the
-        signature grid pooled COARSE x COARSE (from the signatures, `_sig_ub`): a bound of the
-        intersection computed for every row of a class, cheaply (few cells per query)."""
-        if self._coarse is None:
-            ix = self.index
-            nsrc = len(self._sig)
-            dt = np.int16 if self._coarse_area.max() < 2**15 else np.int32
-            out = np.empty((nsrc, len(self._coarse_area)), dt)
-            cells = np.arange(self._sig.shape[1])
-            for s in range(0, nsrc, 16384):
-                ub = self._sig_ub[np.asarray(self._sig[s : s + 16384]), cells]
-                acc = np.zeros((len(ub), out.shape[1]), np.int32)
-                for c in range(out.shape[1]):
-                    acc[:, c] = ub[:, self._coarse_of == c].sum(1)
-                out[s : s + 16384] = np.minimum(acc, self._coarse_area[None])
+    def _coarse_table(self) -> np.ndarray:
+        """(n_source, coarse cells) the most class pixels each bank segment can have in each cell
+        of the signature grid pooled COARSE x COARSE (from the signatures, `_sig_ub`): a bound
+        of the intersection computed for many rows at once, cheaply (few cells per query)."""
+        nsrc = len(self._sig)
+        dt = np.int16 if self._coarse_area.max() < 2**15 else np.int32
+        out = np.empty((nsrc, len(self._coarse_area)), dt)
+        cells = np.arange(self._sig.shape[1])
+        for s in range(0, nsrc, 16384):
+            ub = self._sig_ub[np.asarray(self._sig[s : s + 16384]), cells]
+            acc = np.zeros((len(ub), out.shape[1]), np.int32)
+            for c in range(out.shape[1]):
+                acc[:, c] = ub[:, self._coarse_of == c].sum(1)
+            out[s : s + 16384] = np.minimum(acc, self._coarse_area[None])
+        return out
+
+    def blocks(self) -> dict:
+        """The rows of each class in block order and the blocks' summaries (module docstring).
+
+        perm: (n,) sorted position -> bank row (ids stay the bank's); per sorted position:
+        corners (4, n) int32 flat offsets of the box corners (y0x0, y0x1, y1x0, y1x1) in an
+        (H + 1, W + 1) integral image, area, image, coarse (n, cells) (`_coarse_table`); per block:
+        start / end positions, class_offsets (C + 1,) blocks of each class, the union box's
+        corners, min / max area, per-cell max coarse bound and the lowest bank id."""
+        if self._blk is None:
+            ix, B = self.index, self.BLOCK
+            b = ix.bbox.astype(np.int64)
+            area = ix.area.astype(np.int64)
+            # similar rows side by side: area in steps of sqrt(2), then the box centre (32 px)
+            level = np.floor(2 * np.log2(np.maximum(area, 1))).astype(np.int64)
+            perm = np.lexsort(((b[:, 1] + b[:, 3]) // 64, (b[:, 0] + b[:, 2]) // 64, level, ix.cls))
+            off = np.asarray(ix.class_offsets, np.int64)
+            starts = [np.arange(off[c], off[c + 1], B) for c in range(self.C)]
+            class_blocks = np.concatenate([[0], np.cumsum([len(s) for s in starts])])
+            start = np.concatenate(starts).astype(np.int64) if len(perm) else np.zeros(0, np.int64)
+            end = np.minimum(start + B, np.repeat(off[1 : self.C + 1], np.diff(class_blocks)))
+            bs, ar = b[perm], area[perm]
+            src = perm if ix.src is None else ix.src[perm]
             # rows of a replicated index get their own copy, as a real bank of that size would
-            self._coarse = out if ix.src is None else out[ix.src]
-        return self._coarse
+            coarse = self._coarse_table()[src]
+            red = lambda f, x: f.reduceat(x, start, axis=0) if len(start) else x[:0]  # noqa: E731
+            ub = np.stack([red(np.minimum, bs[:, 0]), red(np.minimum, bs[:, 1])])
+            ub = np.concatenate([ub, np.stack([red(np.maximum, bs[:, 2]), red(np.maximum, bs[:, 3])])])
+            self._blk = {
+                "perm": perm.astype(np.int64),
+                "corners": self._corners(bs.T),
+                "area": ar.astype(np.int32),
+                "image": ix.image[perm],
+                "coarse": coarse,
+                "start": start,
+                "end": end,
+                "class_blocks": class_blocks,
+                "b_corners": self._corners(ub),
+                "b_amin": red(np.minimum, ar),
+                "b_amax": red(np.maximum, ar),
+                "b_coarse": red(np.maximum, coarse),
+                "b_minid": red(np.minimum, perm),
+            }
+        return self._blk
 
-    def corners(self) -> np.ndarray:
-        """(4, n) int32 flat offsets of each bank box's corners (y0x0, y0x1, y1x0, y1x1) in an
-        (H + 1, W + 1) integral image."""
-        if self._corners is None:
-            W1 = self.size[1] + 1
-            b = self.index.bbox
-            y0, x0, y1, x1 = (b[:, i].astype(np.int32) for i in range(4))
-            self._corners = np.stack([y0 * W1 + x0, y0 * W1 + x1, y1 * W1 + x0, y1 * W1 + x1])
-        return self._corners
+    def _corners(self, b: np.ndarray) -> np.ndarray:
+        """(4, n) int32 flat offsets of boxes (4, n) (y0, x0, y1, x1) in an (H + 1, W + 1) image."""
+        W1 = self.size[1] + 1
+        y0, x0, y1, x1 = (b[i].astype(np.int32) for i in range(4))
+        return np.stack([y0 * W1 + x0, y0 * W1 + x1, y1 * W1 + x0, y1 * W1 + x1])
 
-    def windows(self, margin: float) -> tuple[np.ndarray, np.ndarray]:
-        """(4, n) int16 context windows of the bank rows in context cells, and (n,) their areas."""
+    def windows(self, margin: float) -> dict:
+        """Context windows in context cells, in block order: win (4, n) int16, area (n,); and
+        per block the union window b_win (4, nblocks) and min / max window area."""
         hit = self._win.get(float(margin))
         if hit is None:
-            w = self._windows(self.index.bbox, margin).T.astype(np.int16)
-            area = (w[2] - w[0]).astype(np.int32) * (w[3] - w[1])
-            hit = self._win[float(margin)] = (np.ascontiguousarray(w), area)
+            bk = self.blocks()
+            w = self._windows(self.index.bbox[bk["perm"]], margin).T
+            area = ((w[2] - w[0]) * (w[3] - w[1])).astype(np.int32)
+            st = bk["start"]
+            red = lambda f, x: f.reduceat(x, st, axis=-1) if len(st) else x[..., :0]  # noqa: E731
+            bw = np.concatenate([red(np.minimum, w[:2]), red(np.maximum, w[2:])])
+            hit = self._win[float(margin)] = {
+                "win": np.ascontiguousarray(w.astype(np.int16)),
+                "area": area,
+                "b_win": bw.astype(np.int16),
+                "b_amin": red(np.minimum, area),
+                "b_amax": red(np.maximum, area),
+            }
         return hit
 
     def warm(self, margin: float = 0.5) -> Retriever:
         """Build the per-row caches now (otherwise built on first use)."""
-        self.corners()
-        self.coarse()
+        self.blocks()
         self.windows(margin)
         return self
 
     def cache_bytes(self) -> int:
-        """Bytes of the per-row caches built so far plus the per-image agreement cache (its
-        full size: pages are touched as images are scored)."""
-        n = sum(0 if x is None else x.nbytes for x in (self._corners, self._coarse))
-        n += sum(w.nbytes + a.nbytes for w, a in self._win.values())
+        """Bytes of the per-row and per-block caches built so far plus the per-image agreement
+        cache (its full size: pages are touched as images are scored)."""
+        arrs = list((self._blk or {}).values()) + [a for w in self._win.values() for a in w.values()]
+        n = sum(a.nbytes for a in arrs)
         ch, cw = self.context_grid
         return n + len(self.index.layouts) * (ch * -(-cw // 64) * 8 + 8)
 
@@ -323,21 +370,19 @@ class Retriever:
         context = None
         if mode == "context" and searched.any():
             self._gen += 1
-            bwin, barea = self.windows(context_margin)
             context = {
                 "lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
                 "qwin": self._windows(q.bbox, context_margin),
-                "bwin": bwin,
-                "barea": barea,
                 "w": float(context_weight),
+                **self.windows(context_margin),
             }
 
         H, W = self.size
-        corners = self.corners()
+        bk = self.blocks()
         for c in np.unique(q.cls[searched]):
             qi = np.flatnonzero(searched & (q.cls == c))
-            a, b = int(ix.class_offsets[c]), int(ix.class_offsets[c + 1])
-            if b == a:
+            ba, bb = int(bk["class_blocks"][c]), int(bk["class_blocks"][c + 1])
+            if bb == ba:
                 searched[qi] = False
                 continue
             # per query: row-wise prefix sums P (exact intersections from runs) and the integral
@@ -349,37 +394,29 @@ class Retriever:
                 P[r, 1 + y0 : 1 + y1, 1 + x1 :] = P[r, 1 + y0 : 1 + y1, x1 : x1 + 1]
             S = np.cumsum(P, axis=1, dtype=np.int32).reshape(len(qi), -1)
             Pf = P[:, 1:, :].reshape(len(qi), -1)
-            cn = corners[:, a:b]
-            box = (np.take(S, cn[3], 1) - np.take(S, cn[1], 1)) - (np.take(S, cn[2], 1) - np.take(S, cn[0], 1))
-            Ab = ix.area[a:b]
+            # block bounds of all queries of the class: (q, blocks)
+            box = self._box(S, bk["b_corners"][:, ba:bb])
             Aq = q.area[qi].astype(np.int64)[:, None]
-            iub = np.minimum(box, Ab)
-            coarse = self.coarse()
+            qds = []
             for r, j in enumerate(qi):
                 y0, x0, y1, x1 = q.bbox[j]
-                qcc = np.bincount(self._cells_coarse[y0:y1, x0:x1][q.masks[j]], minlength=coarse.shape[1])
-                t = np.flatnonzero(qcc)
-                cb = np.minimum(coarse[a:b, t], qcc[t].astype(np.int32)).sum(1, dtype=np.int32)
-                np.minimum(iub[r], cb, out=iub[r])
-            U = U_iou = iub / (Aq + Ab - iub)
+                m = q.masks[j]
+                qcc = np.bincount(self._cells_coarse[y0:y1, x0:x1][m], minlength=self._coarse_area.size)
+                qc = np.bincount(self._cells_sig[y0:y1, x0:x1][m], minlength=self._sig.shape[1])
+                t, cells = np.flatnonzero(qcc), np.flatnonzero(qc)
+                qd = {"j": j, "S": S[r], "Pf": Pf[r], "area": int(q.area[j]), "t": t, "qcc": qcc[t].astype(np.int32)}
+                qd.update(cells=cells, qc=qc[cells].astype(np.int32), img_ok=img_ok)
+                qds.append(qd)
+                cb = np.minimum(bk["b_coarse"][ba:bb, t], qd["qcc"]).sum(1, dtype=np.int32)
+                np.minimum(box[r], cb, out=box[r])
+            U = self._range_ratio(box, Aq, bk["b_amin"][ba:bb], bk["b_amax"][ba:bb])
             if context is not None:
-                U = U_iou + context["w"] * self._window_iou(context, qi, a, b)
-            if img_ok is not None:
-                U[:, ~img_ok[ix.image[a:b]]] = -np.inf
+                qw = context["qwin"][qi]
+                inter = self._overlap(qw, context["b_win"][:, ba:bb])
+                qa = ((qw[:, 2] - qw[:, 0]) * (qw[:, 3] - qw[:, 1]))[:, None]
+                U += context["w"] * self._range_ratio(inter, qa, context["b_amin"][ba:bb], context["b_amax"][ba:bb])
             for r, j in enumerate(qi):
-                y0, x0, y1, x1 = q.bbox[j]
-                qc = np.bincount(self._cells_sig[y0:y1, x0:x1][q.masks[j]], minlength=self._sig.shape[1])
-                cells = np.flatnonzero(qc)
-                qd = {
-                    "j": j,
-                    "Pf": Pf[r],
-                    "area": int(q.area[j]),
-                    "iub": iub[r],
-                    "cells": cells,
-                    "qc": qc[cells].astype(np.int32),
-                    "ub_iou": U_iou[r],
-                }
-                got = self._best_first(U[r], k, M, a, qd, context)
+                got = self._best_first(U[r], ba, k, M, qds[r], context)
                 if got is None:
                     searched[j] = False
                     continue
@@ -400,20 +437,58 @@ class Retriever:
             seconds=time.perf_counter() - t0,
         )
 
-    def _best_first(self, u: np.ndarray, k: int, m: int, a: int, qd: dict, context: dict | None):
-        """Exact top k of query qd["j"] among bank rows a + (0..len(u)-1) with upper bounds u
-        (-inf: not allowed). Batches are taken by decreasing u and re-bounded with the full
-        signatures (`_sig_bound`); in mode "context" the context term, cheap to compute exactly
-        (`_context_iou`), then replaces its window bound, so only rows whose signature bound plus
-        exact context can still enter are scored for mask IoU (the costly part): a few first (to
-        raise the k-th best score quickly), then the rest of the batch that can still enter.
-        "Can enter" is lexicographic on (score, -id), the order of the result: a row whose bound
-        equals the k-th best score tau enters only with an id below the k-th entry's.
-        Returns (ids, iou, context_iou or None, score), best first, or None when no row is
-        allowed."""
-        live = np.flatnonzero(u > -np.inf)
-        if not len(live):
-            return None
+    @staticmethod
+    def _box(S: np.ndarray, cn: np.ndarray) -> np.ndarray:
+        """Query pixels inside boxes (corner offsets cn (4, n)) from integral images S (q, .)."""
+        return (np.take(S, cn[3], -1) - np.take(S, cn[1], -1)) - (np.take(S, cn[2], -1) - np.take(S, cn[0], -1))
+
+    @staticmethod
+    def _range_ratio(inter, qarea, amin, amax):
+        """Upper bound of I / max(Aq + A - I, 1) (an IoU) over rows with I <= min(inter, A) and
+        A in [amin, amax]: it grows with I, and in A up to A = I then falls, so the best is
+        I' / (Aq + max(amin - I', 0)) with I' = min(inter, amax). Integer inputs: exact in
+        float64, and rounding a larger ratio never gives a smaller float."""
+        i = np.minimum(inter, amax)
+        return i / np.maximum(qarea + np.maximum(amin - i, 0), 1)
+
+    def _row_bounds(self, qd: dict, pos: np.ndarray, context: dict | None):
+        """Upper bounds of the rows at sorted positions pos for query qd: (score bound (-inf
+        where the image is not allowed), mask IoU bound, intersection bound), from the box
+        lookups, the rows' areas and their coarse signature bounds."""
+        bk = self.blocks()
+        Ab = bk["area"][pos]
+        iub = np.minimum(self._box(qd["S"], bk["corners"][:, pos]), Ab)
+        cb = np.minimum(bk["coarse"][pos[:, None], qd["t"][None]], qd["qcc"][None]).sum(1, dtype=np.int32)
+        np.minimum(iub, cb, out=iub)
+        ub_iou = iub / (qd["area"] + Ab - iub)
+        u = ub_iou
+        if context is not None:
+            u = ub_iou + context["w"] * self._window_iou(context, qd["j"], pos)
+        if qd["img_ok"] is not None:
+            u = np.where(qd["img_ok"][bk["image"][pos]], u, -np.inf)
+        return u, ub_iou, iub
+
+    def _best_first(self, ub: np.ndarray, ba: int, k: int, m: int, qd: dict, context: dict | None):
+        """Exact top k of query qd["j"] among the rows of blocks ba + (0..len(ub)-1) with block
+        bounds ub. Blocks are expanded by decreasing bound (m rows' worth first, then 4x more
+        each round) while they can still enter; their rows get their own bounds
+        (`_row_bounds`). Rows are taken by decreasing bound in batches (m first, then 4x more)
+        and re-bounded with the full signatures (`_sig_bound`); in mode "context" the context
+        term, cheap to compute exactly (`_context_iou`), first replaces its window bound, so only
+        rows whose signature bound plus exact context can still enter are scored for mask IoU
+        (the costly part): a few first (to raise the k-th best score quickly), then the rest of
+        the batch that can still enter. "Can enter" is lexicographic on (score, -id), the order
+        of the result: a bound equal to the k-th best score enters only with an id below the
+        k-th entry's (a block: its lowest id). Returns (ids, iou, context_iou or None, score),
+        best first, or None when no row is allowed."""
+        bk = self.blocks()
+        perm = bk["perm"]
+        minid = bk["b_minid"][ba : ba + len(ub)]
+        start, end = bk["start"][ba : ba + len(ub)], bk["end"][ba : ba + len(ub)]
+        rem = np.argsort(-ub, kind="stable")  # blocks not expanded yet, best first
+        nb = max(1, m // self.BLOCK)
+        live = np.zeros(0, np.int64)  # sorted positions of rows not scored and not pruned
+        lu = lui = liub = np.zeros(0)
         rows, ious, ctxs, scores = [], [], [], []
         kth = [-np.inf, -1]  # (score, id) of the k-th best so far
         head = max(k, 16)
@@ -430,18 +505,34 @@ class Retriever:
                 top = np.lexsort((allg, -allsc))[k - 1]
                 kth[:] = allsc[top], allg[top]
 
-        while len(live):
+        while True:
+            rem = rem[can_enter(ub[rem], minid[rem])]
+            if len(rem):
+                take, rem = rem[:nb], rem[nb:]
+                nb *= 4
+                pos = _ragged(start[take], end[take] - start[take])
+                u, ui, iu = self._row_bounds(qd, pos, context)
+                keep = can_enter(u, perm[pos])
+                live = np.concatenate([live, pos[keep]])
+                lu, lui, liub = (np.concatenate([x, y[keep]]) for x, y in ((lu, u), (lui, ui), (liub, iu)))
+            if not len(live):
+                if not len(rem):
+                    break
+                continue
             if len(live) > m:
-                part = np.argpartition(-u[live], m - 1)
-                pick, live = live[part[:m]], live[part[m:]]
+                part = np.argpartition(-lu, m - 1)
+                sel, part = part[:m], part[m:]
             else:
-                pick, live = live, live[:0]
-            g, cx = a + pick, None
+                sel, part = slice(None), np.zeros(0, np.int64)
+            pos, ui, iu = live[sel], lui[sel], liub[sel]
+            live, lu, lui, liub = live[part], lu[part], lui[part], liub[part]
+            m *= 4
+            g, cx = perm[pos], None
             if context is not None:  # exact context first: cheaper than the signature bound
-                cx = self._context_iou(context, qd["j"], g)
-                keep = can_enter(qd["ub_iou"][pick] + context["w"] * cx, g)
-                pick, g, cx = pick[keep], g[keep], cx[keep]
-            sb = self._sig_bound(qd, a, pick)
+                cx = self._context_iou(context, qd["j"], pos)
+                keep = can_enter(ui + context["w"] * cx, g)
+                pos, g, cx, iu = pos[keep], g[keep], cx[keep], iu[keep]
+            sb = self._sig_bound(qd, g, iu)
             if cx is not None:
                 sb = sb + context["w"] * cx
             keep = can_enter(sb, g)
@@ -455,8 +546,8 @@ class Retriever:
                 rest = np.flatnonzero(can_enter(sb[head:], g[head:])) + head
                 if len(rest):
                     score(g[rest], None if cx is None else cx[rest])
-            live = live[can_enter(u[live], a + live)]
-            m *= 4
+            keep = can_enter(lu, perm[live])
+            live, lu, lui, liub = live[keep], lu[keep], lui[keep], liub[keep]
         if not rows:
             return None
         g, allsc = np.concatenate(rows), np.concatenate(scores)
@@ -464,17 +555,16 @@ class Retriever:
         cx = np.concatenate(ctxs)[order] if context is not None else None
         return g[order], np.concatenate(ious)[order], cx, allsc[order]
 
-    def _sig_bound(self, qd: dict, a: int, pick: np.ndarray) -> np.ndarray:
-        """Tighter upper bounds of the mask IoU of rows a + pick: per signature cell the
+    def _sig_bound(self, qd: dict, rows: np.ndarray, iub: np.ndarray) -> np.ndarray:
+        """Tighter upper bounds of the mask IoU of bank rows: per signature cell the
         intersection is at most min(query pixels there, the most the bank segment's coverage
-        value allows), summed over the cells the query touches (and at most the box bound)."""
+        value allows), summed over the cells the query touches (and at most iub)."""
         ix = self.index
-        rows = a + pick
         base = rows if ix.src is None else ix.src[rows]
         cells = qd["cells"]
         sg = self._sig[base[:, None], cells[None, :]]
         ib = np.minimum(self._sig_ub[sg, cells[None, :]], qd["qc"][None, :]).sum(1)
-        ib = np.minimum(ib, qd["iub"][pick])
+        ib = np.minimum(ib, iub)
         return ib / (qd["area"] + ix.area[rows] - ib)
 
     def _exact_iou(self, Pf: np.ndarray, qarea: int, rows: np.ndarray) -> np.ndarray:
@@ -489,14 +579,13 @@ class Retriever:
         inter = np.bincount(np.repeat(np.arange(len(rows)), ln), weights=inter, minlength=len(rows))
         return inter / (qarea + ix.area[rows] - inter)
 
-    def _window_iou(self, context: dict, qi: np.ndarray, a: int, b: int) -> np.ndarray:
-        """(q, n) IoU of the query context windows with those of bank rows a..b: an upper bound
-        of the context IoU (the agreeing cells lie in the windows' intersection)."""
-        bw, barea = context["bwin"][:, a:b], context["barea"][a:b]
-        qw = context["qwin"][qi]
-        inter = self._overlap(qw, bw)
-        qarea = ((qw[:, 2] - qw[:, 0]) * (qw[:, 3] - qw[:, 1]))[:, None]
-        return inter / np.maximum(barea + qarea - inter, 1)
+    def _window_iou(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
+        """IoU of query segment j's context window with those of the rows at sorted positions
+        pos: an upper bound of the context IoU (the agreeing cells lie in the intersection)."""
+        qw = context["qwin"][j : j + 1]
+        inter = self._overlap(qw, context["win"][:, pos])[0]
+        qarea = (qw[0, 2] - qw[0, 0]) * (qw[0, 3] - qw[0, 1])
+        return inter / np.maximum(context["area"][pos] + qarea - inter, 1)
 
     @staticmethod
     def _overlap(qw: np.ndarray, bw: np.ndarray):
@@ -538,13 +627,13 @@ class Retriever:
     #: LOW[i]: the i lowest bits set (i = 0..64)
     _LOW = np.array([(1 << i) - 1 for i in range(65)], dtype=np.uint64)
 
-    def _context_iou(self, context: dict, j: int, rows: np.ndarray) -> np.ndarray:
-        """(len(rows),) float64 context IoU of query segment j with bank rows: the agreeing
-        cells of the windows' intersection counted row by row (popcount of the image's
-        agreement bits masked to the intersection's columns)."""
-        img = self.index.image[rows]
+    def _context_iou(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
+        """(len(pos),) float64 context IoU of query segment j with the rows at sorted positions
+        pos: the agreeing cells of the windows' intersection counted row by row (popcount of
+        the image's agreement bits masked to the intersection's columns)."""
+        img = self.blocks()["image"][pos]
         E = self._agreement(context["lay"], img)
-        bw, qw = context["bwin"][:, rows].astype(np.int64), context["qwin"][j]
+        bw, qw = context["win"][:, pos].astype(np.int64), context["qwin"][j]
         y0 = np.maximum(bw[0], qw[0])
         x0 = np.maximum(bw[1], qw[1])
         y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
@@ -553,13 +642,13 @@ class Retriever:
         lo = np.clip(x0[:, None] - base, 0, 64)
         hi = np.clip(x1[:, None] - base, 0, 64)
         cols = self._LOW[hi] & ~self._LOW[lo]  # (n, words)
-        lo_y, hi_y = (int(y0.min()), int(y1.max())) if len(rows) else (0, 0)
+        lo_y, hi_y = (int(y0.min()), int(y1.max())) if len(pos) else (0, 0)
         cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int32)  # (n, rows)
         yy = np.arange(lo_y, hi_y)
         agree = np.where((yy >= y0[:, None]) & (yy < y1[:, None]), cnt, 0).sum(1)
         inter = (y1 - y0) * (x1 - x0)
         qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
-        return agree / np.maximum(context["barea"][rows] + qarea - inter, 1)
+        return agree / np.maximum(context["area"][pos] + qarea - inter, 1)
 
     def _as_label(self, label) -> np.ndarray:
         if isinstance(label, torch.Tensor):
