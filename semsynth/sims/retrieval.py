@@ -458,7 +458,7 @@ class Retriever:
         bk = self.blocks()
         Ab = bk["area"][pos]
         iub = np.minimum(self._box(qd["S"], bk["corners"][:, pos]), Ab)
-        cb = np.minimum(bk["coarse"][pos[:, None], qd["t"][None]], qd["qcc"][None]).sum(1, dtype=np.int32)
+        cb = np.minimum(bk["coarse"][pos][:, qd["t"]], qd["qcc"][None]).sum(1, dtype=np.int32)
         np.minimum(iub, cb, out=iub)
         ub_iou = iub / (qd["area"] + Ab - iub)
         u = ub_iou
@@ -519,6 +519,8 @@ class Retriever:
                 if not len(rem):
                     break
                 continue
+            if len(rem) and lu.max() < ub[rem[0]]:
+                continue  # a block not expanded yet may hold better rows: expand before scoring
             if len(live) > m:
                 part = np.argpartition(-lu, m - 1)
                 sel, part = part[:m], part[m:]
@@ -574,9 +576,11 @@ class Retriever:
         base = rows if ix.src is None else ix.src[rows]
         ln = ix.run_len[base]
         at = _ragged(ix.run_off[base], ln)
-        p = ix.run_p[at].astype(np.int64)
-        inter = Pf[p + ix.run_n[at]] - Pf[p]
-        inter = np.bincount(np.repeat(np.arange(len(rows)), ln), weights=inter, minlength=len(rows))
+        p = ix.run_p[at]
+        cs = np.zeros(len(at) + 1, np.int64)
+        np.cumsum(Pf[p + ix.run_n[at]] - Pf[p], out=cs[1:])
+        end = np.cumsum(ln)
+        inter = cs[end] - cs[end - ln]  # per row: the sum of its runs' pixels
         return inter / (qarea + ix.area[rows] - inter)
 
     def _window_iou(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
