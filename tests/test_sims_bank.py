@@ -240,6 +240,10 @@ def test_search_equals_exhaustive_search_both_modes(bank, cityscapes_sample):
     r = Retriever(bank)
     assert _check_exhaustive(r, bank.full_mask, labels) >= 20
     assert _check_exhaustive(r, bank.full_mask, labels[:1], exclude=(3,), w=0.5) >= 3
+    # tiny blocks: many per class, expanded over several rounds
+    small = Retriever(bank)
+    small.BLOCK = 3
+    assert _check_exhaustive(small, bank.full_mask, labels[:2], w=0.7) >= 5
     # the first batch size is a speed setting only
     lab = labels[0]
     a, b = r.search(lab, k=5), r.search(lab, k=5, candidates=5)
@@ -258,12 +262,52 @@ def test_search_on_a_replicated_index_breaks_ties_like_an_exhaustive_sort(bank, 
     ix = _Index.from_bank(bank).replicate(3 * len(bank))
     r = Retriever(ix)
     r.thin = bank.thin
+    r.BLOCK = 4  # copies of a row share blocks; ties cross block borders
     labels = [bank.source_label(1)]
     from semsynth.data import open_dataset
 
     val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
     labels.append(np.asarray(val.arrays(2)[0]).astype(np.int64))
     assert _check_exhaustive(r, lambda i: bank.full_mask(int(ix.src[i])), labels, k=4) >= 10
+
+
+def test_block_and_row_bounds_are_never_below_the_exact_scores(bank, cityscapes_sample):
+    """What makes the pruned search exact: on real layouts, in both modes, every block's bound
+    is >= the bound of each row in it, every row's bound >= its signature bound, which is >=
+    the row's exact score."""
+    from semsynth.data import open_dataset
+
+    val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
+    r = Retriever(bank)
+    r.BLOCK = 5
+    bk = r.blocks()
+    assert sorted(bk["perm"].tolist()) == list(range(len(bank)))  # a permutation of the bank ids
+    checked = 0  # rows that overlap their query
+    for i in (0, 3):
+        lab = r._as_label(np.asarray(val.arrays(i)[0]))
+        q = extract_segments(lab, r.C, r.thin, sig_grid=None)
+        for mode in ("iou", "context"):
+            context = r._context(lab, q, 0.5, 0.7) if mode == "context" else None
+            for c in np.unique(q.cls[q.area > 1000]):
+                qi = np.flatnonzero((q.cls == c) & (q.area > 1000))
+                ba, bb = int(bk["class_blocks"][c]), int(bk["class_blocks"][c + 1])
+                if ba == bb:
+                    continue
+                U = r._block_bounds(r._query_tables(q, qi, None), ba, bb, context)
+                pos = np.arange(bk["start"][ba], bk["end"][bb - 1])
+                block = np.repeat(np.arange(bb - ba), bk["end"][ba:bb] - bk["start"][ba:bb])
+                g = bk["perm"][pos]
+                assert (bank.cls[g] == c).all()
+                for n, qd in enumerate(r._query_tables(q, qi, None)):
+                    u, ub_iou, iub = r._row_bounds(qd, pos, context)
+                    ex = r._exact_iou(qd["Pf"], qd["area"], g)
+                    sig = r._sig_bound(qd, g, iub)
+                    assert (U[n][block] >= u).all() and (ub_iou >= sig).all() and (sig >= ex).all()
+                    if context is not None:
+                        cx = r._context_iou(context, qd["j"], pos)
+                        assert (u >= ub_iou + 0.7 * cx).all() and (cx <= 1).all()
+                    checked += int((ex > 0).sum())
+    assert checked >= 50
 
 
 def test_index_runs_reproduce_the_masks_and_old_indexes_are_rebuilt(bank):

@@ -369,15 +369,8 @@ class Retriever:
 
         context = None
         if mode == "context" and searched.any():
-            self._gen += 1
-            context = {
-                "lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
-                "qwin": self._windows(q.bbox, context_margin),
-                "w": float(context_weight),
-                **self.windows(context_margin),
-            }
+            context = self._context(label, q, context_margin, context_weight)
 
-        H, W = self.size
         bk = self.blocks()
         for c in np.unique(q.cls[searched]):
             qi = np.flatnonzero(searched & (q.cls == c))
@@ -385,36 +378,8 @@ class Retriever:
             if bb == ba:
                 searched[qi] = False
                 continue
-            # per query: row-wise prefix sums P (exact intersections from runs) and the integral
-            # image S (bounds), (H, W + 1) and (H + 1, W + 1)
-            P = np.zeros((len(qi), H + 1, W + 1), np.int32)
-            for r, j in enumerate(qi):
-                y0, x0, y1, x1 = q.bbox[j]
-                np.cumsum(q.masks[j], axis=1, dtype=np.int32, out=P[r, 1 + y0 : 1 + y1, 1 + x0 : 1 + x1])
-                P[r, 1 + y0 : 1 + y1, 1 + x1 :] = P[r, 1 + y0 : 1 + y1, x1 : x1 + 1]
-            S = np.cumsum(P, axis=1, dtype=np.int32).reshape(len(qi), -1)
-            Pf = P[:, 1:, :].reshape(len(qi), -1)
-            # block bounds of all queries of the class: (q, blocks)
-            box = self._box(S, bk["b_corners"][:, ba:bb])
-            Aq = q.area[qi].astype(np.int64)[:, None]
-            qds = []
-            for r, j in enumerate(qi):
-                y0, x0, y1, x1 = q.bbox[j]
-                m = q.masks[j]
-                qcc = np.bincount(self._cells_coarse[y0:y1, x0:x1][m], minlength=self._coarse_area.size)
-                qc = np.bincount(self._cells_sig[y0:y1, x0:x1][m], minlength=self._sig.shape[1])
-                t, cells = np.flatnonzero(qcc), np.flatnonzero(qc)
-                qd = {"j": j, "S": S[r], "Pf": Pf[r], "area": int(q.area[j]), "t": t, "qcc": qcc[t].astype(np.int32)}
-                qd.update(cells=cells, qc=qc[cells].astype(np.int32), img_ok=img_ok)
-                qds.append(qd)
-                cb = np.minimum(bk["b_coarse"][ba:bb, t], qd["qcc"]).sum(1, dtype=np.int32)
-                np.minimum(box[r], cb, out=box[r])
-            U = self._range_ratio(box, Aq, bk["b_amin"][ba:bb], bk["b_amax"][ba:bb])
-            if context is not None:
-                qw = context["qwin"][qi]
-                inter = self._overlap(qw, context["b_win"][:, ba:bb])
-                qa = ((qw[:, 2] - qw[:, 0]) * (qw[:, 3] - qw[:, 1]))[:, None]
-                U += context["w"] * self._range_ratio(inter, qa, context["b_amin"][ba:bb], context["b_amax"][ba:bb])
+            qds = self._query_tables(q, qi, img_ok)
+            U = self._block_bounds(qds, ba, bb, context)
             for r, j in enumerate(qi):
                 got = self._best_first(U[r], ba, k, M, qds[r], context)
                 if got is None:
@@ -436,6 +401,60 @@ class Retriever:
             mode=mode,
             seconds=time.perf_counter() - t0,
         )
+
+    def _query_tables(self, q: SegmentSet, qi: np.ndarray, img_ok) -> list[dict]:
+        """Per query segment qi[r] of one class: row-wise prefix sums Pf (exact intersections
+        from runs), flat (H, W + 1), the integral image S (box bounds), flat (H + 1, W + 1), and
+        its pixels per coarse cell (t, qcc) and per signature cell (cells, qc), non-zero only."""
+        H, W = self.size
+        P = np.zeros((len(qi), H + 1, W + 1), np.int32)
+        for r, j in enumerate(qi):
+            y0, x0, y1, x1 = q.bbox[j]
+            np.cumsum(q.masks[j], axis=1, dtype=np.int32, out=P[r, 1 + y0 : 1 + y1, 1 + x0 : 1 + x1])
+            P[r, 1 + y0 : 1 + y1, 1 + x1 :] = P[r, 1 + y0 : 1 + y1, x1 : x1 + 1]
+        S = np.cumsum(P, axis=1, dtype=np.int32).reshape(len(qi), -1)
+        Pf = P[:, 1:, :].reshape(len(qi), -1)
+        qds = []
+        for r, j in enumerate(qi):
+            y0, x0, y1, x1 = q.bbox[j]
+            m = q.masks[j]
+            qcc = np.bincount(self._cells_coarse[y0:y1, x0:x1][m], minlength=self._coarse_area.size)
+            qc = np.bincount(self._cells_sig[y0:y1, x0:x1][m], minlength=self._sig.shape[1])
+            t, cells = np.flatnonzero(qcc), np.flatnonzero(qc)
+            qd = {"j": j, "S": S[r], "Pf": Pf[r], "area": int(q.area[j]), "t": t, "qcc": qcc[t].astype(np.int32)}
+            qd.update(cells=cells, qc=qc[cells].astype(np.int32), img_ok=img_ok)
+            qds.append(qd)
+        return qds
+
+    def _block_bounds(self, qds: list[dict], ba: int, bb: int, context: dict | None) -> np.ndarray:
+        """(len(qds), bb - ba) upper bounds of the score of every row of blocks ba..bb-1 for
+        the query segments qds (`_query_tables`, one class): the IoU bound of the union box,
+        per-cell max coarse bound and area range (`_range_ratio`), plus in mode "context" the
+        window IoU bound of the union window and window area range."""
+        bk = self.blocks()
+        box = self._box(np.stack([qd["S"] for qd in qds]), bk["b_corners"][:, ba:bb])
+        for r, qd in enumerate(qds):
+            cb = np.minimum(bk["b_coarse"][ba:bb, qd["t"]], qd["qcc"]).sum(1, dtype=np.int32)
+            np.minimum(box[r], cb, out=box[r])
+        Aq = np.array([qd["area"] for qd in qds], np.int64)[:, None]
+        U = self._range_ratio(box, Aq, bk["b_amin"][ba:bb], bk["b_amax"][ba:bb])
+        if context is not None:
+            qw = context["qwin"][[qd["j"] for qd in qds]]
+            inter = self._overlap(qw, context["b_win"][:, ba:bb])
+            qa = ((qw[:, 2] - qw[:, 0]) * (qw[:, 3] - qw[:, 1]))[:, None]
+            U += context["w"] * self._range_ratio(inter, qa, context["b_amin"][ba:bb], context["b_amax"][ba:bb])
+        return U
+
+    def _context(self, label: np.ndarray, q: SegmentSet, margin: float, weight: float) -> dict:
+        """What mode "context" needs for one layout: its context grid, the query windows, the
+        bank's windows (`windows`); a new generation of the agreement cache."""
+        self._gen += 1
+        return {
+            "lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
+            "qwin": self._windows(q.bbox, margin),
+            "w": float(weight),
+            **self.windows(margin),
+        }
 
     @staticmethod
     def _box(S: np.ndarray, cn: np.ndarray) -> np.ndarray:
