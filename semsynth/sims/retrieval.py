@@ -17,26 +17,37 @@ bank segments *of the same class* are returned, by one of two scores:
   so it rewards candidates whose neighbourhood (road below a car, buildings behind a pole, ...)
   matches the query's, at the same place in the image.
 
-How it is fast, and why it is exact: the top k are found best-first under an upper bound,
-so the result is the exhaustive search's, with no approximation. Per query segment and
-every bank segment of its class (one vectorised pass, no loop over segments):
+How it is fast, and why it is exact: the top k are found best-first under upper bounds, so the
+result is the exhaustive search's, with no approximation. Three levels of bounds, each >= the
+next, the last >= the exact score (float64, the same operations as the scores, so rounding never
+puts a bound below its score):
 
-* IoU bound: the intersection is at most the bank segment's area, at most the query's pixels
-  inside the bank segment's bounding box (four lookups in the query's integral image), and at
-  most, per cell of the signature grid pooled 4x4, the smaller of the query's pixels there and the
-  most the bank segment's coverage signature allows (`Retriever.coarse`); IoU = I / (A_q + A_b - I)
-  grows with I, so that bounds the IoU. Each batch is re-bounded on the full 16x32 signatures
-  before the exact scoring (`_sig_bound`).
-* context bound: the agreeing cells lie in W_q ∩ W_b, so context_iou <= |W_q ∩ W_b| / |W_q ∪ W_b|.
+* blocks: each class's rows are sorted (`Retriever.blocks`: area in steps of sqrt 2, then the
+  box centre) so that similar rows sit side by side, and cut into blocks of BLOCK rows (the bank
+  ids are kept through a permutation). A block stores its union box, min / max area, per cell of
+  the signature grid pooled 4x4 the most class pixels any of its rows can have there, and (per
+  context margin) its union context window and min / max window area. Per query segment only the
+  blocks are bounded for the whole class: the intersection I is at most the query's pixels in
+  the union box (four lookups in the query's integral image) and at most the sum over coarse
+  cells of min(query pixels, block max); IoU = I / (A_q + A_b - I) over A_b in [min, max] is at
+  most I' / (A_q + max(min - I', 0)) with I' = min(I, max) (`_range_ratio`); the context IoU
+  bound (below) the same way with the window areas.
+* rows: blocks are expanded by decreasing bound while they can still enter the top k; their rows
+  get the same bound with their own box, area, coarse cells and window (`_row_bounds`), then,
+  when taken for scoring, the full 16x32 signature bound (`_sig_bound`).
+* context: the agreeing cells lie in W_q ∩ W_b, so context_iou <= |W_q ∩ W_b| / |W_q ∪ W_b|
+  (rows and blocks). The exact context term is cheap: per layout each bank image's
+  [layout == query layout] map is packed into one 64-bit word per grid row (filled per chunk of
+  images as they are needed), and the agreement in a rectangle is a popcount per row. So rows
+  taken for scoring get their exact context term first, and only those whose IoU bound plus it
+  can still enter are scored for mask IoU.
 
-Candidates are then scored exactly in batches of decreasing bound (the first `candidates`, then
-4x more each round): mask IoU from the bank's horizontal mask runs (bank.py: two lookups per run in
-the query's row-wise prefix sums, vectorised over the batch), the context term from 2-D prefix
-sums of the agreement map of the candidates' images only (computed once per layout and image).
-Whatever has a bound below the k-th best exact score so far cannot enter the top k and is
-dropped; the search ends when nothing is left. Ties are broken by the lower bank id, as in an
-exhaustive sort (rows whose bound equals the k-th score are still scored). Scores and bounds are
-computed in float64 with the same operations, so a bound is never below its exact score.
+Mask IoU is scored exactly in batches of decreasing bound (the first `candidates`, then 4x more
+each round) from the bank's horizontal mask runs (bank.py: two lookups per run in the query's
+row-wise prefix sums, vectorised over the batch). "Can still enter" is lexicographic on (score,
+-id), the order of the result: a row or block whose bound is below the k-th best exact score so
+far, or equal to it without an id below the k-th entry's, is dropped; the search ends when
+nothing is left. Ties are broken by the lower bank id, as in an exhaustive sort.
 
 Fixed relative to the original: the top-k list is a real top-k (the original replaced the slot of
 the minimum computed once per training image, so the last segment of an image won, B.8.2), and
@@ -159,9 +170,9 @@ class _Index:
 
 
 class Retriever:
-    """Searches one bank (exactly: see the module docstring). Per-row tables (bounding-box corner
-    offsets, context windows) are built on first use and cached, so create one Retriever per bank
-    and reuse it across layouts."""
+    """Searches one bank (exactly: see the module docstring). The block order and per-row /
+    per-block tables (`blocks`, `windows`) are built on first use and cached, so create one
+    Retriever per bank and reuse it across layouts."""
 
     def __init__(self, bank: Bank | _Index):
         self.bank = bank if isinstance(bank, Bank) else None
