@@ -677,9 +677,16 @@ class Retriever:
         hi = np.clip(x1[:, None] - base, 0, 64)
         cols = self._LOW[hi] & ~self._LOW[lo]  # (n, words)
         lo_y, hi_y = (int(y0.min()), int(y1.max())) if len(pos) else (0, 0)
-        cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int32)  # (n, rows)
         yy = np.arange(lo_y, hi_y)
-        agree = np.where((yy >= y0[:, None]) & (yy < y1[:, None]), cnt, 0).sum(1)
+        in_rows = (yy >= y0[:, None]) & (yy < y1[:, None])  # (n, rows)
+        if E.shape[2] == 1:  # the usual 64-cell-wide grid: one word per row, no word sums
+            G = E[img, lo_y:hi_y, 0]
+            G &= cols
+            cnt = np.bitwise_count(G)
+        else:
+            cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int16)
+        cnt *= in_rows
+        agree = cnt.sum(1, dtype=np.int64)
         inter = (y1 - y0) * (x1 - x0)
         qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
         return agree / np.maximum(context["area"][pos] + qarea - inter, 1)
