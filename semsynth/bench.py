@@ -5,8 +5,8 @@ achieved GFLOP/s as a fraction of the 3x3-convolution peak measured in the same 
 from the layers that actually run (conv and linear, by forward hooks); seconds are the median of
 `repeats` timed passes after a warm-up; the peak is the best of a few channels_last 3x3
 convolutions (the shapes the networks spend their time in) in the kernels the precision runs on
-(bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16 kernels), measured before every model so a
-throttled or shared machine moves both numbers together. Memory is CUDA's peak allocation, or on
+(bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16 kernels), measured
+before every model so a throttled or shared machine moves both numbers together. Memory is CUDA's peak allocation, or on
 Linux the process's peak resident set during the passes (VmHWM after resetting it).
 
 Networks: any preset of `build_model` (CRN, SIMS synthesis), a bundled model's name (`default`,
