@@ -217,3 +217,16 @@ def test_sims_canvas_refuses_to_overwrite(shared, tmp_path, capsys):
     _one_line_error(capsys, "already exist", "--overwrite")
     assert cli(args + ["--overwrite"]) == 0
     assert (tmp_path / "cv" / f"{lab.stem}_canvas.png").read_bytes() == first
+
+
+def test_a_closed_output_pipe_stops_quietly():
+    """`semsynth info | head -1`: when the reader leaves, no error line and no traceback."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "semsynth.cli", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    p.stdout.close()  # no reader: the first write fails with EPIPE
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141 and err == ""
