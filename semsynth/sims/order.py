@@ -70,28 +70,6 @@ __all__ = [
 #: `order.mat` of SIMS: 1-based Cityscapes train ids, back-most first.
 ORIGINAL_ORDER_IDS = (11, 3, 10, 4, 2, 1, 5, 9, 18, 19, 15, 14, 16, 17, 12, 6, 13, 8, 7)
 
-_CITYSCAPES_NAMES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-
 
 def back_ratio(counts: np.ndarray) -> np.ndarray:
     """rowsum / (rowsum + colsum) per class; classes never seen get 0.5 (no evidence either way;
@@ -123,7 +101,7 @@ def original_order() -> np.ndarray:
 
 
 def _is_cityscapes19(space: LabelSpace) -> bool:
-    return tuple(n.lower() for n in space.names) == _CITYSCAPES_NAMES
+    return tuple(n.lower() for n in space.names) == tuple(get_space("cityscapes").names)
 
 
 def load_order_frequency(path: str | Path | None = None) -> np.ndarray:
