@@ -22,14 +22,13 @@ this saves no memory: it is bf16's numerics at nearly fp32's speed.
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import InputError
+from .models.layers import DerivedCache, conv2d
 
 CHOICES = ("auto", "fp32", "bf16")
 
@@ -100,6 +99,9 @@ def round_bf16(x: torch.Tensor) -> torch.Tensor:
     return round_bf16_(x.clone(memory_format=torch.preserve_format))
 
 
+_rounded_params = DerivedCache(round_bf16)  # parameter -> its values rounded to bf16 (in fp32)
+
+
 def holds_bf16(x: torch.Tensor) -> bool:
     """Whether a tensor holds bf16 values: a bf16 tensor, or floats that are all exactly bf16."""
     if x.dtype == torch.bfloat16:
@@ -129,10 +131,8 @@ _BF16_OPS = {
 class bf16_on_fp32(TorchFunctionMode):
     """Inside this block the ops autocast would run in bf16 get bf16-rounded float32 operands and
     return bf16-rounded float32 results (see the module docstring). Parameters are rounded once
-    and cached while they are unchanged (a bf16 copy of the weights' values, in fp32)."""
-
-    _params = WeakIdKeyDictionary()  # parameter -> (its version, its rounded values)
-    _lock = threading.Lock()  # `serve` runs one model per thread
+    and cached while they are unchanged (a bf16 copy of the weights' values, in fp32). The
+    convolution itself is `layers.conv2d`, so it is Winograd where that runs in fp32 too."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -140,18 +140,11 @@ class bf16_on_fp32(TorchFunctionMode):
             return func(*args, **kwargs)
         args = [self._operand(a) for a in args]
         kwargs = {k: self._operand(v) for k, v in kwargs.items()}
-        out = func(*args, **kwargs)
+        out = (conv2d if func is F.conv2d else func)(*args, **kwargs)
         return round_bf16_(out) if isinstance(out, torch.Tensor) and out.dtype == torch.float32 else out
 
-    @classmethod
-    def _operand(cls, a):
+    @staticmethod
+    def _operand(a):
         if not isinstance(a, torch.Tensor) or a.dtype != torch.float32:
             return a
-        if isinstance(a, torch.nn.Parameter):
-            with cls._lock:
-                hit = cls._params.get(a)
-                if hit is None or hit[0] != a._version:
-                    with torch.no_grad():
-                        hit = cls._params[a] = (a._version, round_bf16(a.detach()))
-            return hit[1]
-        return round_bf16(a)
+        return _rounded_params(a) if isinstance(a, torch.nn.Parameter) else round_bf16(a)

@@ -53,13 +53,13 @@ def test_parameters_are_rounded_once_and_again_after_a_change():
     x = torch.randn(1, 4, 6, 6)
     with torch.inference_mode(), bf16_on_fp32():
         a = conv(x)
-        cached = bf16_on_fp32._params[conv.weight][1]
+        cached = P._rounded_params._values[conv.weight][1]
         assert holds_bf16(cached) and torch.equal(conv(x), a)  # the cache is reused
     with torch.no_grad():
         conv.weight.mul_(2)  # a new version: rounded again
     with torch.inference_mode(), bf16_on_fp32():
         b = conv(x)
-        assert bf16_on_fp32._params[conv.weight][1] is not cached
+        assert P._rounded_params._values[conv.weight][1] is not cached
     want = round_bf16(
         F.conv2d(round_bf16(x), round_bf16(conv.weight.detach()), round_bf16(conv.bias.detach()), padding=1)
     )

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError, UnknownNameError
 from ..labels import area_resize
-from .layers import cpu_channels_last, layer_norm_lrelu
+from .layers import Conv2d, cpu_channels_last, layer_norm_lrelu
 from .registry import register_arch, register_presets
 
 # Widths of the released models by module index from the 4x8 base: 1024 below 128 px height,
@@ -56,9 +56,9 @@ class CRNConfig:
 class RefinementModule(nn.Module):
     def __init__(self, in_ch: int, width: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, width, 3, padding=1, bias=False)
+        self.conv1 = Conv2d(in_ch, width, 3, padding=1, bias=False)
         self.norm1 = nn.GroupNorm(1, width, eps=1e-12)  # == TF slim layer_norm over H, W, C
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.conv2 = Conv2d(width, width, 3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(1, width, eps=1e-12)
 
     def forward(self, x):

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .layers import cpu_channels_last, layer_norm_lrelu
+from .layers import Conv2d, cpu_channels_last, layer_norm_lrelu
 from .registry import register_arch, register_presets
 
 __all__ = [
@@ -108,7 +108,7 @@ class ConvLN(nn.Module):
 
     def __init__(self, cin: int, cout: int, k: int = 3):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)
+        self.conv = Conv2d(cin, cout, k, padding=k // 2, bias=False)
         self.norm = nn.GroupNorm(1, cout, eps=1e-12)
 
     def forward(self, x):
