@@ -1,7 +1,7 @@
 """CRN / SIMS forward passes against this machine's convolution peak, variants interleaved in one
 run (a shared or throttled machine moves every number; the ratios stay comparable).
 
-    python benchmarks/crn_forward.py crn-256p                 # fast vs reference ops, fp32
+    python benchmarks/crn_forward.py crn-256p                 # fast (Winograd / direct convs) vs reference ops, fp32
     python benchmarks/crn_forward.py crn-256p --precision bf16 --profile
     python benchmarks/crn_forward.py crn-tiny --rounds 1      # smoke test (CI)
 
@@ -16,7 +16,7 @@ import torch
 
 from semsynth.bench import conv_peak, count_macs, time_forward
 from semsynth.models import build_model
-from semsynth.models.layers import reference_ops
+from semsynth.models.layers import direct_convolutions, reference_ops
 from semsynth.precision import autocast
 
 
@@ -32,8 +32,8 @@ def main():
     cfg = model.config
     label = torch.zeros(1, cfg.num_classes + 1, *cfg.size)
     label[:, 0] = 1
-    macs, _ = count_macs(model, label)
-    variants = {"reference": reference_ops, "fast": contextlib.nullcontext}
+    macs, _, wino = count_macs(model, label)
+    variants = {"reference": reference_ops, "fast-direct": direct_convolutions, "fast": contextlib.nullcontext}
     best = {v: float("inf") for v in variants}
     peak = 0.0
     outs = {}
@@ -44,11 +44,15 @@ def main():
                 sec, out = time_forward(model, label, repeats=1, precision=args.precision)
             best[name] = min(best[name], sec)
             outs[name] = out.float()
-    print(f"{args.preset} {args.precision}: {macs / 1e9:.0f} GMACs; {args.precision} 3x3-conv peak {peak:.0f} GFLOP/s")
+    print(
+        f"{args.preset} {args.precision}: {macs / 1e9:.0f} GMACs ({wino / macs:.0%} by Winograd in 'fast'); "
+        f"{args.precision} 3x3-conv peak {peak:.0f} GFLOP/s"
+    )
     for name, sec in best.items():
         g = 2 * macs / sec / 1e9
         print(f"  {name:10s} {sec:7.2f} s  {g:6.0f} GFLOP/s  {g / peak:.2f} of peak")
-    print(f"  max |fast - reference| = {(outs['fast'] - outs['reference']).abs().max().item():.2e}")
+    for name in ("fast-direct", "fast"):
+        print(f"  max |{name} - reference| = {(outs[name] - outs['reference']).abs().max().item():.2e}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

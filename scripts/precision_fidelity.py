@@ -1,7 +1,9 @@
 """The fidelity cost of bf16: PSNR of bf16 vs fp32 outputs of the bundled models on real layouts,
-and `evaluate`'s segmentation scores under both precisions.
+and `evaluate`'s segmentation scores under both precisions. With --winograd instead: PSNR of the
+fp32 outputs with Winograd convolutions (the default) against direct ones (`direct_convolutions`).
 
     python scripts/precision_fidelity.py --bank /tmp/bank --layouts 5 --eval-layouts 10 -o /tmp/prec
+    python scripts/precision_fidelity.py --winograd --bank /tmp/bank --layouts 5 -o /tmp/wino
 
 --bank: a SIMS bank for sims-cityscapes (`semsynth sims build-bank --data ../shared/data/cityscapes
 --size 128 256 --rgb-scale 1 --out /tmp/bank`); without it the SIMS model is left out. Layouts:
@@ -18,6 +20,7 @@ torch.autocast everywhere, to compare the two (slow on such a CPU: keep the sets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -29,6 +32,7 @@ from semsynth import precision
 from semsynth.checkpoint import BUNDLED, read_metadata
 from semsynth.data import list_label_files, resize_label
 from semsynth.evaluate import evaluate
+from semsynth.models.layers import direct_convolutions
 from semsynth.pipelines import SIMSPipeline, load_pipeline, pipeline_class
 from semsynth.utils import shared_dir
 
@@ -47,7 +51,12 @@ def layout_files(space: str, n: int) -> list[Path]:
     return files[:n]
 
 
-def fidelity(name: str, n: int, bank) -> dict | None:
+# variant -> (precision, context): the reference first
+PRECISIONS = {"fp32": ("fp32", contextlib.nullcontext), "bf16": ("bf16", contextlib.nullcontext)}
+CONVOLUTIONS = {"direct": ("fp32", direct_convolutions), "winograd": ("fp32", contextlib.nullcontext)}
+
+
+def fidelity(name: str, n: int, bank, variants=PRECISIONS) -> dict | None:
     if not (BUNDLED[name] / "model.safetensors").is_file():
         print(f"{name}: not installed, skipped", file=sys.stderr)
         return None
@@ -56,23 +65,27 @@ def fidelity(name: str, n: int, bank) -> dict | None:
         print(f"{name}: no --bank, skipped", file=sys.stderr)
         return None
     opts = {"bank": bank} if sims else {}
-    pipes = {p: load_pipeline(name, device="cpu", precision=p, **opts) for p in ("fp32", "bf16")}
-    space = pipes["fp32"].space
+    pipes = {p: load_pipeline(name, device="cpu", precision=p, **opts) for p, _ in variants.values()}
+    ref, other = variants
+    first = next(iter(pipes.values()))
+    space = first.space
     files = layout_files(space.name, n)
-    k = 2 if sims else pipes["fp32"].k
+    k = 2 if sims else first.k
     out, secs = {}, {}
-    for p, pipe in pipes.items():
+    for v, (p, ctx) in variants.items():
+        pipe = pipes[p]
         ids = [resize_label(space.read(f), tuple(pipe.size)) for f in files]
         t = time.perf_counter()
-        out[p] = pipe(ids, k=k, batch_size=1)
-        secs[p] = round((time.perf_counter() - t) / len(files), 2)
-    vals = [psnr(a, b) for A, B in zip(out["fp32"], out["bf16"]) for a, b in zip(A, B)]
-    diff = max(int(np.abs(A.astype(int) - B.astype(int)).max()) for A, B in zip(out["fp32"], out["bf16"]))
+        with ctx():
+            out[v] = pipe(ids, k=k, batch_size=1)
+        secs[v] = round((time.perf_counter() - t) / len(files), 2)
+    vals = [psnr(a, b) for A, B in zip(out[ref], out[other]) for a, b in zip(A, B)]
+    diff = max(int(np.abs(A.astype(int) - B.astype(int)).max()) for A, B in zip(out[ref], out[other]))
     return {
         "model": name,
         "layouts": len(files),
         "images": len(vals),
-        "size": list(pipes["fp32"].size),
+        "size": list(first.size),
         "psnr_mean": round(float(np.mean(vals)), 2),
         "psnr_min": round(float(np.min(vals)), 2),
         "max_abs_diff": diff,
@@ -131,6 +144,7 @@ def main() -> int:
     ap.add_argument("--layouts", type=int, default=5, help="layouts per model for the PSNR")
     ap.add_argument("--eval-layouts", type=int, default=10, help="Cityscapes val layouts for the evaluation (0: none)")
     ap.add_argument("--autocast", action="store_true", help="bf16 by torch.autocast even without bf16 kernels")
+    ap.add_argument("--winograd", action="store_true", help="compare Winograd against direct convolutions (fp32)")
     ap.add_argument("-o", "--out", required=True)
     a = ap.parse_args()
     if a.autocast:
@@ -138,16 +152,21 @@ def main() -> int:
     print(f"bf16 runs as: {precision.bf16_mode('cpu')}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    fid = [r for r in (fidelity(m, a.layouts, a.bank) for m in ("default", "camvid", "sims-cityscapes")) if r]
-    print("| model | size | layouts (images) | PSNR bf16 vs fp32, mean (min) | max abs diff | s/layout fp32, bf16 |")
+    variants = CONVOLUTIONS if a.winograd else PRECISIONS
+    ref, other = variants
+    models = ("default", "camvid", "sims-cityscapes")
+    fid = [r for r in (fidelity(m, a.layouts, a.bank, variants) for m in models) if r]
+    print(
+        f"| model | size | layouts (images) | PSNR {other} vs {ref}, mean (min) | max abs diff | s/layout {ref}, {other} |"
+    )
     print("|---|---|---|---|---|---|")
     for r in fid:
         print(
             f"| {r['model']} | {r['size'][0]}x{r['size'][1]} | {r['layouts']} ({r['images']}) | "
             f"{r['psnr_mean']:.1f} dB ({r['psnr_min']:.1f}) | {r['max_abs_diff']} | "
-            f"{r['seconds_per_layout']['fp32']}, {r['seconds_per_layout']['bf16']} |"
+            f"{r['seconds_per_layout'][ref]}, {r['seconds_per_layout'][other]} |"
         )
-    ev = scores(a.eval_layouts, out) if a.eval_layouts else []
+    ev = scores(a.eval_layouts, out) if a.eval_layouts and not a.winograd else []
     if ev:
         print("\n| synthesis | segmenter | layouts | mIoU [95% interval] | pixel accuracy | s |")
         print("|---|---|---|---|---|---|")

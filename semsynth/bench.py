@@ -2,7 +2,10 @@
 achieved GFLOP/s as a fraction of the 3x3-convolution peak measured in the same run, peak memory.
 
 `semsynth bench crn-tiny crn-256p --precision fp32 bf16` prints a table. MACs are counted exactly
-from the layers that actually run (conv and linear, by forward hooks); seconds are the median of
+from the layers that actually run (conv and linear, by forward hooks), as the direct convolution
+computes them, the usual convention; the share run by Winograd F(4x4, 3x3) (`models/winograd.py`,
+1/4 of the multiplies) is its own column, and GFLOP/s and the fraction of peak count the direct
+multiplies, so above 1 a network runs faster than any direct kernel at the measured peak could; seconds are the median of
 `repeats` timed passes after a warm-up; the peak is the best of a few channels_last 3x3
 convolutions (the shapes the networks spend their time in) in the kernels the precision runs on
 (bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16 kernels), measured
@@ -25,6 +28,7 @@ import torch.nn as nn
 
 from .checkpoint import BUNDLED, load_model
 from .models import build_model, count_parameters
+from .models.layers import winograd_tally
 from .precision import autocast, bf16_mode, resolve_precision
 
 PEAK_SHAPES = ((512, 32, 64), (256, 64, 128), (128, 128, 256))  # (C, H, W), C -> C 3x3
@@ -59,8 +63,9 @@ def conv_peak(precision: str = "fp32", device: str | torch.device = "cpu", round
     return best
 
 
-def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
-    """(MACs, activation bytes) of one forward pass."""
+def count_macs(model: nn.Module, *inputs) -> tuple[int, int, int]:
+    """(MACs, activation bytes, MACs of the convolutions that ran by Winograd) of one forward
+    pass. MACs are the direct convolution's: Winograd F(4x4, 3x3) runs 1/4 of them."""
     macs, act = 0, 0
 
     def hook(m, inp, out):
@@ -74,12 +79,12 @@ def count_macs(model: nn.Module, *inputs) -> tuple[int, int]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), winograd_tally() as wino:
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-    return macs, act
+    return macs, act, wino[0]
 
 
 def time_forward(model: nn.Module, *inputs, repeats: int = 3, precision: str = "fp32", warmup: bool = True):
@@ -154,7 +159,7 @@ def bench_model(
         torch.cuda.reset_peak_memory_stats(dev)
     rss = _rss_peak_reset()
     with autocast(dev, precision):  # the counting pass is also the timed passes' warm-up
-        macs, act = count_macs(model, *inputs)
+        macs, act, wino = count_macs(model, *inputs)
     seconds, _ = time_forward(model, *inputs, repeats=repeats, precision=precision, warmup=False)
     mem = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_peak() if rss else act
     gflops = 2 * macs / seconds / 1e9
@@ -164,6 +169,7 @@ def bench_model(
         "k": getattr(getattr(model, "config", None), "k", 1),
         "params": count_parameters(model),
         "gmacs": macs / 1e9,
+        "winograd": wino / macs if macs else 0.0,
         "precision": precision if precision == "fp32" else f"bf16 ({bf16_mode(dev)})",
         "seconds": seconds,
         "gflops": gflops,
@@ -176,11 +182,12 @@ def bench_model(
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        "| model | size | k | parameters | GMACs | precision | s / forward | GFLOP/s | conv peak | of peak "
-        "| peak memory (MB) | device |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| model | size | k | parameters | GMACs | by Winograd | precision | s / forward | GFLOP/s | conv peak "
+        "| of peak | peak memory (MB) | device |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [
-        f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | {r['precision']} | "
+        f"| {r['model']} | {r['size']} | {r['k']} | {r['params']:,} | {r['gmacs']:.1f} | {r['winograd']:.0%} | "
+        f"{r['precision']} | "
         f"{r['seconds']:.3f} | {r['gflops']:.0f} | {r['peak_gflops']:.0f} | {r['of_peak']:.2f} | "
         f"{r['memory_mb']:.0f} | {r['device']} |"
         for r in rows

@@ -20,7 +20,7 @@ def test_macs_are_counted_exactly():
     import torch
 
     label = torch.zeros(1, 6, 16, 32)
-    macs, _ = count_macs(m, label)
+    macs, _, _ = count_macs(m, label)
     expect, prev = 0, 0
     for i, w in enumerate([8, 6, 4]):
         hw = (4 * 2**i) * (8 * 2**i)
@@ -30,6 +30,22 @@ def test_macs_are_counted_exactly():
     assert macs == expect
 
 
+def test_winograd_share_counts_the_convolutions_that_ran_by_winograd(monkeypatch):
+    import torch
+
+    from semsynth.models import layers
+
+    m = build_model({"arch": "crn", "num_classes": 5, "levels": 3, "k": 2, "widths": [8, 6, 4]}).eval()
+    label = torch.zeros(1, 6, 16, 32)
+    assert count_macs(m, label)[2] == 0  # tiny widths: below the threshold, all direct
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 0)
+    macs, _, wino = count_macs(m, label)
+    assert wino == macs - 16 * 32 * 4 * 3 * 2  # every 3x3 convolution; the 1x1 head is direct
+    with layers.direct_convolutions():
+        assert count_macs(m, label)[2] == 0
+
+
 def test_bench_row_states_the_fraction_of_the_measured_peak():
     peak = conv_peak("fp32", rounds=1)
     assert peak > 0
@@ -37,7 +53,7 @@ def test_bench_row_states_the_fraction_of_the_measured_peak():
     assert row["precision"] == "fp32" and row["peak_gflops"] == peak
     assert abs(row["gflops"] - 2 * row["gmacs"] / row["seconds"]) < 1e-9 * row["gflops"]
     assert abs(row["of_peak"] - row["gflops"] / peak) < 1e-12 and row["memory_mb"] > 0
-    assert row["params"] == 112_681
+    assert row["params"] == 112_681 and 0 <= row["winograd"] <= 1
 
 
 def test_networks_of_every_kind_build_with_their_inputs():

@@ -62,12 +62,13 @@ def _count_winograd(monkeypatch):
 
 def test_conv2d_runs_winograd_exactly_where_it_pays(monkeypatch):
     calls = _count_winograd(monkeypatch)
-    x = torch.randn(1, 128, 8, 8)
+    x = torch.randn(1, 128, 32, 32)
     big = layers.Conv2d(128, 128, 3, padding=1, bias=False)
     with torch.no_grad():
         y = big(x)
         assert calls == [1] and _rel_err(y, x, big.weight) < 2e-5
-        # below the channel threshold (64 -> 128: slower than the direct kernel), other geometry
+        # below the channel threshold (64 -> 128: slower than the direct kernel), other geometry,
+        # then too few pixels, another dtype, the plain ops, switched off, autocast, a trace
         for conv in (
             layers.Conv2d(64, 128, 3, padding=1),
             layers.Conv2d(128, 128, 3, padding=1, stride=2),
@@ -79,6 +80,7 @@ def test_conv2d_runs_winograd_exactly_where_it_pays(monkeypatch):
         ):
             xi = x[:, : conv.in_channels]
             assert torch.allclose(conv(xi), nn.Conv2d.forward(conv, xi), atol=1e-5)
+        big(x[:, :, :31, :32])  # under 1024 pixels
         big.double()(x.double())  # float64
         big.float()
         with layers.reference_ops():
@@ -99,7 +101,7 @@ def test_conv2d_runs_winograd_exactly_where_it_pays(monkeypatch):
 
 def test_transformed_weights_follow_changes_to_the_weights():
     conv = layers.Conv2d(128, 128, 3, padding=1, bias=False)
-    x = torch.randn(1, 128, 8, 8)
+    x = torch.randn(1, 128, 32, 32)
     with torch.inference_mode():
         a = conv(x)
         u = layers._winograd_weights(conv.weight)
@@ -117,7 +119,7 @@ def test_bf16_on_fp32_rounds_around_winograd(monkeypatch):
     calls = _count_winograd(monkeypatch)
     torch.manual_seed(0)
     conv = layers.Conv2d(128, 128, 3, padding=1, bias=False)
-    x = torch.randn(1, 128, 12, 12)
+    x = torch.randn(1, 128, 32, 36)
     with torch.inference_mode(), bf16_on_fp32():
         got = conv(x)
     assert calls == [1] and got.dtype == torch.float32 and holds_bf16(got)
@@ -133,6 +135,7 @@ def test_networks_under_winograd_equal_the_plain_ops(monkeypatch, network):
 
     calls = _count_winograd(monkeypatch)
     monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 0)
     torch.manual_seed(0)
     if network == "crn":
         m = build_model({"arch": "crn", "num_classes": 5, "levels": 4, "k": 2, "widths": [16, 16, 12, 8]}).eval()

@@ -101,6 +101,7 @@ class DerivedCache:
 
 _winograd_weights = DerivedCache(winograd.transform_weight)
 WINOGRAD_MIN_CHANNELS = 64  # C_in * C_out / (C_in + C_out) from which Winograd runs (tests lower it)
+WINOGRAD_MIN_PIXELS = 1024  # and H * W (tests lower it)
 
 
 def _winograd_pays(x, weight, stride, padding, dilation, groups) -> bool:
@@ -109,7 +110,10 @@ def _winograd_pays(x, weight, stride, padding, dilation, groups) -> bool:
     dilation or groups, and enough channels. Winograd saves multiplies in proportion to
     C_in * C_out and pays transforms in proportion to C_in + C_out: measured on CRN's and SIMS's
     shapes it is faster from C_in * C_out / (C_in + C_out) >= 64 (128 -> 128: 1.0-1.1x, 152 -> 128:
-    1.2x, 532 -> 512: 2.4x) and slower below (64 -> 128: 0.75x, 32 -> 32: 0.34x)."""
+    1.2x, 532 -> 512: 2.4x) and slower below (64 -> 128: 0.75x, 32 -> 32: 0.34x). And from 1024
+    pixels (32x32): below, the whole conv takes tens of ms, so the transformed weights (4x the
+    weights) would cost more memory than they save time: on crn-256p the levels g_4 .. g_16 would
+    save 0.2 s per pass for 1.2 GB of transformed weights."""
     if not (_fast and winograd_enabled()) or torch._C._is_torch_function_mode_enabled():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
@@ -123,22 +127,55 @@ def _winograd_pays(x, weight, stride, padding, dilation, groups) -> bool:
     if _pair(padding) != (1, 1) or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     cout, cin = weight.shape[:2]
-    return cin * cout >= WINOGRAD_MIN_CHANNELS * (cin + cout)
+    big = x.shape[-2] * x.shape[-1] >= WINOGRAD_MIN_PIXELS
+    return big and cin * cout >= WINOGRAD_MIN_CHANNELS * (cin + cout)
 
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v) if isinstance(v, int) else v
 
 
+_winograd_on = True
+
+
 def winograd_enabled() -> bool:
-    return os.environ.get("SEMSYNTH_WINOGRAD", "1") != "0"
+    return _winograd_on and os.environ.get("SEMSYNTH_WINOGRAD", "1") != "0"
+
+
+@contextlib.contextmanager
+def direct_convolutions():
+    """Inside this block `conv2d` never runs Winograd (process-wide, as `reference_ops`); the
+    rest of the fast path stays. For comparisons, e.g. benchmarks/crn_forward.py."""
+    global _winograd_on
+    old, _winograd_on = _winograd_on, False
+    try:
+        yield
+    finally:
+        _winograd_on = old
+
+
+_tally = threading.local()
+
+
+@contextlib.contextmanager
+def winograd_tally():
+    """Count, in this thread, the multiply-accumulates (of the direct convolution) that `conv2d`
+    runs by Winograd inside this block: yields a one-element list holding the total."""
+    old, _tally.macs = getattr(_tally, "macs", None), [0]
+    try:
+        yield _tally.macs
+    finally:
+        _tally.macs = old
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
     """F.conv2d, by Winograd F(4x4, 3x3) where `_winograd_pays` (see the module docstring)."""
-    if _winograd_pays(x, weight, stride, padding, dilation, groups):
-        return winograd.conv3x3(x, _winograd_weights(weight), bias)
-    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if not _winograd_pays(x, weight, stride, padding, dilation, groups):
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    y = winograd.conv3x3(x, _winograd_weights(weight), bias)
+    if getattr(_tally, "macs", None) is not None:
+        _tally.macs[0] += y.numel() * weight[0].numel()
+    return y
 
 
 class Conv2d(nn.Conv2d):
