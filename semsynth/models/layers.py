@@ -203,8 +203,11 @@ def keep_freed_memory() -> bool:
             except (OSError, AttributeError):
                 return False
             M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # <malloc.h>
+            # A trim threshold of -1 never trims (mallopt(3)). The largest positive one, 2 GB, let
+            # every crn-512p pass free > 2 GB at the top of the heap, trim it and fault it back:
+            # 717k faults per pass, 30 s against 9.5 s without, measured here.
             _malloc_tuned = bool(
-                mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 << 20)
+                mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1) and mallopt(M_TOP_PAD, 64 << 20)
             )
     return _malloc_tuned
 
