@@ -19,6 +19,7 @@ def _cmd_info(sub):
         from . import __version__
         from .labels import available_spaces
         from .models import PRESETS, build_model, count_parameters
+        from .models.layers import winograd_enabled
         from .precision import bf16_mode, native_bf16
         from .utils import pick_device, shared_dir
 
@@ -28,6 +29,8 @@ def _cmd_info(sub):
             f"device: {dev}; --precision auto = {'bf16' if native_bf16(dev) else 'fp32'} here "
             f"({'native' if native_bf16(dev) else 'no native'} bf16; --precision bf16 runs as {bf16_mode(dev)})"
         )
+        wino = "on" if winograd_enabled() else "off (SEMSYNTH_WINOGRAD=0)"
+        print(f"CPU inference 3x3 convolutions by Winograd F(4x4, 3x3): {wino}")
         print("model presets:")
         for name in sorted(PRESETS):
             with torch.device("meta"):  # shapes only: no memory, no init cost

@@ -208,3 +208,10 @@ def test_info_lists_presets_with_official_totals(capsys):
     for total in ("97,875,483", "98,622,851", "98,674,531"):
         assert total in out
     assert "cityscapes" in out and "camvid" in out
+    assert "by Winograd F(4x4, 3x3): on" in out
+
+
+def test_info_says_when_winograd_is_off(capsys, monkeypatch):
+    monkeypatch.setenv("SEMSYNTH_WINOGRAD", "0")
+    assert cli(["info"]) == 0
+    assert "Winograd F(4x4, 3x3): off (SEMSYNTH_WINOGRAD=0)" in capsys.readouterr().out
