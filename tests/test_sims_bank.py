@@ -13,7 +13,7 @@ import pytest
 from semsynth.labels import get_space
 from semsynth.sims.bank import Bank, BankError, build_bank
 from semsynth.sims.retrieval import Retriever, benchmark_retrieval
-from semsynth.sims.segments import class_roles, extract_segments
+from semsynth.sims.segments import class_roles, downsample_coverage, extract_segments, grid_index
 
 SPACE = get_space("cityscapes")
 ROAD, SIDEWALK, BUILDING, POLE, SKY, CAR = 0, 1, 2, 5, 10, 13
@@ -53,6 +53,52 @@ def test_extract_segments_order_and_8_connectivity():
     assert segs.cls.tolist() == [ROAD, CAR, CAR]
     assert segs.area.tolist() == [4, 2, 4]
     assert segs.bbox[1].tolist() == [0, 0, 2, 2]
+
+
+def _whole_frame_segments(lab, C, thin):
+    """The module docstring's steps, each class labelled over the whole frame (the reference
+    for extract_segments, which labels each class inside its region only): (cls, bbox, area,
+    mask, pole mask) per segment, in order."""
+    from scipy import ndimage
+
+    out, thin_px = [], np.isin(lab, thin)
+    for c in range(C):
+        cm = lab == c
+        merge = c not in thin and thin_px.any()
+        comp, n = ndimage.label(cm | thin_px if merge else cm, structure=np.ones((3, 3), bool))
+        for j in range(1, n + 1):
+            a, t = (cm & (comp == j)).sum(), (thin_px & (comp == j)).sum()
+            if a == 0 or (merge and t >= a):
+                continue
+            ys, xs = np.nonzero(cm & (comp == j))
+            y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+            out.append((c, (y0, x0, y1, x1), a, (cm & (comp == j))[y0:y1, x0:x1], (comp == j)[y0:y1, x0:x1]))
+    return out
+
+
+def test_segments_labelled_per_class_region_equal_whole_frame_labelling():
+    """A pole leaving the building's box joins its two halves over the top; random blobs with
+    thin strokes; every field and the order as when each class is labelled over the frame."""
+    lab = np.full((30, 40), SKY, np.int64)
+    lab[10:30, 5:15] = lab[10:30, 25:35] = BUILDING
+    lab[2:10, 14] = lab[2:10, 25] = lab[2, 14:26] = POLE  # outside the building's box but row 10
+    rng = np.random.default_rng(0)
+    layouts = [lab]
+    for _ in range(40):
+        blobs = np.kron(rng.integers(0, 20, (5, 8)), np.ones((6, 5), np.int64))
+        layouts.append(np.where(rng.random(blobs.shape) < 0.2, rng.choice([5, 6, 7, 19]), blobs))
+    thin = class_roles(SPACE).thin
+    for lab in layouts:
+        segs = extract_segments(lab, 19, thin, sig_grid=(6, 8))
+        ref = _whole_frame_segments(lab, 19, thin)
+        assert len(segs) == len(ref)
+        for i, (c, box, a, m, pm) in enumerate(ref):
+            assert (segs.cls[i], tuple(segs.bbox[i]), segs.area[i]) == (c, box, a)
+            assert (segs.masks[i] == m).all() and (segs.pole_masks[i] == pm).all()
+            full = np.zeros(lab.shape, np.int64)
+            full[box[0] : box[2], box[1] : box[3]] = m
+            assert (segs.sig[i] == downsample_coverage(full, 1, grid_index(lab.shape, (6, 8)), (6, 8))[0]).all()
+    assert (extract_segments(layouts[0], 19, thin, sig_grid=None).cls == BUILDING).sum() == 1
 
 
 # ----------------------------------------------------------------------------- bank on the Cityscapes sample

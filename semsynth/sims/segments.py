@@ -134,16 +134,23 @@ def grid_index(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
 
 
 def downsample_coverage(
-    comp: np.ndarray, n: int, cells: np.ndarray, grid: tuple[int, int], select: np.ndarray | None = None
+    comp: np.ndarray,
+    n: int,
+    cells: np.ndarray,
+    grid: tuple[int, int],
+    select: np.ndarray | None = None,
+    cell_area: np.ndarray | None = None,
 ) -> np.ndarray:
     """Coverage signatures of components 1..n of `comp` (0 = none): (n, gh, gw) uint8, the
-    fraction of each grid cell covered by the component, times 255, rounded."""
+    fraction of each grid cell covered by the component, times 255, rounded. `comp` and `cells`
+    may be a crop of the image when `cell_area` (pixels per cell of the whole image) is given."""
     gh, gw = grid
     ncell = gh * gw
     m = comp > 0 if select is None else (comp > 0) & select
     ids = comp[m].astype(np.int64) - 1
     counts = np.bincount(ids * ncell + cells[m], minlength=n * ncell).reshape(n, ncell)
-    cell_area = np.bincount(cells.ravel(), minlength=ncell)
+    if cell_area is None:
+        cell_area = np.bincount(cells.ravel(), minlength=ncell)
     sig = np.rint(counts * (255.0 / np.maximum(cell_area, 1))).astype(np.uint8)
     return sig.reshape(n, gh, gw)
 
@@ -226,20 +233,45 @@ def extract_segments(
     lab = label.astype(np.int64, copy=False)
     thin_px = thin_set[np.clip(lab, 0, num_classes + 1)]
     has_thin = bool(thin_px.any())
-    if sig_grid is not None and cells is None:
-        cells = grid_index(size, sig_grid)
+    cell_area = None
+    if sig_grid is not None:
+        if cells is None:
+            cells = grid_index(size, sig_grid)
+        cell_area = np.bincount(cells.ravel(), minlength=sig_grid[0] * sig_grid[1])
+    # Each class is labelled inside its own region only (the work is proportional to the
+    # pixels labelled): the bounding box of its pixels, grown for non-thin classes to cover
+    # every thin component touching that box grown by 1 px. A component holding class pixels
+    # consists of those (inside the box) and the thin components 8-adjacent to them (which
+    # touch the grown box), so it lies entirely in the region and comes out the same as when
+    # labelling the whole frame; components cut by the region's border hold no class pixels
+    # and are dropped in either case. Raster order inside a region is the frame's.
+    if has_thin:
+        thin_lab, n_thin_comp = ndimage.label(thin_px, structure=_EIGHT)
+        tb = ndimage.find_objects(thin_lab)
+        thin_box = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in tb], np.int64).reshape(-1, 4)
+    class_box = ndimage.find_objects((lab + 1).astype(np.int32))[:num_classes]  # void and beyond: no segments
 
     cls_l, box_l, area_l, masks, poles, sigs = [], [], [], [], [], []
-    present = np.flatnonzero(np.bincount(lab.ravel(), minlength=num_classes + 1)[:num_classes])
-    for c in present:
-        cm = lab == c
+    for c, sl in enumerate(class_box):
+        if sl is None:
+            continue
+        y0, x0, y1, x1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
         merge = has_thin and not thin_set[c]
-        comp, n = ndimage.label(cm | thin_px if merge else cm, structure=_EIGHT)
+        if merge:
+            near = thin_lab[max(y0 - 1, 0) : y1 + 1, max(x0 - 1, 0) : x1 + 1]
+            t = np.flatnonzero(np.bincount(near.ravel(), minlength=n_thin_comp + 1)[1:])
+            if len(t):
+                y0, x0 = min(y0, int(thin_box[t, 0].min())), min(x0, int(thin_box[t, 1].min()))
+                y1, x1 = max(y1, int(thin_box[t, 2].max())), max(x1, int(thin_box[t, 3].max()))
+        reg = np.s_[y0:y1, x0:x1]
+        cm = lab[reg] == c
+        tp = thin_px[reg] if merge else None
+        comp, n = ndimage.label(cm | tp if merge else cm, structure=_EIGHT)
         if n == 0:
             continue
         n_cls = np.bincount(comp[cm], minlength=n + 1)
         if merge:
-            n_thin = np.bincount(comp[thin_px], minlength=n + 1)
+            n_thin = np.bincount(comp[tp], minlength=n + 1)
             keep = n_cls > n_thin  # dropped when thin pixels >= class pixels (also drops label 0)
         else:
             keep = n_cls > 0
@@ -247,21 +279,20 @@ def extract_segments(
         if not keep.any():
             continue
         # relabel kept components 1..k (order preserved), class-pixel map and component map
-        remap = np.zeros(n + 1, dtype=np.int64)
+        remap = np.zeros(n + 1, dtype=np.int32)
         kept = np.flatnonzero(keep)
         remap[kept] = np.arange(1, len(kept) + 1)
         comp = remap[comp]
         comp_cls = np.where(cm, comp, 0)
         boxes = ndimage.find_objects(comp_cls, max_label=len(kept))
-        for j, sl in enumerate(boxes, start=1):
-            ys, xs = sl
-            masks.append(comp_cls[sl] == j)
-            poles.append(comp[sl] == j)
-            box_l.append((ys.start, xs.start, ys.stop, xs.stop))
+        for j, (ys, xs) in enumerate(boxes, start=1):
+            masks.append(comp_cls[ys, xs] == j)
+            poles.append(comp[ys, xs] == j)
+            box_l.append((y0 + ys.start, x0 + xs.start, y0 + ys.stop, x0 + xs.stop))
         cls_l.append(np.full(len(kept), c, dtype=np.int64))
         area_l.append(n_cls[kept])
         if sig_grid is not None:
-            sigs.append(downsample_coverage(comp_cls, len(kept), cells, sig_grid))
+            sigs.append(downsample_coverage(comp_cls, len(kept), cells[reg], sig_grid, cell_area=cell_area))
     if cls_l:
         cls = np.concatenate(cls_l)
         area = np.concatenate(area_l).astype(np.int64)
