@@ -198,7 +198,7 @@ class Retriever:
         self._coarse_area = np.bincount(self._cells_coarse.ravel())
         self._blk: dict | None = None
         self._win: dict[float, dict] = {}
-        self._E = self._stamp = self._eq = None
+        self._E = self._R = self._stamp = self._eq = None
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
@@ -305,7 +305,7 @@ class Retriever:
         arrs = list((self._blk or {}).values()) + [a for w in self._win.values() for a in w.values()]
         n = sum(a.nbytes for a in arrs)
         ch, cw = self.context_grid
-        return n + len(self.index.layouts) * (ch * -(-cw // 64) * 8 + 8)
+        return n + len(self.index.layouts) * (ch * -(-cw // 64) * 8 + (ch + 1) * 2 + 8)
 
     def _windows(self, bbox: np.ndarray, margin: float) -> np.ndarray:
         """(n, 4) context windows in context-grid cells [cy0, cx0, cy1, cx1)."""
@@ -543,6 +543,10 @@ class Retriever:
                 pos = _ragged(start[take], end[take] - start[take])
                 u, ui, iu = self._row_bounds(qd, pos, context)
                 keep = can_enter(u, perm[pos])
+                if context is not None:  # the rows the window bound lets in: the row-band bound
+                    pos, u, ui, iu = pos[keep], u[keep], ui[keep], iu[keep]
+                    u = ui + context["w"] * self._context_bound(context, qd["j"], pos)
+                    keep = can_enter(u, perm[pos])
                 live = np.concatenate([live, pos[keep]])
                 lu, lui, liub = (np.concatenate([x, y[keep]]) for x, y in ((lu, u), (lui, ui), (liub, iu)))
             if not len(live):
@@ -632,46 +636,81 @@ class Retriever:
     #: images per chunk of the agreement cache (filled a chunk at a time: contiguous, no gather)
     AGREE_CHUNK = 256
 
-    def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> np.ndarray:
-        """(n_img, ch, words) uint64 bit rows of [bank layout == query layout] (bit x of word w
-        of row y: cell (y, 64 w + x)) of the bank images, filled for the chunks of the given
-        images once per layout (search), then cached. 8 bytes per 64 cells: the agreement of
-        any rectangle is a popcount per row (`_context_iou`), no per-image prefix sums."""
+    def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(E, R) for the bank images, filled for the chunks of the given images once per layout
+        (search), then cached. E: (n_img, ch, words) uint64 bit rows of [bank layout == query
+        layout] (bit x of word w of row y: cell (y, 64 w + x)); 8 bytes per 64 cells: the
+        agreement of any rectangle is a popcount per row (`_context_iou`). R: (n_img, ch + 1)
+        uint16, agreeing cells in grid rows < y (whole width): the row-band bound
+        (`_context_bound`), two lookups per row."""
         n_img = len(self.index.layouts)
         ch, cw = self.context_grid
         nw, B = -(-cw // 64), self.AGREE_CHUNK
         if self._E is None or len(self._E) != n_img:
             self._E = np.zeros((n_img, ch, nw), np.uint64)  # pages touched on use
+            self._R = np.zeros((n_img, ch + 1), np.uint16 if ch * cw < 2**16 else np.int32)
             self._stamp = np.zeros(-(-n_img // B), np.int64)
             self._eq = np.zeros((B, ch, nw * 64), bool)  # columns >= cw stay False
-        chunks = images // B
-        need = chunks[self._stamp[chunks] != self._gen]
+            self._buf = np.empty((B, ch, nw * 8), np.uint64)
+            self._tri = np.triu(np.ones((ch, ch + 1), np.float32), 1)  # row counts -> prefix sums
+        wanted = np.zeros(len(self._stamp), bool)
+        wanted[images // B] = True  # a scatter, not np.unique: cheaper for many rows
+        need = np.flatnonzero(wanted & (self._stamp != self._gen))
         lay = self.index.layouts
-        for c in np.unique(need):
+        for c in need:
             s, e = c * B, min(c * B + B, n_img)
-            eq = self._eq[: e - s]
+            eq, x = self._eq[: e - s], self._buf[: e - s]
             np.equal(lay[s:e], lay_q[None], out=eq[:, :, :cw])
             # 8 bools (bytes 0/1) -> one byte, bit j = byte j: the multiply moves byte j's bit
             # to bit 56 + j without carries
-            x = eq.view("<u8") * np.uint64(0x0102040810204080)
-            self._E[s:e] = (x >> np.uint64(56)).astype(np.uint8).view("<u8")
+            np.multiply(eq.view("<u8"), np.uint64(0x0102040810204080), out=x)
+            np.right_shift(x, np.uint64(56), out=x)
+            np.copyto(self._E[s:e].view(np.uint8), x, casting="unsafe")
+            rows = (
+                np.bitwise_count(self._E[s:e]).sum(2, dtype=np.int32)
+                if nw > 1
+                else np.bitwise_count(self._E[s:e, :, 0])
+            )
+            # exact in float32 (counts < 2**24); a matrix product is faster than cumsum here
+            np.copyto(self._R[s:e], rows.astype(np.float32) @ self._tri, casting="unsafe")
         self._stamp[need] = self._gen
-        return self._E
+        return self._E, self._R
 
     #: LOW[i]: the i lowest bits set (i = 0..64)
     _LOW = np.array([(1 << i) - 1 for i in range(65)], dtype=np.uint64)
+
+    @staticmethod
+    def _meet(context: dict, j: int, pos: np.ndarray):
+        """Query segment j's context window intersected with those of the rows at sorted
+        positions pos: (y0, x0, y1, x1) (empty ones: y1 = y0 or x1 = x0) and the union's cells."""
+        bw, qw = context["win"][:, pos].astype(np.int64), context["qwin"][j]
+        y0 = np.maximum(bw[0], qw[0])
+        x0 = np.maximum(bw[1], qw[1])
+        y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
+        x1 = np.maximum(np.minimum(bw[3], qw[3]), x0)
+        qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
+        union = np.maximum(context["area"][pos] + qarea - (y1 - y0) * (x1 - x0), 1)
+        return y0, x0, y1, x1, union
+
+    def _context_bound(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
+        """Upper bound of the context IoU of query segment j with the rows at sorted positions
+        pos, tighter than the window IoU: the agreeing cells of the windows' intersection are
+        at most its cells and at most the image's agreeing cells in the intersection's grid
+        rows over the whole width (two lookups in the row prefix sums of `_agreement`). Same
+        denominator as `_context_iou`, so never below it in float64 either."""
+        img = self.blocks()["image"][pos]
+        _, R = self._agreement(context["lay"], img)
+        y0, x0, y1, x1, union = self._meet(context, j, pos)
+        band = R[img, y1].astype(np.int64) - R[img, y0]
+        return np.minimum((y1 - y0) * (x1 - x0), band) / union
 
     def _context_iou(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
         """(len(pos),) float64 context IoU of query segment j with the rows at sorted positions
         pos: the agreeing cells of the windows' intersection counted row by row (popcount of
         the image's agreement bits masked to the intersection's columns)."""
         img = self.blocks()["image"][pos]
-        E = self._agreement(context["lay"], img)
-        bw, qw = context["win"][:, pos].astype(np.int64), context["qwin"][j]
-        y0 = np.maximum(bw[0], qw[0])
-        x0 = np.maximum(bw[1], qw[1])
-        y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
-        x1 = np.maximum(np.minimum(bw[3], qw[3]), x0)
+        E, _ = self._agreement(context["lay"], img)
+        y0, x0, y1, x1, union = self._meet(context, j, pos)
         base = 64 * np.arange(E.shape[2])
         lo = np.clip(x0[:, None] - base, 0, 64)
         hi = np.clip(x1[:, None] - base, 0, 64)
@@ -686,10 +725,7 @@ class Retriever:
         else:
             cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int16)
         cnt *= in_rows
-        agree = cnt.sum(1, dtype=np.int64)
-        inter = (y1 - y0) * (x1 - x0)
-        qarea = (qw[2] - qw[0]) * (qw[3] - qw[1])
-        return agree / np.maximum(context["area"][pos] + qarea - inter, 1)
+        return cnt.sum(1, dtype=np.int64) / union
 
     def _as_label(self, label) -> np.ndarray:
         if isinstance(label, torch.Tensor):
