@@ -108,7 +108,9 @@ class _Index:
         self.run_off, self.run_len, self.src = run_off, run_len, src
         runs = np.asarray(runs)  # a plain view of a memory map: np.memmap indexing is slow
         self.runs = runs
-        self.run_p, self.run_n = runs["p"], runs["n"]
+        # the runs as little-endian 16-bit words (p low, p high, n): aligned gathers, several
+        # times faster than gathering the unaligned 32-bit field p of the 6-byte records
+        self.run_words = runs.view("<u2")
         self.sig = np.asarray(sig)  # (n_source, gh, gw) coverage signatures, memory-mapped
 
     @classmethod
@@ -610,9 +612,13 @@ class Retriever:
         base = rows if ix.src is None else ix.src[rows]
         ln = ix.run_len[base]
         at = _ragged(ix.run_off[base], ln)
-        p = ix.run_p[at]
+        at *= 3  # word index of p's low half (run_words)
+        p = ix.run_words[at + 1].astype(np.int64)
+        p <<= 16
+        p |= ix.run_words[at]
+        at += 2
         cs = np.zeros(len(at) + 1, np.int64)
-        np.cumsum(Pf[p + ix.run_n[at]] - Pf[p], out=cs[1:])
+        np.cumsum(Pf[p + ix.run_words[at]] - Pf[p], out=cs[1:])
         end = np.cumsum(ln)
         inter = cs[end] - cs[end - ln]  # per row: the sum of its runs' pixels
         return inter / (qarea + ix.area[rows] - inter)
