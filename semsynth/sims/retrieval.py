@@ -464,7 +464,7 @@ class Retriever:
         self._gen += 1
         return {
             "lay": layout_grid(label, self.C, self.context_grid, self._cells_ctx),
-            "qwin": self._windows(q.bbox, margin),
+            "qwin": self._windows(q.bbox, margin).astype(np.int32),
             "w": float(weight),
             **self.windows(margin),
         }
@@ -495,7 +495,7 @@ class Retriever:
         ub_iou = iub / (qd["area"] + Ab - iub)
         u = ub_iou
         if context is not None:
-            u = ub_iou + context["w"] * self._window_iou(context, qd["j"], pos)
+            u = ub_iou + context["w"] * self._context_bound(context, qd["j"], pos)
         if qd["img_ok"] is not None:
             u = np.where(qd["img_ok"][bk["image"][pos]], u, -np.inf)
         return u, ub_iou, iub
@@ -545,10 +545,6 @@ class Retriever:
                 pos = _ragged(start[take], end[take] - start[take])
                 u, ui, iu = self._row_bounds(qd, pos, context)
                 keep = can_enter(u, perm[pos])
-                if context is not None:  # the rows the window bound lets in: the row-band bound
-                    pos, u, ui, iu = pos[keep], u[keep], ui[keep], iu[keep]
-                    u = ui + context["w"] * self._context_bound(context, qd["j"], pos)
-                    keep = can_enter(u, perm[pos])
                 live = np.concatenate([live, pos[keep]])
                 lu, lui, liub = (np.concatenate([x, y[keep]]) for x, y in ((lu, u), (lui, ui), (liub, iu)))
             if not len(live):
@@ -623,14 +619,6 @@ class Retriever:
         inter = cs[end] - cs[end - ln]  # per row: the sum of its runs' pixels
         return inter / (qarea + ix.area[rows] - inter)
 
-    def _window_iou(self, context: dict, j: int, pos: np.ndarray) -> np.ndarray:
-        """IoU of query segment j's context window with those of the rows at sorted positions
-        pos: an upper bound of the context IoU (the agreeing cells lie in the intersection)."""
-        qw = context["qwin"][j : j + 1]
-        inter = self._overlap(qw, context["win"][:, pos])[0]
-        qarea = (qw[0, 2] - qw[0, 0]) * (qw[0, 3] - qw[0, 1])
-        return inter / np.maximum(context["area"][pos] + qarea - inter, 1)
-
     @staticmethod
     def _overlap(qw: np.ndarray, bw: np.ndarray):
         """Cells of the intersection of query windows (q, 4) and bank windows (4, n): (q, n)
@@ -689,7 +677,7 @@ class Retriever:
     def _meet(context: dict, j: int, pos: np.ndarray):
         """Query segment j's context window intersected with those of the rows at sorted
         positions pos: (y0, x0, y1, x1) (empty ones: y1 = y0 or x1 = x0) and the union's cells."""
-        bw, qw = context["win"][:, pos].astype(np.int64), context["qwin"][j]
+        bw, qw = context["win"][:, pos].astype(np.int32), context["qwin"][j]
         y0 = np.maximum(bw[0], qw[0])
         x0 = np.maximum(bw[1], qw[1])
         y1 = np.maximum(np.minimum(bw[2], qw[2]), y0)
