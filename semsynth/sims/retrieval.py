@@ -200,7 +200,7 @@ class Retriever:
         self._coarse_area = np.bincount(self._cells_coarse.ravel())
         self._blk: dict | None = None
         self._win: dict[float, dict] = {}
-        self._E = self._R = self._stamp = self._eq = None
+        self._E = self._R = self._stamp = self._eq = self._rows = None
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
@@ -710,16 +710,23 @@ class Retriever:
         hi = np.clip(x1[:, None] - base, 0, 64)
         cols = self._LOW[hi] & ~self._LOW[lo]  # (n, words)
         lo_y, hi_y = (int(y0.min()), int(y1.max())) if len(pos) else (0, 0)
-        yy = np.arange(lo_y, hi_y)
-        in_rows = (yy >= y0[:, None]) & (yy < y1[:, None])  # (n, rows)
+        ch = E.shape[1]
+        if self._rows is None:  # _rows[y0 * (ch + 1) + y1, y] = y0 <= y < y1: a lookup, not two compares
+            y = np.arange(ch)
+            r0, r1 = np.divmod(np.arange((ch + 1) ** 2), ch + 1)
+            self._rows = ((y >= r0[:, None]) & (y < r1[:, None])).astype(np.uint8)
+        in_rows = np.take(self._rows, y0 * (ch + 1) + y1, axis=0)[:, lo_y:hi_y]  # (n, rows)
         if E.shape[2] == 1:  # the usual 64-cell-wide grid: one word per row, no word sums
-            G = E[img, lo_y:hi_y, 0]
+            G = np.take(E[:, :, 0], img, axis=0)[:, lo_y:hi_y]  # whole rows: the faster gather
             G &= cols
             cnt = np.bitwise_count(G)
         else:
             cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int16)
         cnt *= in_rows
-        return cnt.sum(1, dtype=np.int64) / union
+        # the row sums as a matrix product: exact in float32 (counts < 2**24), several times
+        # faster than an integer sum over the short axis
+        agree = cnt.astype(np.float32) @ np.ones(hi_y - lo_y, np.float32)
+        return agree.astype(np.float64) / union
 
     def _as_label(self, label) -> np.ndarray:
         if isinstance(label, torch.Tensor):
