@@ -192,6 +192,7 @@ class Retriever:
         cell_area = np.bincount(self._cells_sig.ravel(), minlength=self._sig.shape[1])
         lut = np.floor((np.arange(256)[:, None] + 0.5) * cell_area[None] / 255.0 + 1e-6)
         self._sig_ub = np.minimum(lut, cell_area[None]).astype(np.int32)  # (256, cells)
+        self._sig_ub_t = np.ascontiguousarray(self._sig_ub.T).ravel()  # [cell * 256 + value]
         gh, gw = self.sig_grid
         p = self.COARSE
         fine_to_coarse = ((np.arange(gh)[:, None] // p) * (-(-gw // p)) + np.arange(gw)[None] // p).ravel()
@@ -435,7 +436,7 @@ class Retriever:
             qc = np.bincount(self._cells_sig[y0:y1, x0:x1][m], minlength=self._sig.shape[1])
             t, cells = np.flatnonzero(qcc), np.flatnonzero(qc)
             qd = {"j": j, "S": S[r], "Pf": Pf[r], "area": int(q.area[j]), "t": t, "qcc": qcc[t].astype(np.int32)}
-            qd.update(cells=cells, qc=qc[cells].astype(np.int32), img_ok=img_ok)
+            qd.update(cells=cells, cells256=cells * 256, qc=qc[cells].astype(np.int32), img_ok=img_ok)
             qds.append(qd)
         return qds
 
@@ -447,7 +448,7 @@ class Retriever:
         bk = self.blocks()
         box = self._box(np.stack([qd["S"] for qd in qds]), bk["b_corners"][:, ba:bb])
         for r, qd in enumerate(qds):
-            cb = np.minimum(bk["b_coarse"][ba:bb, qd["t"]], qd["qcc"]).sum(1, dtype=np.int32)
+            cb = _row_sums(np.minimum(bk["b_coarse"][ba:bb, qd["t"]], qd["qcc"], dtype=np.float32))
             np.minimum(box[r], cb, out=box[r])
         Aq = np.array([qd["area"] for qd in qds], np.int64)[:, None]
         U = self._range_ratio(box, Aq, bk["b_amin"][ba:bb], bk["b_amax"][ba:bb])
@@ -490,8 +491,8 @@ class Retriever:
         bk = self.blocks()
         Ab = bk["area"][pos]
         iub = np.minimum(self._box(qd["S"], bk["corners"][:, pos]), Ab)
-        cb = np.minimum(bk["coarse"][pos][:, qd["t"]], qd["qcc"][None]).sum(1, dtype=np.int32)
-        np.minimum(iub, cb, out=iub)
+        cb = _row_sums(np.minimum(bk["coarse"][pos][:, qd["t"]], qd["qcc"][None], dtype=np.float32))
+        np.minimum(iub, cb, out=iub, casting="unsafe")
         ub_iou = iub / (qd["area"] + Ab - iub)
         u = ub_iou
         if context is not None:
@@ -597,8 +598,8 @@ class Retriever:
         base = rows if ix.src is None else ix.src[rows]
         cells = qd["cells"]
         sg = self._sig[base[:, None], cells[None, :]]
-        ib = np.minimum(self._sig_ub[sg, cells[None, :]], qd["qc"][None, :]).sum(1)
-        ib = np.minimum(ib, iub)
+        ub = np.take(self._sig_ub_t, sg + qd["cells256"][None, :])  # _sig_ub[sg, cells], cell-major
+        ib = np.minimum(_row_sums(np.minimum(ub, qd["qc"][None, :], dtype=np.float32)), iub)
         return ib / (qd["area"] + ix.area[rows] - ib)
 
     def _exact_iou(self, Pf: np.ndarray, qarea: int, rows: np.ndarray) -> np.ndarray:
@@ -723,10 +724,7 @@ class Retriever:
         else:
             cnt = np.bitwise_count(E[img, lo_y:hi_y] & cols[:, None, :]).sum(2, dtype=np.int16)
         cnt *= in_rows
-        # the row sums as a matrix product: exact in float32 (counts < 2**24), several times
-        # faster than an integer sum over the short axis
-        agree = cnt.astype(np.float32) @ np.ones(hi_y - lo_y, np.float32)
-        return agree.astype(np.float64) / union
+        return _row_sums(cnt) / union
 
     def _as_label(self, label) -> np.ndarray:
         if isinstance(label, torch.Tensor):
@@ -746,6 +744,13 @@ class Retriever:
 
             label = resize_label(label, self.size)
         return label.astype(np.int64)
+
+
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """(n,) int64 row sums of an (n, m) array of non-negative integers whose sums are below
+    2**24, as a float32 matrix product: exact, and several times faster than an integer sum
+    over a short last axis."""
+    return (x.astype(np.float32, copy=False) @ np.ones(x.shape[1], np.float32)).astype(np.int64)
 
 
 def retrieve(bank: Bank, label, k: int = 10, mode: str = "iou", **kwargs) -> Retrieval:
