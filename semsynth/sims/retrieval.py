@@ -202,6 +202,7 @@ class Retriever:
         self._blk: dict | None = None
         self._win: dict[float, dict] = {}
         self._E = self._R = self._stamp = self._eq = self._rows = None
+        self._fresh = (0, -1)  # (generation, chunks filled in it)
         self._gen = 0
 
     #: signature cells pooled p x p for the coarse bound computed for every row of a class
@@ -628,7 +629,8 @@ class Retriever:
         w = np.minimum(bw[3], qw[:, 3:4]) - np.maximum(bw[1], qw[:, 1:2])
         return np.maximum(h, 0) * np.maximum(w, 0)
 
-    #: images per chunk of the agreement cache (filled a chunk at a time: contiguous, no gather)
+    #: images per chunk of the agreement cache (filled a chunk at a time: contiguous, no gather;
+    #: a power of 2)
     AGREE_CHUNK = 256
 
     def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -648,8 +650,10 @@ class Retriever:
             self._eq = np.zeros((B, ch, nw * 64), bool)  # columns >= cw stay False
             self._buf = np.empty((B, ch, nw * 8), np.uint64)
             self._tri = np.triu(np.ones((ch, ch + 1), np.float32), 1)  # row counts -> prefix sums
+        if self._fresh == (self._gen, len(self._stamp)):
+            return self._E, self._R  # every chunk filled for this layout
         wanted = np.zeros(len(self._stamp), bool)
-        wanted[images // B] = True  # a scatter, not np.unique: cheaper for many rows
+        wanted[images >> (B.bit_length() - 1)] = True  # chunk ids (B a power of 2); a scatter, not np.unique
         need = np.flatnonzero(wanted & (self._stamp != self._gen))
         lay = self.index.layouts
         for c in need:
@@ -669,6 +673,8 @@ class Retriever:
             # exact in float32 (counts < 2**24); a matrix product is faster than cumsum here
             np.copyto(self._R[s:e], rows.astype(np.float32) @ self._tri, casting="unsafe")
         self._stamp[need] = self._gen
+        if len(need):
+            self._fresh = (self._gen, int((self._stamp == self._gen).sum()))
         return self._E, self._R
 
     #: LOW[i]: the i lowest bits set (i = 0..64)
