@@ -633,7 +633,7 @@ class Retriever:
 
     #: images per chunk of the agreement cache (filled a chunk at a time: contiguous, no gather;
     #: a power of 2)
-    AGREE_CHUNK = 256
+    AGREE_CHUNK = 1024
 
     def _agreement(self, lay_q: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(E, R) for the bank images, filled for the chunks of the given images once per layout
