@@ -317,23 +317,18 @@ def test_search_on_a_replicated_index_breaks_ties_like_an_exhaustive_sort(bank, 
     assert _check_exhaustive(r, lambda i: bank.full_mask(int(ix.src[i])), labels, k=4) >= 10
 
 
-def test_block_and_row_bounds_are_never_below_the_exact_scores(bank, cityscapes_sample):
-    """What makes the pruned search exact: on real layouts, in both modes, every block's bound
-    is >= the bound of each row in it, every row's bound >= its signature bound, which is >=
-    the row's exact score."""
-    from semsynth.data import open_dataset
-
-    val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
-    r = Retriever(bank)
-    r.BLOCK = 5
+def _bound_failures(r, labels, w=0.7):
+    """Where the chain that makes the pruned search exact breaks, on the given layouts in both
+    modes: block bound >= row bound >= signature bound >= exact IoU; row bound >= IoU bound +
+    w * context bound; context bound >= exact context IoU. Returns (rows checked that overlap
+    their query, {bound: rows where it is below what it bounds})."""
     bk = r.blocks()
-    assert sorted(bk["perm"].tolist()) == list(range(len(bank)))  # a permutation of the bank ids
-    checked = 0  # rows that overlap their query
-    for i in (0, 3):
-        lab = r._as_label(np.asarray(val.arrays(i)[0]))
+    checked, fail = 0, dict.fromkeys(("block", "row", "signature", "context"), 0)
+    for lab in labels:
+        lab = r._as_label(lab)
         q = extract_segments(lab, r.C, r.thin, sig_grid=None)
         for mode in ("iou", "context"):
-            context = r._context(lab, q, 0.5, 0.7) if mode == "context" else None
+            context = r._context(lab, q, 0.5, w) if mode == "context" else None
             for c in np.unique(q.cls[q.area > 1000]):
                 qi = np.flatnonzero((q.cls == c) & (q.area > 1000))
                 ba, bb = int(bk["class_blocks"][c]), int(bk["class_blocks"][c + 1])
@@ -343,17 +338,75 @@ def test_block_and_row_bounds_are_never_below_the_exact_scores(bank, cityscapes_
                 pos = np.arange(bk["start"][ba], bk["end"][bb - 1])
                 block = np.repeat(np.arange(bb - ba), bk["end"][ba:bb] - bk["start"][ba:bb])
                 g = bk["perm"][pos]
-                assert (bank.cls[g] == c).all()
+                assert (r.index.cls[g] == c).all()
                 for n, qd in enumerate(r._query_tables(q, qi, None)):
                     u, ub_iou, iub = r._row_bounds(qd, pos, context)
                     ex = r._exact_iou(qd["Pf"], qd["area"], g)
                     sig = r._sig_bound(qd, g, iub)
-                    assert (U[n][block] >= u).all() and (ub_iou >= sig).all() and (sig >= ex).all()
+                    fail["block"] += int((U[n][block] < u).sum())
+                    fail["row"] += int((ub_iou < sig).sum())
+                    fail["signature"] += int((sig < ex).sum())
                     if context is not None:
                         cx = r._context_iou(context, qd["j"], pos)
-                        assert (u >= ub_iou + 0.7 * cx).all() and (cx <= 1).all()
+                        cb = r._context_bound(context, qd["j"], pos)
+                        assert (cx <= 1).all()
+                        fail["row"] += int((u < ub_iou + w * cb).sum())
+                        fail["context"] += int((cb < cx).sum())
                     checked += int((ex > 0).sum())
-    assert checked >= 50
+    return checked, fail
+
+
+def _val_layouts(cityscapes_sample, idx):
+    from semsynth.data import open_dataset
+
+    val = open_dataset(cityscapes_sample, split="val", space=SPACE, size=(256, 512), require_images=False, cache=False)
+    return [np.asarray(val.arrays(i)[0]) for i in idx]
+
+
+def test_block_and_row_bounds_are_never_below_the_exact_scores(bank, cityscapes_sample):
+    """What makes the pruned search exact: on real layouts, in both modes, every block's bound
+    is >= the bound of each row in it, every row's bound >= its signature bound, which is >=
+    the row's exact score; the row-band context bound >= the exact context IoU."""
+    r = Retriever(bank)
+    r.BLOCK = 5
+    bk = r.blocks()
+    assert sorted(bk["perm"].tolist()) == list(range(len(bank)))  # a permutation of the bank ids
+    checked, fail = _bound_failures(r, _val_layouts(cityscapes_sample, (0, 3)))
+    assert checked >= 50 and fail == dict.fromkeys(fail, 0), fail
+
+
+class _BandOneRowShort(Retriever):
+    """The row-band context bound deliberately broken: the intersection's last grid row left out."""
+
+    def _context_bound(self, context, j, pos):
+        img = self.blocks()["image"][pos]
+        _, R = self._agreement(context["lay"], img)
+        y0, x0, y1, x1, union = self._meet(context, j, pos)
+        band = R[img, np.maximum(y1 - 1, y0)].astype(np.int64) - R[img, y0]
+        return np.minimum((y1 - y0) * (x1 - x0), band) / union
+
+
+class _BandZero(Retriever):
+    """The context bound deliberately broken further: no context term at all."""
+
+    def _context_bound(self, context, j, pos):
+        return 0.0 * super()._context_bound(context, j, pos)
+
+    def search(self, label, **kw):  # batches of one row: the bound decides (on this small bank)
+        return super().search(label, candidates=1, **kw)
+
+
+def test_a_broken_context_bound_is_caught(bank, cityscapes_sample):
+    """The checks have teeth: a context bound one grid row short falls below the exact
+    context IoU on real layouts (the bound check above fails), and a search built on a zero
+    one is no longer the exhaustive search (the equality tests fail)."""
+    broken = _BandOneRowShort(bank)
+    broken.BLOCK = 5
+    labels = _val_layouts(cityscapes_sample, (0, 3))
+    _, fail = _bound_failures(broken, labels)
+    assert fail["context"] > 0 and fail["block"] == fail["signature"] == 0
+    with pytest.raises(AssertionError):
+        _check_exhaustive(_BandZero(bank), bank.full_mask, [r.astype(np.int64) for r in labels], k=5)
 
 
 def test_index_runs_reproduce_the_masks_and_old_indexes_are_rebuilt(bank):
