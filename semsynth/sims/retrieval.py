@@ -33,14 +33,18 @@ puts a bound below its score):
   most I' / (A_q + max(min - I', 0)) with I' = min(I, max) (`_range_ratio`); the context IoU
   bound (below) the same way with the window areas.
 * rows: blocks are expanded by decreasing bound while they can still enter the top k; their rows
-  get the same bound with their own box, area, coarse cells and window (`_row_bounds`), then,
-  when taken for scoring, the full 16x32 signature bound (`_sig_bound`).
+  get the same IoU bound with their own box, area and coarse cells, plus the row-band context
+  bound (below; `_row_bounds`), then, when taken for scoring, the full 16x32 signature bound
+  (`_sig_bound`).
 * context: the agreeing cells lie in W_q ∩ W_b, so context_iou <= |W_q ∩ W_b| / |W_q ∪ W_b|
-  (rows and blocks). The exact context term is cheap: per layout each bank image's
-  [layout == query layout] map is packed into one 64-bit word per grid row (filled per chunk of
-  images as they are needed), and the agreement in a rectangle is a popcount per row. So rows
-  taken for scoring get their exact context term first, and only those whose IoU bound plus it
-  can still enter are scored for mask IoU.
+  (blocks). Per layout each bank image's [layout == query layout] map is packed into one 64-bit
+  word per grid row, with its agreeing cells per grid row summed into prefix sums (filled per
+  chunk of images as they are needed). A row's bound: the agreeing cells are at most the
+  intersection's cells and at most the image's agreeing cells in the intersection's grid rows
+  over the whole width (two lookups; `_context_bound`). The exact term, a popcount per grid row
+  of the bits masked to the intersection's columns, is computed for the rows taken for
+  scoring, before their signature bound; only those whose IoU bound plus it can still enter
+  are scored for mask IoU.
 
 Mask IoU is scored exactly in batches of decreasing bound (the first `candidates`, then 4x more
 each round) from the bank's horizontal mask runs (bank.py: two lookups per run in the query's
