@@ -113,6 +113,18 @@ def test_transformed_weights_follow_changes_to_the_weights():
     assert torch.allclose(b, -2 * a, atol=1e-4)
 
 
+def test_weights_of_a_model_built_under_inference_mode_are_never_stale():
+    """Parameters made under inference mode have no version counter: an in-place change there
+    must still reach the convolution."""
+    x = torch.randn(1, 128, 32, 32)
+    with torch.inference_mode():
+        conv = layers.Conv2d(128, 128, 3, padding=1, bias=False)
+        a = conv(x)
+        conv.weight.mul_(-2)
+        b = conv(x)
+    assert torch.allclose(b, -2 * a, atol=1e-4)
+
+
 def test_bf16_on_fp32_rounds_around_winograd(monkeypatch):
     """Under the bf16 mode the mode sees the convolution (F.conv2d), rounds its operands and
     result, and its fp32 convolution is Winograd: within one bf16 step of the rounded direct one."""

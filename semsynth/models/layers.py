@@ -81,8 +81,10 @@ def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
 class DerivedCache:
     """Values derived from tensors (e.g. transformed weights), kept while the tensor is alive and
     unchanged (its version counter), computed once under a lock (`serve` runs models in threads).
-    Tensors made under inference mode have no version counter: their value is kept as long as
-    they live (the ones cached here are other caches' values, never changed in place)."""
+    Tensors made under inference mode have no version counter: parameters among them (a model
+    built under inference mode, whose weights may still be changed in place there) are derived
+    afresh on every call; other such tensors (other caches' values, never changed in place) are
+    kept as long as they live."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -90,6 +92,9 @@ class DerivedCache:
         self._lock = threading.Lock()
 
     def __call__(self, t: torch.Tensor):
+        if t.is_inference() and isinstance(t, nn.Parameter):
+            with torch.no_grad():
+                return self.fn(t.detach())
         version = None if t.is_inference() else t._version
         with self._lock:
             hit = self._values.get(t)
