@@ -5,12 +5,13 @@ achieved GFLOP/s as a fraction of the 3x3-convolution peak measured in the same 
 from the layers that actually run (conv and linear, by forward hooks), as the direct convolution
 computes them, the usual convention; the share run by Winograd F(4x4, 3x3) (`models/winograd.py`,
 1/4 of the multiplies) is its own column, and GFLOP/s and the fraction of peak count the direct
-multiplies, so above 1 a network runs faster than any direct kernel at the measured peak could; seconds are the median of
-`repeats` timed passes after a warm-up; the peak is the best of a few channels_last 3x3
-convolutions (the shapes the networks spend their time in) in the kernels the precision runs on
-(bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16 kernels), measured
-before every model so a throttled or shared machine moves both numbers together. Memory is CUDA's peak allocation, or on
-Linux the process's peak resident set during the passes (VmHWM after resetting it).
+multiplies, so above 1 a network runs faster than any direct kernel at the measured peak could.
+Seconds are the median of `repeats` timed passes after a warm-up; the peak is the best of a few
+channels_last 3x3 convolutions (the shapes the networks spend their time in) in the kernels the
+precision runs on (bf16 rows say which: `autocast`, or `fp32-compute` where the CPU has no bf16
+kernels), measured before every model so a throttled or shared machine moves both numbers
+together. Memory is CUDA's peak allocation, or on Linux the process's peak resident set during
+the passes (VmHWM after resetting it).
 
 Networks: any preset of `build_model` (CRN, SIMS synthesis), a bundled model's name (`default`,
 `camvid`, `sims-cityscapes`), and `espnet-cityscapes` / `espnet-camvid` (the evaluation segmenter

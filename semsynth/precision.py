@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .errors import InputError
-from .models.layers import DerivedCache, conv2d
+from .models.layers import CHUNK, DerivedCache, conv2d, memory_order
 
 CHOICES = ("auto", "fp32", "bf16")
 
@@ -77,19 +77,13 @@ def autocast(device: torch.device | str, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-_CHUNK = 1 << 20
-
-
 def round_bf16_(x: torch.Tensor) -> torch.Tensor:
     """Round a float32 tensor to the nearest bf16 values (ties to even, as `.to(bfloat16)`), in
     place, in chunks so the temporaries stay small (no fresh memory for a 268 MB activation)."""
-    if x.is_contiguous():
-        flat = x.view(-1)
-    elif x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        flat = x.permute(0, 2, 3, 1).reshape(-1)  # a view: this is the memory order
-    else:
+    flat = memory_order(x)
+    if flat is None:
         return x.copy_(x.to(torch.bfloat16))
-    for c in flat.split(_CHUNK):
+    for c in flat.split(CHUNK):
         c.copy_(c.to(torch.bfloat16))
     return x
 

@@ -23,7 +23,7 @@ def test_rounding_is_torchs_bf16_conversion_in_every_layout():
         r = round_bf16(t)
         assert torch.equal(r.nan_to_num(), t.to(torch.bfloat16).float().nan_to_num())
         assert r.stride() == t.stride() and holds_bf16(r) and not holds_bf16(t)
-    big = torch.randn(3 * P._CHUNK + 5)  # several chunks and a tail, in place
+    big = torch.randn(3 * P.CHUNK + 5)  # several chunks and a tail, in place
     assert torch.equal(round_bf16_(big.clone()), big.to(torch.bfloat16).float())
 
 

@@ -42,7 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import winograd
 
 SLOPE = 0.2  # LeakyReLU slope of every CRN / SIMS layer
-_CHUNK = 1 << 20
+CHUNK = 1 << 20  # elements per chunk of the chunked in-place passes (small temporaries)
 
 
 _fast = True
@@ -59,6 +59,16 @@ def reference_ops():
         yield
     finally:
         _fast = old
+
+
+def memory_order(x: torch.Tensor) -> torch.Tensor | None:
+    """A 1-D view of `x`'s elements in memory order when it is contiguous or a channels_last 4-D
+    tensor (the sample stays the outermost dimension in both), else None."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: this is the memory order
+    return None
 
 
 def inference(x: torch.Tensor) -> bool:
@@ -119,9 +129,9 @@ def _winograd_pays(x, weight, stride, padding, dilation, groups) -> bool:
     pixels (32x32): below, the whole conv takes tens of ms, so the transformed weights (4x the
     weights) would cost more memory than they save time: on crn-256p the levels g_4 .. g_16 would
     save 0.2 s per pass for 1.2 GB of transformed weights."""
-    if not (_fast and winograd_enabled()) or torch._C._is_torch_function_mode_enabled():
+    if not (inference(x) and winograd_enabled()) or torch._C._is_torch_function_mode_enabled():
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if torch.is_grad_enabled() and weight.requires_grad:
         return False
     if x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
@@ -224,14 +234,15 @@ def layer_norm_lrelu(x: torch.Tensor, norm: nn.GroupNorm, slope: float = SLOPE) 
         return F.leaky_relu(norm(x), slope)
     B, C = x.shape[:2]
     # A flat per-sample view in memory order (channels_last or contiguous), for the statistics.
-    flat = (x.permute(0, 2, 3, 1) if x.is_contiguous(memory_format=torch.channels_last) else x).reshape(B, -1)
+    flat = memory_order(x)
+    flat = (x.reshape(-1) if flat is None else flat).view(B, -1)
     n = flat.shape[1]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     # Two passes over chunks of 1M values: the mean, then the squared deviations from it, each
     # chunk summed by torch's cascade sum in float32 (error ~1e-7 relative, as var_mean; one
     # float32 dot product over 67M values is off by 1e-3, and var_mean itself is ~20x slower).
     # The chunks are small, so their temporaries reuse memory instead of page-faulting.
-    chunks = flat.split(_CHUNK, dim=1)
+    chunks = flat.split(CHUNK, dim=1)
     mean = sum(c.sum(1, dtype=acc) for c in chunks) / n
     var = sum(c.to(acc).sub(mean[:, None]).square_().sum(1) for c in chunks) / n
     rstd = (var + norm.eps).rsqrt()
